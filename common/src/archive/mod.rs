@@ -1,0 +1,4 @@
+//! The release archive: a deterministic `.tar.gz` writer and a verifying safe reader.
+
+pub mod reader;
+pub mod writer;

@@ -1,0 +1,33 @@
+//! Everything `builder` and `installer` must agree on, defined once.
+//!
+//! The two binaries never share a process, so the contract between them is data: the build
+//! number, the release manifest and its `release.json` sidecar, the archive format, the layout
+//! of the artifact store, the exit codes and the `--json` report. All of it lives here.
+//!
+//! Module map:
+//! - [`build_number`]: `BuildNumber`, the validated `NNNNNN` / `BuildNNNNNN` release identity.
+//! - [`hash`]: `Blake3Hash` and streaming hashing helpers.
+//! - [`manifest`]: `ReleaseManifest`, the `release.json` sidecar and the build log.
+//! - [`archive`]: the deterministic `.tar.gz` writer and the verifying safe reader.
+//! - [`atomic`]: crash-safe filesystem changes (atomic write, symlink swap, directory fsync).
+//! - [`store`]: the artifact store (`file://` and `s3://`) with immutable publishing.
+//! - [`report`]: exit codes and the machine-readable report every command can print.
+//! - [`progress`]: progress bars that only draw on a terminal.
+//! - [`error`]: the error enums the above return.
+
+pub mod archive;
+pub mod atomic;
+pub mod build_number;
+pub mod error;
+pub mod hash;
+pub mod manifest;
+pub mod progress;
+pub mod report;
+pub mod store;
+
+pub use build_number::BuildNumber;
+pub use hash::Blake3Hash;
+pub use manifest::{ReleaseManifest, Sidecar};
+
+/// The application name used in artifact names and store keys when none is configured.
+pub const DEFAULT_APP: &str = "binarycrate";

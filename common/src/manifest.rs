@@ -1,0 +1,401 @@
+//! The release manifest, its `release.json` sidecar, the artifact's name, and the build log.
+//!
+//! The sidecar is the release's identity: it must be byte-identical every time the same tag is
+//! packaged, so it holds no timings, host names or wall-clock times (those go in
+//! [`BuildLog`]), maps are `BTreeMap`, and serialisation is a fixed pretty-printed form.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::error::ManifestError;
+use crate::{Blake3Hash, BuildNumber};
+
+/// The newest manifest schema this code writes and understands.
+pub const SCHEMA_VERSION: u32 = 1;
+/// The sidecar's file name, beside the artifact, at the archive's root and in the store.
+pub const RELEASE_JSON: &str = "release.json";
+/// The informational build log's file name.
+pub const BUILD_LOG_JSON: &str = "build-log.json";
+
+/// A file mode as the archive records it, serialised as four octal digits (`"0644"`).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Mode(pub u32);
+
+impl Mode {
+    pub const FILE: Mode = Mode(0o644);
+    pub const EXECUTABLE: Mode = Mode(0o755);
+    pub const DIR: Mode = Mode(0o755);
+}
+
+impl fmt::Debug for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:04o}", self.0)
+    }
+}
+
+impl Serialize for Mode {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{:04o}", self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Mode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match u32::from_str_radix(&s, 8) {
+            Ok(m) if s.len() == 4 && m <= 0o7777 => Ok(Mode(m)),
+            _ => Err(serde::de::Error::custom(format!("invalid mode `{s}`: expected four octal digits"))),
+        }
+    }
+}
+
+/// One entry of the release tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum FileEntry {
+    File { size: u64, mode: Mode, blake3: Blake3Hash },
+    Dir { mode: Mode },
+    /// A relative link that stays inside the release tree.
+    Symlink { target: String },
+}
+
+/// One build step that ran, with paths relative to the staging root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildStep {
+    pub name: String,
+    pub command: Vec<String>,
+}
+
+/// A vendored wheel, by file name in the tarball's `wheels/`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WheelEntry {
+    pub size: u64,
+    pub blake3: Blake3Hash,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+/// Everything that identifies a release's content, except the archive's own hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseManifest {
+    pub schema_version: u32,
+    pub app: String,
+    pub build: BuildNumber,
+    pub tag: String,
+    /// The tagged commit (hex); empty when the tree did not come from git.
+    #[serde(default)]
+    pub commit: String,
+    /// Submodule path → the commit the tag records.
+    #[serde(default)]
+    pub submodules: BTreeMap<String, String>,
+    /// The tagged commit's time (Unix seconds), every entry's mtime.
+    pub source_date: i64,
+    pub builder_version: String,
+    /// The Python tag the wheels were built for (e.g. `cp311`), when there are wheels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub python_tag: Option<String>,
+    #[serde(default)]
+    pub build_steps: Vec<BuildStep>,
+    #[serde(default)]
+    pub wheels: BTreeMap<String, WheelEntry>,
+    /// Every entry of the tree by relative path, `release.json` itself excepted.
+    pub files: BTreeMap<String, FileEntry>,
+}
+
+impl ReleaseManifest {
+    /// A manifest with the identity filled in and no files yet.
+    pub fn new(app: &str, build: BuildNumber, source_date: i64) -> Self {
+        Self {
+            schema_version: SCHEMA_VERSION,
+            app: app.to_owned(),
+            build,
+            tag: build.tag(),
+            commit: String::new(),
+            submodules: BTreeMap::new(),
+            source_date,
+            builder_version: env!("CARGO_PKG_VERSION").to_owned(),
+            python_tag: None,
+            build_steps: Vec::new(),
+            wheels: BTreeMap::new(),
+            files: BTreeMap::new(),
+        }
+    }
+
+    /// Checks what serde cannot: that names and paths are safe to use on disk and in keys.
+    pub fn validate(&self, origin: &str) -> Result<(), ManifestError> {
+        let invalid = |message: String| ManifestError::Invalid { path: origin.to_owned(), message };
+        if self.schema_version > SCHEMA_VERSION {
+            return Err(ManifestError::UnsupportedSchema {
+                path: origin.to_owned(),
+                found: self.schema_version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        validate_app_name(&self.app).map_err(invalid)?;
+        if self.tag != self.build.tag() {
+            return Err(invalid(format!("tag `{}` does not match build {:#}", self.tag, self.build)));
+        }
+        for path in self.files.keys() {
+            validate_relative_path(path).map_err(|m| invalid(format!("file `{path}`: {m}")))?;
+            if path == RELEASE_JSON {
+                return Err(invalid(format!("`{RELEASE_JSON}` must not be listed among the files")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The archive a sidecar describes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveInfo {
+    pub file_name: String,
+    pub blake3: Blake3Hash,
+    pub size: u64,
+}
+
+/// `release.json`: the manifest plus the archive's hash, size and file name.
+///
+/// The copy at the root of the archive cannot contain the archive's own hash, so it is this same
+/// structure with `archive` absent; the reader checks that it equals the sidecar in every other
+/// byte (see [`Sidecar::embedded`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sidecar {
+    pub schema_version: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<ArchiveInfo>,
+    pub manifest: ReleaseManifest,
+}
+
+#[derive(Deserialize)]
+struct SchemaProbe {
+    schema_version: u32,
+}
+
+impl Sidecar {
+    pub fn new(manifest: ReleaseManifest, archive: Option<ArchiveInfo>) -> Self {
+        Self { schema_version: SCHEMA_VERSION, archive, manifest }
+    }
+
+    /// The canonical bytes: pretty JSON with fields in declaration order and a final newline.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec_pretty(self).expect("a sidecar always serialises");
+        v.push(b'\n');
+        v
+    }
+
+    /// The copy written inside the archive: this sidecar without the archive section.
+    pub fn embedded(&self) -> Sidecar {
+        Sidecar { archive: None, ..self.clone() }
+    }
+
+    /// Parses and validates; `origin` names the source in error messages.
+    pub fn from_bytes(bytes: &[u8], origin: &str) -> Result<Self, ManifestError> {
+        let parse = |source| ManifestError::Parse { path: origin.to_owned(), source };
+        // Look at the version first so a future format gets "upgrade", not a field error.
+        let probe: SchemaProbe = serde_json::from_slice(bytes).map_err(parse)?;
+        if probe.schema_version > SCHEMA_VERSION {
+            return Err(ManifestError::UnsupportedSchema {
+                path: origin.to_owned(),
+                found: probe.schema_version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        let sidecar: Sidecar = serde_json::from_slice(bytes).map_err(parse)?;
+        sidecar.manifest.validate(origin)?;
+        if let Some(a) = &sidecar.archive {
+            let expected = ArtifactRef::new(&sidecar.manifest.app, sidecar.manifest.build, a.blake3).file_name();
+            if a.file_name != expected {
+                return Err(ManifestError::Invalid {
+                    path: origin.to_owned(),
+                    message: format!("archive file name `{}` should be `{expected}`", a.file_name),
+                });
+            }
+        }
+        Ok(sidecar)
+    }
+
+    pub fn read(path: &Path) -> Result<Self, ManifestError> {
+        let bytes = std::fs::read(path)
+            .map_err(|source| ManifestError::Io { path: path.to_owned(), source })?;
+        Self::from_bytes(&bytes, &path.display().to_string())
+    }
+
+    /// The artifact this sidecar names, if it is a published (not embedded) sidecar.
+    pub fn artifact_ref(&self) -> Option<ArtifactRef> {
+        self.archive.as_ref().map(|a| ArtifactRef::new(&self.manifest.app, self.manifest.build, a.blake3))
+    }
+}
+
+/// Names an artifact: app, build and archive hash determine its file name and store keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArtifactRef {
+    pub app: String,
+    pub build: BuildNumber,
+    pub blake3: Blake3Hash,
+}
+
+impl ArtifactRef {
+    pub fn new(app: &str, build: BuildNumber, blake3: Blake3Hash) -> Self {
+        Self { app: app.to_owned(), build, blake3 }
+    }
+
+    /// `binarycrate-Build000034-<first 16 hex>.tar.gz`
+    pub fn file_name(&self) -> String {
+        format!("{}-{:#}-{}.tar.gz", self.app, self.build, self.blake3.short())
+    }
+}
+
+/// `build-log.json`: what varies between runs, kept out of the artifact and sidecar.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuildLog {
+    pub build: BuildNumber,
+    pub artifact: String,
+    /// Wall-clock start, Unix seconds.
+    pub started_at: i64,
+    pub host: String,
+    pub total_ms: u64,
+    #[serde(default)]
+    pub steps: Vec<StepTiming>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepTiming {
+    pub name: String,
+    pub duration_ms: u64,
+}
+
+/// App names become file names and store key segments: keep them plain.
+pub fn validate_app_name(app: &str) -> Result<(), String> {
+    let ok = !app.is_empty()
+        && app.len() <= 64
+        && app.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && app.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid app name `{}`: use lowercase letters, digits, `-` and `_` (at most 64)",
+            app.escape_debug()
+        ))
+    }
+}
+
+/// A manifest path: `/`-separated, relative, no empty, `.` or `..` components, no NUL.
+pub fn validate_relative_path(path: &str) -> Result<(), String> {
+    if path.is_empty() {
+        return Err("empty path".into());
+    }
+    if path.starts_with('/') {
+        return Err("absolute path".into());
+    }
+    if path.contains('\0') {
+        return Err("NUL in path".into());
+    }
+    for c in path.split('/') {
+        match c {
+            "" | "." => return Err("empty or `.` component".into()),
+            ".." => return Err("`..` component".into()),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example() -> Sidecar {
+        let build = BuildNumber::parse("Build000034").unwrap();
+        let mut m = ReleaseManifest::new("binarycrate", build, 1_700_000_000);
+        m.builder_version = "0.1.0".into();
+        m.commit = "4b825dc642cb6eb9a060e54bf8d69288fbee4904".into();
+        m.submodules.insert("cavorite".into(), "1111111111111111111111111111111111111111".into());
+        m.submodules.insert("historygraph".into(), "2222222222222222222222222222222222222222".into());
+        m.python_tag = Some("cp311".into());
+        m.build_steps.push(BuildStep {
+            name: "copy-build-number".into(),
+            command: vec!["cp".into(), "binarycrate/binarycrate/settings/build_number.py".into(), "front-end/binarycrate/build_number.py".into()],
+        });
+        m.wheels.insert(
+            "Django-4.2.16-py3-none-any.whl".into(),
+            WheelEntry { size: 8_000_000, blake3: Blake3Hash::of(b"django"), sha256: None },
+        );
+        m.files.insert("binarycrate".into(), FileEntry::Dir { mode: Mode::DIR });
+        m.files.insert(
+            "binarycrate/manage.py".into(),
+            FileEntry::File { size: 3, mode: Mode::EXECUTABLE, blake3: Blake3Hash::of(b"py\n") },
+        );
+        m.files.insert("static-link".into(), FileEntry::Symlink { target: "binarycrate".into() });
+        let archive = ArchiveInfo {
+            file_name: ArtifactRef::new("binarycrate", build, Blake3Hash::of(b"archive")).file_name(),
+            blake3: Blake3Hash::of(b"archive"),
+            size: 1234,
+        };
+        Sidecar::new(m, Some(archive))
+    }
+
+    #[test]
+    fn sidecar_snapshot() {
+        insta::assert_snapshot!(String::from_utf8(example().to_bytes()).unwrap());
+    }
+
+    #[test]
+    fn sidecar_round_trips_byte_for_byte() {
+        let s = example();
+        let bytes = s.to_bytes();
+        let back = Sidecar::from_bytes(&bytes, "test").unwrap();
+        assert_eq!(back, s);
+        assert_eq!(back.to_bytes(), bytes);
+        assert_eq!(back.embedded().archive, None);
+    }
+
+    #[test]
+    fn future_schema_is_a_clear_error() {
+        let mut v: serde_json::Value = serde_json::from_slice(&example().to_bytes()).unwrap();
+        v["schema_version"] = 2.into();
+        v["manifest"] = "something new".into();
+        let err = Sidecar::from_bytes(v.to_string().as_bytes(), "x/release.json").unwrap_err();
+        assert!(matches!(err, ManifestError::UnsupportedSchema { found: 2, supported: 1, .. }), "{err}");
+        assert!(err.to_string().contains("upgrade"));
+    }
+
+    #[test]
+    fn unknown_fields_are_tolerated() {
+        let mut v: serde_json::Value = serde_json::from_slice(&example().to_bytes()).unwrap();
+        v["signed_by"] = "someone".into();
+        v["manifest"]["new_field"] = serde_json::json!({"a": 1});
+        let back = Sidecar::from_bytes(v.to_string().as_bytes(), "x").unwrap();
+        assert_eq!(back, example());
+    }
+
+    #[test]
+    fn rejects_unsafe_names() {
+        let mut s = example();
+        s.manifest.files.insert("../etc/passwd".into(), FileEntry::Dir { mode: Mode::DIR });
+        assert!(Sidecar::from_bytes(&s.to_bytes(), "x").is_err());
+        let mut s = example();
+        s.archive.as_mut().unwrap().file_name = "../../x.tar.gz".into();
+        assert!(Sidecar::from_bytes(&s.to_bytes(), "x").is_err());
+        let mut s = example();
+        s.manifest.app = "Bad App".into();
+        assert!(Sidecar::from_bytes(&s.to_bytes(), "x").is_err());
+        let mut s = example();
+        s.manifest.tag = "Build000035".into();
+        assert!(Sidecar::from_bytes(&s.to_bytes(), "x").is_err());
+        let text = String::from_utf8(example().to_bytes()).unwrap().replace("\"000034\"", "\"00034;\"");
+        assert!(Sidecar::from_bytes(text.as_bytes(), "x").is_err());
+    }
+
+    #[test]
+    fn artifact_name() {
+        let r = ArtifactRef::new("binarycrate", BuildNumber::parse("000034").unwrap(), Blake3Hash::of(b"a"));
+        let name = r.file_name();
+        assert!(name.starts_with("binarycrate-Build000034-"));
+        assert!(name.ends_with(".tar.gz"));
+        assert_eq!(name.len(), "binarycrate-Build000034-".len() + 16 + 7);
+    }
+}

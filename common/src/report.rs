@@ -1,0 +1,194 @@
+//! Exit codes shared by every command, and the `--json` report `builder` reads back from SSM.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::BuildNumber;
+
+/// Exit codes of SPEC section 5, identical for every command of both binaries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitCode {
+    /// Success, or nothing to do (said so).
+    Success = 0,
+    /// Failed before anything live changed; the previous release is still serving.
+    Failed = 1,
+    /// Bad input: usage, configuration, validation, verification. Nothing was touched.
+    BadInput = 2,
+    /// Failed after the swap and rolled back by itself.
+    RolledBack = 3,
+    /// Failed after the swap and could not restore: an operator is needed.
+    OperatorNeeded = 4,
+    /// Another activation holds the lock past `--lock-timeout`.
+    Locked = 5,
+}
+
+impl ExitCode {
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    pub fn from_code(code: i32) -> Option<Self> {
+        Some(match code {
+            0 => Self::Success,
+            1 => Self::Failed,
+            2 => Self::BadInput,
+            3 => Self::RolledBack,
+            4 => Self::OperatorNeeded,
+            5 => Self::Locked,
+            _ => return None,
+        })
+    }
+
+    /// What the code means, for people reading a fleet's results.
+    pub fn meaning(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Failed => "failed before anything live changed; the previous release is still serving",
+            Self::BadInput => "bad input; nothing was touched",
+            Self::RolledBack => "failed after the swap and rolled back; the previous release is serving",
+            Self::OperatorNeeded => "failed after the swap and could not restore: operator needed",
+            Self::Locked => "another activation holds the lock",
+        }
+    }
+}
+
+impl From<ExitCode> for std::process::ExitCode {
+    fn from(c: ExitCode) -> Self {
+        std::process::ExitCode::from(c.code())
+    }
+}
+
+/// How a command ended, in words a machine can match on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Success,
+    NothingToDo,
+    Failed,
+    BadInput,
+    RolledBack,
+    OperatorNeeded,
+    Locked,
+}
+
+impl Outcome {
+    pub fn exit_code(self) -> ExitCode {
+        match self {
+            Self::Success | Self::NothingToDo => ExitCode::Success,
+            Self::Failed => ExitCode::Failed,
+            Self::BadInput => ExitCode::BadInput,
+            Self::RolledBack => ExitCode::RolledBack,
+            Self::OperatorNeeded => ExitCode::OperatorNeeded,
+            Self::Locked => ExitCode::Locked,
+        }
+    }
+}
+
+/// One timed phase of a command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PhaseReport {
+    pub name: String,
+    pub duration_ms: u64,
+    #[serde(default = "default_true")]
+    pub ok: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// The one JSON object a command prints with `--json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub command: String,
+    #[serde(default)]
+    pub build: Option<BuildNumber>,
+    #[serde(default)]
+    pub previous_build: Option<BuildNumber>,
+    pub outcome: Outcome,
+    pub exit_code: u8,
+    #[serde(default)]
+    pub phases: Vec<PhaseReport>,
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Command-specific details (paths, counts); kept open so new commands need no schema change.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub details: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Report {
+    pub fn new(command: &str) -> Self {
+        Self {
+            command: command.to_owned(),
+            build: None,
+            previous_build: None,
+            outcome: Outcome::Success,
+            exit_code: 0,
+            phases: Vec::new(),
+            warnings: Vec::new(),
+            error: None,
+            details: serde_json::Map::new(),
+        }
+    }
+
+    pub fn phase(&mut self, name: &str, took: Duration, ok: bool) {
+        self.phases.push(PhaseReport { name: name.to_owned(), duration_ms: took.as_millis() as u64, ok });
+    }
+
+    pub fn finish(&mut self, outcome: Outcome, error: Option<String>) {
+        self.outcome = outcome;
+        self.exit_code = outcome.exit_code().code();
+        self.error = error;
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a report always serialises")
+    }
+
+    /// Finds the report in mixed output (SSM returns stdout, which may carry other lines).
+    pub fn find_in(output: &str) -> Option<Report> {
+        let start = output.find("{\n  \"command\"").or_else(|| output.find("{\"command\""))?;
+        let mut de = serde_json::Deserializer::from_str(&output[start..]).into_iter::<Report>();
+        de.next()?.ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcome_maps_to_spec_codes() {
+        assert_eq!(Outcome::Success.exit_code().code(), 0);
+        assert_eq!(Outcome::NothingToDo.exit_code().code(), 0);
+        assert_eq!(Outcome::Failed.exit_code().code(), 1);
+        assert_eq!(Outcome::BadInput.exit_code().code(), 2);
+        assert_eq!(Outcome::RolledBack.exit_code().code(), 3);
+        assert_eq!(Outcome::OperatorNeeded.exit_code().code(), 4);
+        assert_eq!(Outcome::Locked.exit_code().code(), 5);
+        for c in 0..=5 {
+            assert_eq!(ExitCode::from_code(c).unwrap().code() as i32, c);
+        }
+        assert_eq!(ExitCode::from_code(6), None);
+    }
+
+    #[test]
+    fn report_round_trips_and_is_found_in_noise() {
+        let mut r = Report::new("activate");
+        r.build = Some(BuildNumber::parse("000003").unwrap());
+        r.phase("fetch", Duration::from_millis(12), true);
+        r.warnings.push("cache miss".into());
+        r.finish(Outcome::RolledBack, Some("health check failed".into()));
+        let text = format!("some log line\n{}\ntrailing\n", r.to_json());
+        let back = Report::find_in(&text).unwrap();
+        assert_eq!(back, r);
+        assert_eq!(back.exit_code, 3);
+        let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(v["outcome"], "rolled_back");
+        assert_eq!(v["build"], "000003");
+    }
+}

@@ -1,0 +1,312 @@
+//! The artifact store: where published releases live, with the layout and immutability rules
+//! of SPEC section 3, over two backends chosen by URL (`file://`/plain path and `s3://`).
+//!
+//! Backends implement the small [`ObjectStore`] trait (create-if-absent, overwrite, get, list);
+//! the rules — sidecar last, identical republish is a no-op, a different sidecar is refused,
+//! downloads verified against the sidecar — live once, in [`ArtifactStore`].
+
+mod file;
+mod s3;
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+pub use file::FileStore;
+pub use s3::S3Store;
+
+use crate::atomic;
+use crate::error::{FsError, ManifestError, StoreError};
+use crate::hash::HashingWriter;
+use crate::manifest::{BUILD_LOG_JSON, RELEASE_JSON};
+use crate::progress::ProgressWriter;
+use crate::{progress, Blake3Hash, BuildNumber, Sidecar};
+
+/// Result of a create-if-absent write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    Created,
+    AlreadyExists,
+}
+
+/// A flat key/value object store. Keys are `/`-separated and relative to the store's root.
+pub trait ObjectStore: Send + Sync {
+    /// Where this store is, for messages: `file:///…` or `s3://bucket/prefix`.
+    fn location(&self) -> String;
+    /// Uploads a local file under `key` unless an object already has that key.
+    fn put_new_file(&self, key: &str, src: &Path) -> Result<PutOutcome, StoreError>;
+    /// Writes bytes under `key` unless an object already has that key.
+    fn put_new_bytes(&self, key: &str, data: &[u8]) -> Result<PutOutcome, StoreError>;
+    /// Writes bytes under `key`, replacing what is there (informational objects only).
+    fn put_bytes(&self, key: &str, data: &[u8]) -> Result<(), StoreError>;
+    /// Streams the object into `out`; [`StoreError::NotFound`] when absent. Returns its length.
+    fn get(&self, key: &str, out: &mut dyn Write) -> Result<u64, StoreError>;
+    /// Every key under `prefix` (which ends with `/`), in any order.
+    fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+}
+
+/// Options for opening a store; the defaults suit real servers.
+#[derive(Debug, Clone, Default)]
+pub struct StoreOptions {
+    /// S3 endpoint override (otherwise `AWS_ENDPOINT_URL` or AWS's own).
+    pub s3_endpoint: Option<String>,
+    /// Path-style S3 addressing (`http://host/bucket/key`), needed by most S3 stand-ins.
+    /// Always on when an endpoint override is in effect.
+    pub s3_path_style: bool,
+    /// Uploads larger than this use multipart upload (0: the backend's default).
+    pub multipart_threshold: u64,
+    /// Part size for multipart uploads (0: the backend's default).
+    pub part_size: u64,
+}
+
+/// What [`ArtifactStore::publish`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublishOutcome {
+    Published { sidecar_key: String, artifact_key: String },
+    /// The identical sidecar was already there: nothing was written.
+    AlreadyPublished { sidecar_key: String },
+}
+
+/// A release fetched into a local directory and verified against its sidecar.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub sidecar: Sidecar,
+    pub sidecar_bytes: Vec<u8>,
+    pub artifact_path: PathBuf,
+}
+
+/// The store with the release rules on top of a backend.
+pub struct ArtifactStore {
+    backend: Box<dyn ObjectStore>,
+}
+
+impl std::fmt::Debug for ArtifactStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ArtifactStore({})", self.backend.location())
+    }
+}
+
+impl ArtifactStore {
+    pub fn new(backend: Box<dyn ObjectStore>) -> Self {
+        Self { backend }
+    }
+
+    /// Opens `file:///path`, a plain path, or `s3://bucket/prefix`.
+    pub fn open(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
+        let bad = |reason: &str| StoreError::BadUrl { url: url.to_owned(), reason: reason.to_owned() };
+        if url.trim().is_empty() {
+            return Err(bad("empty; use `file:///path`, a directory path, or `s3://bucket/prefix`"));
+        }
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            return Ok(Self::new(Box::new(S3Store::connect(bucket, prefix, options).map_err(|e| match e {
+                StoreError::BadUrl { reason, .. } => bad(&reason),
+                other => other,
+            })?)));
+        }
+        let path = if let Some(rest) = url.strip_prefix("file://") {
+            if !rest.starts_with('/') {
+                return Err(bad("a file URL needs an absolute path: `file:///path/to/store`"));
+            }
+            PathBuf::from(rest)
+        } else if url.contains("://") {
+            return Err(bad("unsupported scheme; use `file:///path`, a directory path, or `s3://bucket/prefix`"));
+        } else {
+            PathBuf::from(url)
+        };
+        Ok(Self::new(Box::new(FileStore::new(path))))
+    }
+
+    pub fn location(&self) -> String {
+        self.backend.location()
+    }
+
+    pub fn backend(&self) -> &dyn ObjectStore {
+        self.backend.as_ref()
+    }
+
+    /// `<app>/BuildNNNNNN/`
+    pub fn build_prefix(app: &str, build: BuildNumber) -> String {
+        format!("{app}/{build:#}/")
+    }
+
+    pub fn sidecar_key(app: &str, build: BuildNumber) -> String {
+        format!("{}{RELEASE_JSON}", Self::build_prefix(app, build))
+    }
+
+    /// Publishes an artifact and its sidecar: artifact first, sidecar last, both only if absent.
+    ///
+    /// The sidecar's key is fixed per build, so writing it is the commit point: readers either
+    /// see no release or a complete one, and of two racing publishers only one can win.
+    pub fn publish(&self, artifact: &Path, sidecar: &Sidecar) -> Result<PublishOutcome, StoreError> {
+        let m = &sidecar.manifest;
+        let archive = sidecar.archive.as_ref().ok_or_else(|| ManifestError::Invalid {
+            path: RELEASE_JSON.into(),
+            message: "the sidecar has no archive section (is it the copy from inside an archive?)".into(),
+        })?;
+        let (hash, size) = Blake3Hash::of_file(artifact)?;
+        if hash != archive.blake3 || size != archive.size {
+            return Err(StoreError::Corrupt {
+                store: "local".into(),
+                key: artifact.display().to_string(),
+                reason: format!(
+                    "the file is {size} bytes with BLAKE3 {hash}, its sidecar says {} bytes with {}",
+                    archive.size, archive.blake3
+                ),
+            });
+        }
+        let sidecar_key = Self::sidecar_key(&m.app, m.build);
+        let artifact_key = format!("{}{}", Self::build_prefix(&m.app, m.build), archive.file_name);
+        let bytes = sidecar.to_bytes();
+
+        if let Some(existing) = self.get_optional(&sidecar_key)? {
+            return self.compare_published(sidecar, &existing, &bytes, sidecar_key);
+        }
+        if self.backend.put_new_file(&artifact_key, artifact)? == PutOutcome::AlreadyExists {
+            // A previous publish stopped before its sidecar, or a racing publisher of the same
+            // archive got here first: fine if the bytes are the ones we hold.
+            let mut w = HashingWriter::new(std::io::sink());
+            self.backend.get(&artifact_key, &mut w)?;
+            let (_, existing_hash, existing_size) = w.finish();
+            if existing_hash != archive.blake3 || existing_size != archive.size {
+                return Err(StoreError::Corrupt {
+                    store: self.location(),
+                    key: artifact_key,
+                    reason: format!("an object with this name already exists with BLAKE3 {existing_hash}, not {}", archive.blake3),
+                });
+            }
+        }
+        match self.backend.put_new_bytes(&sidecar_key, &bytes)? {
+            PutOutcome::Created => Ok(PublishOutcome::Published { sidecar_key, artifact_key }),
+            PutOutcome::AlreadyExists => {
+                let existing = self.get_optional(&sidecar_key)?.unwrap_or_default();
+                self.compare_published(sidecar, &existing, &bytes, sidecar_key)
+            }
+        }
+    }
+
+    fn compare_published(
+        &self,
+        sidecar: &Sidecar,
+        existing: &[u8],
+        ours: &[u8],
+        sidecar_key: String,
+    ) -> Result<PublishOutcome, StoreError> {
+        if existing == ours {
+            return Ok(PublishOutcome::AlreadyPublished { sidecar_key });
+        }
+        let existing_hash = Sidecar::from_bytes(existing, &sidecar_key)
+            .ok()
+            .and_then(|s| s.archive.map(|a| a.blake3.to_hex()))
+            .unwrap_or_else(|| format!("an unreadable sidecar (BLAKE3 of its bytes {})", Blake3Hash::of(existing)));
+        Err(StoreError::Conflict {
+            store: self.location(),
+            build: sidecar.manifest.build,
+            existing: existing_hash,
+            new: sidecar.archive.as_ref().map(|a| a.blake3.to_hex()).unwrap_or_default(),
+        })
+    }
+
+    fn get_optional(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut buf = Vec::new();
+        match self.backend.get(key, &mut buf) {
+            Ok(_) => Ok(Some(buf)),
+            Err(StoreError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes the informational build log beside the release (may be overwritten).
+    pub fn put_build_log(&self, app: &str, build: BuildNumber, bytes: &[u8]) -> Result<String, StoreError> {
+        let key = format!("{}{BUILD_LOG_JSON}", Self::build_prefix(app, build));
+        self.backend.put_bytes(&key, bytes)?;
+        Ok(key)
+    }
+
+    /// Reads and validates a build's sidecar; it must describe exactly that app and build.
+    pub fn fetch_sidecar(&self, app: &str, build: BuildNumber) -> Result<(Sidecar, Vec<u8>), StoreError> {
+        let key = Self::sidecar_key(app, build);
+        let mut bytes = Vec::new();
+        self.backend.get(&key, &mut bytes)?;
+        let origin = format!("{}/{key}", self.location());
+        let sidecar = Sidecar::from_bytes(&bytes, &origin)?;
+        if sidecar.manifest.app != app || sidecar.manifest.build != build || sidecar.archive.is_none() {
+            return Err(StoreError::Corrupt {
+                store: self.location(),
+                key,
+                reason: format!(
+                    "it describes {} {:#}{}, not {app} {build:#}",
+                    sidecar.manifest.app,
+                    sidecar.manifest.build,
+                    if sidecar.archive.is_none() { " without an archive section" } else { "" }
+                ),
+            });
+        }
+        Ok((sidecar, bytes))
+    }
+
+    /// Fetches a build's sidecar, then the artifact it names, streamed into `dest_dir` and
+    /// verified (size and BLAKE3) before it appears under its final name.
+    pub fn fetch(&self, app: &str, build: BuildNumber, dest_dir: &Path) -> Result<Fetched, StoreError> {
+        let (sidecar, sidecar_bytes) = self.fetch_sidecar(app, build)?;
+        let archive = sidecar.archive.clone().expect("checked by fetch_sidecar");
+        let key = format!("{}{}", Self::build_prefix(app, build), archive.file_name);
+        let final_path = dest_dir.join(&archive.file_name);
+        let tmp = atomic::temp_sibling(&final_path, "download");
+        let result = (|| {
+            let file = File::create(&tmp).map_err(|e| FsError::new("cannot create", &tmp, e))?;
+            let bar = progress::bytes_bar(archive.size, &format!("download {}", archive.file_name));
+            let mut w = HashingWriter::new(ProgressWriter::new(BufWriter::with_capacity(1 << 20, file), bar));
+            self.backend.get(&key, &mut w)?;
+            let (inner, hash, size) = w.finish();
+            let corrupt = |reason: String| StoreError::Corrupt { store: self.location(), key: key.clone(), reason };
+            if size != archive.size {
+                return Err(corrupt(format!("got {size} bytes, the sidecar says {} (truncated or replaced)", archive.size)));
+            }
+            if hash != archive.blake3 {
+                return Err(corrupt(format!("BLAKE3 is {hash}, the sidecar says {} (altered or replaced)", archive.blake3)));
+            }
+            let file = inner.into_inner().into_inner().map_err(|e| FsError::new("cannot write", &tmp, e.into_error()))?;
+            file.sync_all().map_err(|e| FsError::new("cannot fsync", &tmp, e))?;
+            atomic::rename(&tmp, &final_path)?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        Ok(Fetched { sidecar, sidecar_bytes, artifact_path: final_path })
+    }
+
+    /// The builds whose sidecar is present (i.e. completely published), ascending.
+    pub fn list_builds(&self, app: &str) -> Result<Vec<BuildNumber>, StoreError> {
+        let prefix = format!("{app}/");
+        let mut builds: Vec<BuildNumber> = self
+            .backend
+            .list(&prefix)?
+            .iter()
+            .filter_map(|k| k.strip_prefix(&prefix)?.strip_suffix(&format!("/{RELEASE_JSON}")).map(str::to_owned))
+            .filter_map(|dir| BuildNumber::parse(&dir).ok().filter(|b| b.tag() == dir))
+            .collect();
+        builds.sort();
+        builds.dedup();
+        Ok(builds)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_choose_backends_or_say_why_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", dir.path().display());
+        assert!(ArtifactStore::open(&url, &StoreOptions::default()).unwrap().location().starts_with("file:///"));
+        assert!(ArtifactStore::open("artifacts", &StoreOptions::default()).is_ok());
+        for bad in ["", "file://relative/x", "ftp://host/x", "http://127.0.0.1/x"] {
+            let err = ArtifactStore::open(bad, &StoreOptions::default()).unwrap_err();
+            assert!(matches!(err, StoreError::BadUrl { .. }), "{bad}: {err}");
+        }
+    }
+}

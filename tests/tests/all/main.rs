@@ -1,0 +1,3 @@
+//! The `tests` crate's one integration-test binary: end-to-end checks across both binaries.
+
+mod store_s3;

@@ -1,0 +1,1 @@
+//! S3 store tests against a real moto server.
