@@ -18,13 +18,25 @@ pub enum BuildNumberError {
 #[derive(Debug, Error)]
 pub enum ManifestError {
     #[error("`{path}` uses release manifest schema version {found}, but this program understands only up to version {supported}: upgrade builder/installer")]
-    UnsupportedSchema { path: String, found: u32, supported: u32 },
+    UnsupportedSchema {
+        path: String,
+        found: u32,
+        supported: u32,
+    },
     #[error("`{path}` is not a valid release manifest: {source}")]
-    Parse { path: String, #[source] source: serde_json::Error },
+    Parse {
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("`{path}`: {message}")]
     Invalid { path: String, message: String },
     #[error("cannot read `{path}`")]
-    Io { path: PathBuf, #[source] source: io::Error },
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// A failed filesystem operation, with the path it was about.
@@ -39,7 +51,11 @@ pub struct FsError {
 
 impl FsError {
     pub fn new(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
-        Self { op, path: path.into(), source }
+        Self {
+            op,
+            path: path.into(),
+            source,
+        }
     }
 }
 
@@ -48,7 +64,9 @@ impl FsError {
 pub enum PackError {
     #[error("cannot pack `{}`: {reason}", path.display())]
     Unsupported { path: PathBuf, reason: String },
-    #[error("the staged tree must not contain `release.json` at its root: the archive writer adds it")]
+    #[error(
+        "the staged tree must not contain `release.json` at its root: the archive writer adds it"
+    )]
     ReservedName,
     #[error("`{}` is not a directory", .0.display())]
     NotADirectory(PathBuf),
@@ -130,13 +148,68 @@ pub enum StoreError {
     #[error("`{key}` is not in the store `{store}`")]
     NotFound { store: String, key: String },
     #[error("{build:#} is already published in `{store}` with a different archive: published {existing}, refusing {new}; build numbers are immutable, prepare a new build instead")]
-    Conflict { store: String, build: crate::BuildNumber, existing: String, new: String },
+    Conflict {
+        store: String,
+        build: crate::BuildNumber,
+        existing: String,
+        new: String,
+    },
     #[error("`{key}` in `{store}` is corrupt or truncated: {reason}")]
-    Corrupt { store: String, key: String, reason: String },
+    Corrupt {
+        store: String,
+        key: String,
+        reason: String,
+    },
     #[error("store `{store}`: {op} `{key}` failed: {message}")]
-    Backend { store: String, op: &'static str, key: String, message: String },
+    Backend {
+        store: String,
+        op: &'static str,
+        key: String,
+        message: String,
+    },
     #[error(transparent)]
     Fs(#[from] FsError),
     #[error(transparent)]
     Manifest(#[from] ManifestError),
+}
+
+/// Input the user must fix (a bad argument or file) that no other error type describes.
+#[derive(Debug, Error)]
+#[error("{0}")]
+pub struct BadInput(pub String);
+
+/// The exit code an error deserves (SPEC section 5): 2 when the input was at fault and nothing
+/// was touched, 1 for everything else that failed before anything live changed.
+pub fn exit_code_for(err: &(dyn std::error::Error + 'static)) -> crate::report::ExitCode {
+    use crate::report::ExitCode;
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        let bad = e.is::<BadInput>()
+            || e.is::<BuildNumberError>()
+            || e.is::<ManifestError>()
+            || e.downcast_ref::<UnpackError>()
+                .is_some_and(UnpackError::is_bad_input)
+            || e.downcast_ref::<PackError>().is_some_and(|p| {
+                matches!(
+                    p,
+                    PackError::Unsupported { .. }
+                        | PackError::ReservedName
+                        | PackError::NotADirectory(_)
+                )
+            })
+            || e.downcast_ref::<StoreError>().is_some_and(|s| {
+                matches!(
+                    s,
+                    StoreError::BadUrl { .. }
+                        | StoreError::Conflict { .. }
+                        | StoreError::Corrupt { .. }
+                        | StoreError::NotFound { .. }
+                )
+            });
+        if bad {
+            return ExitCode::BadInput;
+        }
+        cur = e.source();
+    }
+    ExitCode::Failed
 }

@@ -1,27 +1,51 @@
 //! Safe archive reader: verifies everything against the sidecar while unpacking into a new tree.
+//!
+//! Nothing is trusted until checked: entries go into a temporary directory beside the
+//! destination, every entry is checked against the manifest as it streams past (path, type,
+//! mode, size, BLAKE3), the archive's own BLAKE3 is checked at the end, and only then is the
+//! tree made durable and renamed into place. Any error removes the temporary directory.
+//!
+//! Decompression runs on its own thread, feeding blocks to the thread that parses and writes,
+//! so inflating and file creation overlap as they do in `tar xzf` (two processes).
 
-use std::path::Path;
+use std::collections::{BTreeMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver};
+use std::thread;
+use std::time::{Duration, SystemTime};
 
-use crate::error::UnpackError;
-use crate::manifest::Sidecar;
+use flate2::read::GzDecoder;
+
+use crate::archive::writer::check_link_target;
+use crate::atomic;
+use crate::error::{FsError, UnpackError};
+use crate::hash::HashingReader;
+use crate::manifest::{FileEntry, Mode, Sidecar, RELEASE_JSON};
+use crate::Blake3Hash;
 
 /// Limits against decompression bombs.
 #[derive(Debug, Clone)]
 pub struct UnpackOptions {
-    /// Most bytes the unpacked tree may hold.
+    /// Most bytes the unpacked tree may hold (file contents).
     pub max_unpacked_bytes: u64,
-    /// Most the unpacked stream may expand relative to the compressed archive.
+    /// Most the decompressed stream may expand relative to the compressed archive.
     pub max_ratio: u64,
 }
 
 impl Default for UnpackOptions {
     fn default() -> Self {
-        Self { max_unpacked_bytes: 8 << 30, max_ratio: 200 }
+        Self {
+            max_unpacked_bytes: 8 << 30,
+            max_ratio: 200,
+        }
     }
 }
 
 /// What [`unpack`] wrote.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Unpacked {
     pub files: u64,
     pub dirs: u64,
@@ -29,9 +53,574 @@ pub struct Unpacked {
     pub bytes: u64,
 }
 
+/// Decompressed block size handed from the inflating thread to the writing thread.
+const BLOCK: usize = 256 * 1024;
+/// The embedded `release.json` is read into memory; anything this large is not a sidecar.
+const MAX_EMBEDDED_SIDECAR: u64 = 256 << 20;
+
 /// Verifies `archive` against `sidecar` and unpacks it into `dest`, which must not exist.
 /// On any error nothing is left behind.
-pub fn unpack(archive: &Path, sidecar: &Sidecar, dest: &Path, options: &UnpackOptions) -> Result<Unpacked, UnpackError> {
-    let _ = (archive, sidecar, dest, options);
-    todo!()
+pub fn unpack(
+    archive: &Path,
+    sidecar: &Sidecar,
+    dest: &Path,
+    options: &UnpackOptions,
+) -> Result<Unpacked, UnpackError> {
+    let expected = sidecar.archive.as_ref().ok_or_else(|| {
+        UnpackError::Manifest(crate::error::ManifestError::Invalid {
+            path: RELEASE_JSON.into(),
+            message: "the sidecar has no archive section (is it the copy from inside an archive?)"
+                .into(),
+        })
+    })?;
+    if fs::symlink_metadata(dest).is_ok() {
+        return Err(UnpackError::DestinationExists(dest.to_owned()));
+    }
+    let file = File::open(archive).map_err(|e| FsError::new("cannot open", archive, e))?;
+    let size = file
+        .metadata()
+        .map_err(|e| FsError::new("cannot stat", archive, e))?
+        .len();
+    if size != expected.size {
+        return Err(UnpackError::ArchiveSize {
+            expected: expected.size,
+            actual: size,
+        });
+    }
+    let tmp = atomic::temp_sibling(dest, "unpack");
+    fs::create_dir(&tmp).map_err(|e| FsError::new("cannot create directory", &tmp, e))?;
+    let result = unpack_into(file, size, sidecar, &tmp, options).and_then(|summary| {
+        // One filesystem sync makes every new file durable before the tree gets its real name.
+        atomic::sync_filesystem(&tmp)?;
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(Mode::DIR.0))
+            .map_err(|e| FsError::new("cannot set mode of", &tmp, e))?;
+        if fs::symlink_metadata(dest).is_ok() {
+            return Err(UnpackError::DestinationExists(dest.to_owned()));
+        }
+        atomic::rename(&tmp, dest)?;
+        Ok(summary)
+    });
+    if result.is_err() {
+        let _ = atomic::remove_tree(&tmp);
+    }
+    result
+}
+
+/// What the inflating thread reports when it is done.
+struct StreamEnd {
+    hash: Blake3Hash,
+    compressed: u64,
+}
+
+fn unpack_into(
+    file: File,
+    compressed_size: u64,
+    sidecar: &Sidecar,
+    root: &Path,
+    options: &UnpackOptions,
+) -> Result<Unpacked, UnpackError> {
+    let expected = sidecar.archive.as_ref().expect("checked by unpack");
+    // Everything decompressed counts: headers and padding too, so a bomb made of huge long-name
+    // entries or zero padding is caught as well as one made of file content.
+    let stream_limit = options
+        .max_ratio
+        .saturating_mul(compressed_size.max(1))
+        .min(
+            options
+                .max_unpacked_bytes
+                .saturating_add(options.max_unpacked_bytes / 8 + (64 << 20)),
+        );
+    let (tx, rx) = mpsc::sync_channel::<Result<Vec<u8>, UnpackError>>(8);
+    let max_ratio = options.max_ratio;
+    let inflater = thread::spawn(move || -> Option<StreamEnd> {
+        let mut hashed = HashingReader::new(file);
+        let mut total: u64 = 0;
+        let outcome = (|| -> Result<(), UnpackError> {
+            let mut gz = GzDecoder::new(BufReader::with_capacity(BLOCK, &mut hashed));
+            loop {
+                let mut block = vec![0u8; BLOCK];
+                let mut filled = 0;
+                while filled < BLOCK {
+                    match gz.read(&mut block[filled..]) {
+                        Ok(0) => break,
+                        Ok(n) => filled += n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(UnpackError::Corrupt(e.to_string())),
+                    }
+                }
+                total += filled as u64;
+                if total > stream_limit {
+                    return Err(UnpackError::RatioTooHigh { limit: max_ratio });
+                }
+                if filled == 0 {
+                    break;
+                }
+                block.truncate(filled);
+                if tx.send(Ok(block)).is_err() {
+                    return Ok(()); // the writer stopped: its own error is reported
+                }
+            }
+            // One gzip member and nothing after it.
+            let mut rest = gz.into_inner();
+            let mut probe = [0u8; 1];
+            if rest
+                .read(&mut probe)
+                .map_err(|e| UnpackError::Corrupt(e.to_string()))?
+                != 0
+            {
+                return Err(UnpackError::TrailingData);
+            }
+            Ok(())
+        })();
+        match outcome {
+            Ok(()) => {
+                let (_, hash, compressed) = hashed.finish();
+                Some(StreamEnd { hash, compressed })
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                None
+            }
+        }
+    });
+
+    let mut source = BlockReader {
+        rx,
+        current: Vec::new(),
+        pos: 0,
+        error: None,
+    };
+    let written = write_entries(&mut source, sidecar, root, options);
+    // Read what the tar parser left (end-of-archive padding) so the gzip trailer gets checked.
+    let drained = written.and_then(|summary| source.drain_zeros().map(|()| summary));
+    let stream_error = source.error.take();
+    drop(source);
+    let end = inflater
+        .join()
+        .map_err(|_| UnpackError::Corrupt("the decompression thread failed".into()))?;
+    // The inflater's own error explains a parse failure better than the parse failure does.
+    if let Some(e) = stream_error {
+        return Err(e);
+    }
+    let summary = drained?;
+    let end =
+        end.ok_or_else(|| UnpackError::Corrupt("the decompression stream ended early".into()))?;
+    if end.compressed != expected.size {
+        return Err(UnpackError::ArchiveSize {
+            expected: expected.size,
+            actual: end.compressed,
+        });
+    }
+    if end.hash != expected.blake3 {
+        return Err(UnpackError::ArchiveHash {
+            expected: expected.blake3.to_hex(),
+            actual: end.hash.to_hex(),
+        });
+    }
+    Ok(summary)
+}
+
+/// `Read` over the blocks the inflating thread sends; remembers the thread's error.
+struct BlockReader {
+    rx: Receiver<Result<Vec<u8>, UnpackError>>,
+    current: Vec<u8>,
+    pos: usize,
+    error: Option<UnpackError>,
+}
+
+impl BlockReader {
+    /// After the tar end marker only zero padding may follow.
+    fn drain_zeros(&mut self) -> Result<(), UnpackError> {
+        let mut buf = vec![0u8; BLOCK];
+        loop {
+            let n = self
+                .read(&mut buf)
+                .map_err(|e| UnpackError::Corrupt(e.to_string()))?;
+            if n == 0 {
+                return Ok(());
+            }
+            if buf[..n].iter().any(|&b| b != 0) {
+                return Err(UnpackError::TrailingData);
+            }
+        }
+    }
+}
+
+impl Read for BlockReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.current.len() {
+            match self.rx.recv() {
+                Ok(Ok(block)) => {
+                    self.current = block;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => {
+                    let msg = e.to_string();
+                    self.error = Some(e);
+                    return Err(io::Error::other(msg));
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.current.len() - self.pos);
+        out[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Parses the tar stream and writes every entry, checking it against the manifest.
+fn write_entries(
+    source: &mut BlockReader,
+    sidecar: &Sidecar,
+    root: &Path,
+    options: &UnpackOptions,
+) -> Result<Unpacked, UnpackError> {
+    let manifest = &sidecar.manifest;
+    let mtime = SystemTime::UNIX_EPOCH + Duration::from_secs(manifest.source_date.max(0) as u64);
+    let mut archive = tar::Archive::new(source);
+    let mut seen: HashSet<String> = HashSet::with_capacity(manifest.files.len() + 1);
+    let mut dirs: HashSet<String> = HashSet::new();
+    let mut links: HashSet<String> = HashSet::new();
+    let mut summary = Unpacked::default();
+    let mut embedded_ok = false;
+    let mut buf = vec![0u8; BLOCK];
+    let corrupt = |e: io::Error| UnpackError::Corrupt(e.to_string());
+    for entry in archive.entries().map_err(corrupt)? {
+        let mut entry = entry.map_err(corrupt)?;
+        let raw = entry.path_bytes().into_owned();
+        let kind = entry.header().entry_type();
+        let name = check_path(&raw, kind.is_dir())?;
+        if !seen.insert(name.clone()) {
+            return Err(UnpackError::Duplicate { entry: name });
+        }
+        // Every ancestor must be a directory this archive already created (never a symlink):
+        // otherwise a write could land outside the tree.
+        if let Some((parent, _)) = name.rsplit_once('/') {
+            let mut prefix = String::new();
+            for part in parent.split('/') {
+                if !prefix.is_empty() {
+                    prefix.push('/');
+                }
+                prefix.push_str(part);
+                if links.contains(&prefix) {
+                    return Err(UnpackError::ThroughSymlink {
+                        entry: name,
+                        link: prefix,
+                    });
+                }
+            }
+            if !dirs.contains(parent) {
+                return Err(UnpackError::ManifestMismatch {
+                    entry: name.clone(),
+                    what: format!(
+                        "its directory `{parent}` does not come before it in the archive"
+                    ),
+                });
+            }
+        }
+        let mode = entry.header().mode().map_err(corrupt)?;
+        match kind {
+            tar::EntryType::Link => return Err(UnpackError::HardLink { entry: name }),
+            tar::EntryType::Char => {
+                return Err(UnpackError::SpecialFile {
+                    entry: name,
+                    kind: "character device",
+                })
+            }
+            tar::EntryType::Block => {
+                return Err(UnpackError::SpecialFile {
+                    entry: name,
+                    kind: "block device",
+                })
+            }
+            tar::EntryType::Fifo => {
+                return Err(UnpackError::SpecialFile {
+                    entry: name,
+                    kind: "FIFO",
+                })
+            }
+            tar::EntryType::Regular
+            | tar::EntryType::Continuous
+            | tar::EntryType::Directory
+            | tar::EntryType::Symlink => {}
+            _ => {
+                return Err(UnpackError::SpecialFile {
+                    entry: name,
+                    kind: "entry of an unsupported type",
+                })
+            }
+        }
+        if kind != tar::EntryType::Symlink && mode & 0o7000 != 0 {
+            return Err(UnpackError::PrivilegedMode { entry: name, mode });
+        }
+        let size = entry.header().size().map_err(corrupt)?;
+        if name == RELEASE_JSON {
+            if kind.is_dir() || kind == tar::EntryType::Symlink || size > MAX_EMBEDDED_SIDECAR {
+                return Err(UnpackError::EmbeddedSidecarMismatch);
+            }
+            let mut bytes = Vec::with_capacity(size as usize);
+            entry.read_to_end(&mut bytes).map_err(corrupt)?;
+            if bytes != sidecar.embedded().to_bytes() {
+                return Err(UnpackError::EmbeddedSidecarMismatch);
+            }
+            write_file(
+                &root.join(RELEASE_JSON),
+                &bytes[..],
+                Mode::FILE,
+                mtime,
+                &mut buf,
+            )?;
+            embedded_ok = true;
+            continue;
+        }
+        let listed = manifest
+            .files
+            .get(&name)
+            .ok_or_else(|| UnpackError::NotInManifest {
+                entry: name.clone(),
+            })?;
+        let mismatch = |what: String| UnpackError::ManifestMismatch {
+            entry: name.clone(),
+            what,
+        };
+        let path = root.join(&name);
+        match (kind, listed) {
+            (tar::EntryType::Directory, FileEntry::Dir { mode: want }) => {
+                if mode != Mode::DIR.0 || *want != Mode::DIR {
+                    return Err(UnpackError::UnexpectedMode { entry: name, mode });
+                }
+                fs::create_dir(&path)
+                    .map_err(|e| FsError::new("cannot create directory", &path, e))?;
+                fs::set_permissions(&path, fs::Permissions::from_mode(Mode::DIR.0))
+                    .map_err(|e| FsError::new("cannot set mode of", &path, e))?;
+                dirs.insert(name);
+                summary.dirs += 1;
+            }
+            (tar::EntryType::Symlink, FileEntry::Symlink { target: want }) => {
+                let target = entry
+                    .link_name_bytes()
+                    .map(|t| t.into_owned())
+                    .ok_or_else(|| mismatch("the symlink has no target".into()))?;
+                let target = String::from_utf8(target).map_err(|_| UnpackError::BadPath {
+                    entry: name.clone(),
+                })?;
+                if target.starts_with('/') {
+                    return Err(UnpackError::AbsoluteLink {
+                        entry: name,
+                        target,
+                    });
+                }
+                if check_link_target(&name, &target).is_err() {
+                    return Err(UnpackError::LinkEscapes {
+                        entry: name,
+                        target,
+                    });
+                }
+                if &target != want {
+                    return Err(mismatch(format!(
+                        "links to `{target}`, the manifest says `{want}`"
+                    )));
+                }
+                std::os::unix::fs::symlink(&target, &path)
+                    .map_err(|e| FsError::new("cannot create symlink", &path, e))?;
+                links.insert(name);
+                summary.symlinks += 1;
+            }
+            (
+                tar::EntryType::Regular | tar::EntryType::Continuous,
+                FileEntry::File {
+                    size: want_size,
+                    mode: want_mode,
+                    blake3,
+                },
+            ) => {
+                if mode != Mode::FILE.0 && mode != Mode::EXECUTABLE.0 {
+                    return Err(UnpackError::UnexpectedMode { entry: name, mode });
+                }
+                if mode != want_mode.0 {
+                    return Err(mismatch(format!(
+                        "mode {mode:04o}, the manifest says {:04o}",
+                        want_mode.0
+                    )));
+                }
+                if size != *want_size {
+                    return Err(mismatch(format!(
+                        "{size} bytes, the manifest says {want_size}"
+                    )));
+                }
+                if summary.bytes.saturating_add(size) > options.max_unpacked_bytes {
+                    return Err(UnpackError::TooLarge {
+                        entry: name,
+                        limit: options.max_unpacked_bytes,
+                    });
+                }
+                let (hash, n) = write_file(&path, &mut entry, Mode(mode), mtime, &mut buf)?;
+                if n != size {
+                    return Err(UnpackError::Corrupt(format!("entry `{name}` is truncated")));
+                }
+                if hash != *blake3 {
+                    return Err(mismatch(format!(
+                        "BLAKE3 {hash}, the manifest says {blake3}"
+                    )));
+                }
+                summary.files += 1;
+                summary.bytes += size;
+            }
+            (_, listed) => {
+                let found = if kind.is_dir() {
+                    "a directory"
+                } else if kind == tar::EntryType::Symlink {
+                    "a symlink"
+                } else {
+                    "a file"
+                };
+                let wanted = match listed {
+                    FileEntry::Dir { .. } => "a directory",
+                    FileEntry::Symlink { .. } => "a symlink",
+                    FileEntry::File { .. } => "a file",
+                };
+                return Err(mismatch(format!(
+                    "it is {found} in the archive but {wanted} in the manifest"
+                )));
+            }
+        }
+    }
+    if !embedded_ok {
+        return Err(UnpackError::EmbeddedSidecarMissing);
+    }
+    let missing: Vec<&String> = manifest
+        .files
+        .keys()
+        .filter(|k| !seen.contains(*k))
+        .collect();
+    if let Some(first) = missing.first() {
+        return Err(UnpackError::MissingEntries {
+            first: (*first).clone(),
+            count: missing.len(),
+        });
+    }
+    Ok(summary)
+}
+
+/// Validates an entry's path and returns it without a trailing `/`.
+fn check_path(raw: &[u8], is_dir: bool) -> Result<String, UnpackError> {
+    let lossy = || String::from_utf8_lossy(raw).into_owned();
+    let text = std::str::from_utf8(raw).map_err(|_| UnpackError::BadPath { entry: lossy() })?;
+    if text.starts_with('/') {
+        return Err(UnpackError::AbsolutePath {
+            entry: text.to_owned(),
+        });
+    }
+    let trimmed = if is_dir {
+        text.strip_suffix('/').unwrap_or(text)
+    } else {
+        text
+    };
+    if trimmed.split('/').any(|c| c == "..") {
+        return Err(UnpackError::ParentComponent {
+            entry: text.to_owned(),
+        });
+    }
+    if trimmed.is_empty()
+        || trimmed.split('/').any(|c| c.is_empty() || c == ".")
+        || trimmed.contains('\0')
+        || trimmed.contains('\\')
+    {
+        return Err(UnpackError::BadPath {
+            entry: text.to_owned(),
+        });
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// Creates a new file (never following or replacing anything), copies `content` into it while
+/// hashing, and sets its mode and mtime exactly (the umask must not change what was verified).
+fn write_file(
+    path: &PathBuf,
+    mut content: impl Read,
+    mode: Mode,
+    mtime: SystemTime,
+    buf: &mut [u8],
+) -> Result<(Blake3Hash, u64), UnpackError> {
+    let err = |e| FsError::new("cannot write", path, e);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode.0)
+        .open(path)
+        .map_err(err)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut n = 0u64;
+    loop {
+        let got = match content.read(buf) {
+            Ok(0) => break,
+            Ok(got) => got,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(UnpackError::Corrupt(e.to_string())),
+        };
+        hasher.update(&buf[..got]);
+        f.write_all(&buf[..got]).map_err(err)?;
+        n += got as u64;
+    }
+    f.set_permissions(fs::Permissions::from_mode(mode.0))
+        .map_err(err)?;
+    f.set_modified(mtime).map_err(err)?;
+    Ok((hasher.finalize().into(), n))
+}
+
+/// Checks an unpacked tree against its manifest without changing it (`installer verify`, tests).
+/// `allow_extra` accepts paths the manifest does not list (e.g. a release's own virtualenv).
+pub fn verify_tree(
+    root: &Path,
+    sidecar: &Sidecar,
+    allow_extra: impl Fn(&str) -> bool,
+) -> Result<(), UnpackError> {
+    let mut on_disk = BTreeMap::new();
+    for entry in walkdir::WalkDir::new(root).min_depth(1).follow_links(false) {
+        let entry = entry.map_err(|e| FsError::new("cannot read", root, e.into()))?;
+        let rel = entry
+            .path()
+            .strip_prefix(root)
+            .expect("below root")
+            .to_string_lossy()
+            .into_owned();
+        on_disk.insert(rel, entry);
+    }
+    for (name, listed) in &sidecar.manifest.files {
+        let mismatch = |what: &str| UnpackError::ManifestMismatch {
+            entry: name.clone(),
+            what: what.to_owned(),
+        };
+        let entry = on_disk
+            .remove(name)
+            .ok_or_else(|| mismatch("missing on disk"))?;
+        let meta = fs::symlink_metadata(entry.path())
+            .map_err(|e| FsError::new("cannot stat", entry.path(), e))?;
+        match listed {
+            FileEntry::Dir { .. } if meta.is_dir() => {}
+            FileEntry::Symlink { target } if meta.file_type().is_symlink() => {
+                let t = fs::read_link(entry.path())
+                    .map_err(|e| FsError::new("cannot read symlink", entry.path(), e))?;
+                if t.to_str() != Some(target.as_str()) {
+                    return Err(mismatch("symlink target differs"));
+                }
+            }
+            FileEntry::File { size, mode, blake3 } if meta.is_file() => {
+                if meta.len() != *size || meta.permissions().mode() & 0o7777 != mode.0 {
+                    return Err(mismatch("size or mode differs"));
+                }
+                let (h, _) = Blake3Hash::of_file(entry.path())?;
+                if h != *blake3 {
+                    return Err(mismatch("content differs"));
+                }
+            }
+            _ => return Err(mismatch("type differs")),
+        }
+    }
+    on_disk.remove(RELEASE_JSON);
+    if let Some((extra, _)) = on_disk.into_iter().find(|(k, _)| !allow_extra(k)) {
+        return Err(UnpackError::NotInManifest { entry: extra });
+    }
+    Ok(())
 }

@@ -1,21 +1,49 @@
 //! Deterministic archive writer: a staged tree to a byte-reproducible `.tar.gz` plus manifest.
+//!
+//! One pass over the tree: files are read once, hashed (BLAKE3) and framed as tar entries into a
+//! stream that is cut into fixed-size chunks. Worker threads deflate the chunks in parallel, each
+//! primed with the last 32 KiB of the chunk before it and ended with a sync flush, so the
+//! concatenation is one valid deflate stream — the same idea as pigz. Chunk boundaries depend only
+//! on byte offsets, never on timing or the number of threads, so the output is byte-identical
+//! for any `threads`. A writer thread puts compressed chunks back in order, hashing the archive as
+//! it goes.
 
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Read, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::Arc;
+use std::thread;
 
-use crate::error::PackError;
-use crate::manifest::{ReleaseManifest, Sidecar};
+use flate2::{Compress, Compression, FlushCompress, Status};
+
+use crate::atomic;
+use crate::error::{FsError, PackError};
+use crate::hash::HashingWriter;
+use crate::manifest::{
+    ArchiveInfo, ArtifactRef, FileEntry, Mode, ReleaseManifest, Sidecar, RELEASE_JSON,
+};
+use crate::Blake3Hash;
+
+/// Uncompressed bytes per compression job. Larger chunks compress slightly better (fewer
+/// dictionary restarts), smaller ones spread better over cores; 512 KiB costs under 0.1 % in size.
+const CHUNK: usize = 512 * 1024;
+/// Deflate's window: how much of the previous chunk primes the next one.
+const WINDOW: usize = 32 * 1024;
+/// Compression level; zlib-rs at 6 matches `gzip -6` in size.
+const LEVEL: u32 = 6;
+/// Gzip header with no name, no time and an "unknown" OS, so no host detail leaks in.
+const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+/// An empty final fixed-Huffman block: closes the deflate stream after the last sync flush.
+const DEFLATE_END: [u8; 2] = [0x03, 0x00];
 
 /// Tuning that never changes the output bytes.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct PackOptions {
     /// Compression threads (0: one per core). The archive is identical for any value.
     pub threads: usize,
-}
-
-impl Default for PackOptions {
-    fn default() -> Self {
-        Self { threads: 0 }
-    }
 }
 
 /// What [`pack`] produced.
@@ -30,7 +58,448 @@ pub struct Packed {
 
 /// Packs `staged` into `out_dir`. `base` supplies the identity (app, build, commit, source date,
 /// steps, wheels); its `files` are filled in from the tree.
-pub fn pack(staged: &Path, base: ReleaseManifest, out_dir: &Path, options: &PackOptions) -> Result<Packed, PackError> {
-    let _ = (staged, base, out_dir, options);
-    todo!()
+///
+/// The artifact is written under a temporary name and renamed once its hash (and so its name)
+/// is known; the sidecar is written last. On error neither is left behind.
+pub fn pack(
+    staged: &Path,
+    mut base: ReleaseManifest,
+    out_dir: &Path,
+    options: &PackOptions,
+) -> Result<Packed, PackError> {
+    base.validate("release manifest")?;
+    if !staged.is_dir() {
+        return Err(PackError::NotADirectory(staged.to_owned()));
+    }
+    fs::create_dir_all(out_dir).map_err(|e| FsError::new("cannot create directory", out_dir, e))?;
+    let tmp = atomic::temp_sibling(
+        &out_dir.join(format!("{}-{:#}.tar.gz", base.app, base.build)),
+        "pack",
+    );
+    let result = pack_to(staged, &mut base, &tmp, options)
+        .and_then(|archive| finish(out_dir, &tmp, base, archive));
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn finish(
+    out_dir: &Path,
+    tmp: &Path,
+    manifest: ReleaseManifest,
+    (blake3, size): (Blake3Hash, u64),
+) -> Result<Packed, PackError> {
+    let file_name = ArtifactRef::new(&manifest.app, manifest.build, blake3).file_name();
+    let artifact_path = out_dir.join(&file_name);
+    atomic::rename(tmp, &artifact_path)?;
+    let sidecar = Sidecar::new(
+        manifest,
+        Some(ArchiveInfo {
+            file_name,
+            blake3,
+            size,
+        }),
+    );
+    let sidecar_path = out_dir.join(RELEASE_JSON);
+    atomic::write_file(&sidecar_path, &sidecar.to_bytes())?;
+    Ok(Packed {
+        artifact_path,
+        sidecar_path,
+        sidecar,
+    })
+}
+
+/// Writes the archive to `dest`, filling `manifest.files`; returns the archive's hash and size.
+fn pack_to(
+    staged: &Path,
+    manifest: &mut ReleaseManifest,
+    dest: &Path,
+    options: &PackOptions,
+) -> Result<(Blake3Hash, u64), PackError> {
+    let file = File::create(dest).map_err(|e| FsError::new("cannot create", dest, e))?;
+    let threads = match options.threads {
+        0 => thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        n => n,
+    };
+    let mut pipeline = Pipeline::start(file, dest.to_owned(), threads)?;
+    let mut tar = tar::Builder::new(&mut pipeline);
+    let entries = add_tree(&mut tar, staged, manifest.source_date);
+    let written = entries.and_then(|files| {
+        manifest.files = files;
+        // The embedded copy goes last: only now are all file hashes known. It has no archive
+        // section, since an archive cannot contain its own hash.
+        let embedded = Sidecar::new(manifest.clone(), None).to_bytes();
+        let mut header = header(
+            tar::EntryType::Regular,
+            Mode::FILE,
+            embedded.len() as u64,
+            manifest.source_date,
+        );
+        tar.append_data(&mut header, RELEASE_JSON, &embedded[..])
+            .map_err(|e| FsError::new("cannot write archive", dest, e))?;
+        tar.finish()
+            .map_err(|e| FsError::new("cannot write archive", dest, e))?;
+        Ok(())
+    });
+    drop(tar);
+    match written {
+        Ok(()) => pipeline.finish(),
+        Err(e) => {
+            pipeline.abort();
+            Err(e)
+        }
+    }
+}
+
+fn header(kind: tar::EntryType, mode: Mode, size: u64, mtime: i64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(mode.0);
+    h.set_size(size);
+    h.set_mtime(mtime.max(0) as u64);
+    h.set_uid(0);
+    h.set_gid(0);
+    // Empty owner names: the packing user's name must not reach the archive.
+    let _ = h.set_username("");
+    let _ = h.set_groupname("");
+    h
+}
+
+/// Appends every entry below `root` in sorted order (directories before their contents) and
+/// returns the manifest's file list.
+fn add_tree<W: Write>(
+    tar: &mut tar::Builder<W>,
+    root: &Path,
+    mtime: i64,
+) -> Result<BTreeMap<String, FileEntry>, PackError> {
+    let mut files = BTreeMap::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let walk = walkdir::WalkDir::new(root)
+        .min_depth(1)
+        .follow_links(false)
+        .sort_by_file_name();
+    for entry in walk {
+        let entry = entry.map_err(|e| {
+            let path = e.path().unwrap_or(root).to_owned();
+            FsError::new("cannot read", path, e.into())
+        })?;
+        let path = entry.path();
+        let rel = path
+            .strip_prefix(root)
+            .expect("walkdir stays below its root");
+        let name = rel
+            .to_str()
+            .ok_or_else(|| unsupported(path, "its name is not valid UTF-8"))?
+            .to_owned();
+        if name == RELEASE_JSON {
+            return Err(PackError::ReservedName);
+        }
+        if name.contains('\\') || name.chars().any(char::is_control) {
+            return Err(unsupported(
+                path,
+                "its name contains a backslash or a control character",
+            ));
+        }
+        let meta = entry
+            .metadata()
+            .map_err(|e| FsError::new("cannot stat", path, e.into()))?;
+        let ft = meta.file_type();
+        let io_err = |e: io::Error| FsError::new("cannot write archive entry for", path, e);
+        if ft.is_dir() {
+            let mut h = header(tar::EntryType::Directory, Mode::DIR, 0, mtime);
+            tar.append_data(&mut h, &name, io::empty())
+                .map_err(io_err)?;
+            files.insert(name, FileEntry::Dir { mode: Mode::DIR });
+        } else if ft.is_symlink() {
+            let target =
+                fs::read_link(path).map_err(|e| FsError::new("cannot read symlink", path, e))?;
+            let target = target
+                .to_str()
+                .ok_or_else(|| unsupported(path, "its target is not valid UTF-8"))?
+                .to_owned();
+            check_link_target(&name, &target).map_err(|reason| unsupported(path, &reason))?;
+            let mut h = header(tar::EntryType::Symlink, Mode(0o777), 0, mtime);
+            tar.append_link(&mut h, &name, &target).map_err(io_err)?;
+            files.insert(name, FileEntry::Symlink { target });
+        } else if ft.is_file() {
+            let mode = if meta.permissions().mode() & 0o111 != 0 {
+                Mode::EXECUTABLE
+            } else {
+                Mode::FILE
+            };
+            let mut f = File::open(path).map_err(|e| FsError::new("cannot open", path, e))?;
+            let size = meta.len();
+            let mut h = header(tar::EntryType::Regular, mode, size, mtime);
+            // The size is fixed in the header before the content is read: a file that changes
+            // while being packed is an error, not a silently inconsistent archive.
+            let mut reader = HashingRead {
+                inner: (&mut f).take(size),
+                hasher: blake3::Hasher::new(),
+                buf: &mut buf,
+                n: 0,
+            };
+            tar.append_data(&mut h, &name, &mut reader)
+                .map_err(io_err)?;
+            let (hash, n) = (Blake3Hash::from(reader.hasher.finalize()), reader.n);
+            if n != size || f.read(&mut [0u8; 1]).map_err(io_err)? != 0 {
+                return Err(unsupported(path, "it changed while being packed"));
+            }
+            files.insert(
+                name,
+                FileEntry::File {
+                    size,
+                    mode,
+                    blake3: hash,
+                },
+            );
+        } else {
+            return Err(unsupported(path, "it is a device, FIFO or socket; releases hold only files, directories and symlinks"));
+        }
+    }
+    Ok(files)
+}
+
+fn unsupported(path: &Path, reason: &str) -> PackError {
+    PackError::Unsupported {
+        path: path.to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
+/// A symlink may only be relative and must resolve (lexically) inside the tree.
+pub fn check_link_target(entry: &str, target: &str) -> Result<(), String> {
+    if target.is_empty() {
+        return Err("symlink with an empty target".into());
+    }
+    if target.starts_with('/') {
+        return Err(format!("symlink to absolute path `{target}`; only relative links inside the release are allowed"));
+    }
+    // Start from the link's directory and walk the target's components.
+    let mut depth = entry.split('/').count() as i64 - 1;
+    for c in target.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                depth -= 1;
+                if depth < 0 {
+                    return Err(format!("symlink to `{target}` leaves the release tree"));
+                }
+            }
+            _ => depth += 1,
+        }
+    }
+    Ok(())
+}
+
+/// Hashes file content on its way into the tar stream, reading in large blocks.
+struct HashingRead<'a, R> {
+    inner: R,
+    hasher: blake3::Hasher,
+    buf: &'a mut [u8],
+    n: u64,
+}
+
+impl<R: Read> Read for HashingRead<'_, R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let want = out.len().min(self.buf.len());
+        let got = self.inner.read(&mut out[..want])?;
+        self.hasher.update(&out[..got]);
+        self.n += got as u64;
+        Ok(got)
+    }
+}
+
+/// A chunk of the uncompressed stream, with the window that primes its compression.
+struct Job {
+    seq: u64,
+    data: Arc<Vec<u8>>,
+    dict: Option<Arc<Vec<u8>>>,
+}
+
+struct Done {
+    seq: u64,
+    compressed: Vec<u8>,
+    crc: crc32fast::Hasher,
+    len: usize,
+}
+
+/// The parallel gzip stream: `Write` the uncompressed tar bytes into it.
+struct Pipeline {
+    buf: Vec<u8>,
+    prev: Option<Arc<Vec<u8>>>,
+    seq: u64,
+    jobs: Option<SyncSender<Job>>,
+    workers: Vec<thread::JoinHandle<()>>,
+    writer: Option<thread::JoinHandle<Result<(Blake3Hash, u64), FsError>>>,
+}
+
+impl Pipeline {
+    fn start(file: File, path: PathBuf, threads: usize) -> Result<Self, PackError> {
+        let (job_tx, job_rx) = mpsc::sync_channel::<Job>(threads * 2);
+        let job_rx = Arc::new(std::sync::Mutex::new(job_rx));
+        let (done_tx, done_rx) = mpsc::sync_channel::<Done>(threads * 2);
+        let workers = (0..threads)
+            .map(|_| {
+                let rx = Arc::clone(&job_rx);
+                let tx = done_tx.clone();
+                thread::spawn(move || loop {
+                    let job = match rx.lock().expect("job queue").recv() {
+                        Ok(job) => job,
+                        Err(_) => return,
+                    };
+                    if tx.send(compress_chunk(job)).is_err() {
+                        return;
+                    }
+                })
+            })
+            .collect();
+        drop(done_tx);
+        let writer = thread::spawn(move || write_in_order(file, &path, done_rx));
+        Ok(Self {
+            buf: Vec::with_capacity(CHUNK),
+            prev: None,
+            seq: 0,
+            jobs: Some(job_tx),
+            workers,
+            writer: Some(writer),
+        })
+    }
+
+    fn send_chunk(&mut self) -> io::Result<()> {
+        let data = Arc::new(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
+        let job = Job {
+            seq: self.seq,
+            data: Arc::clone(&data),
+            dict: self.prev.take(),
+        };
+        self.seq += 1;
+        self.prev = Some(data);
+        self.jobs
+            .as_ref()
+            .expect("pipeline open")
+            .send(job)
+            .map_err(|_| io::Error::other("the archive writer stopped (see the next error)"))
+    }
+
+    fn finish(mut self) -> Result<(Blake3Hash, u64), PackError> {
+        if !self.buf.is_empty() || self.seq == 0 {
+            self.send_chunk().map_err(|_| PackError::Worker)?;
+        }
+        self.close()
+    }
+
+    fn abort(mut self) {
+        let _ = self.close();
+    }
+
+    fn close(&mut self) -> Result<(Blake3Hash, u64), PackError> {
+        self.jobs = None;
+        for w in self.workers.drain(..) {
+            w.join().map_err(|_| PackError::Worker)?;
+        }
+        let writer = self.writer.take().expect("writer joined once");
+        Ok(writer.join().map_err(|_| PackError::Worker)??)
+    }
+}
+
+impl Write for Pipeline {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let room = CHUNK - self.buf.len();
+        let n = room.min(data.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == CHUNK {
+            self.send_chunk()?;
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn compress_chunk(job: Job) -> Done {
+    let mut c = Compress::new(Compression::new(LEVEL), false);
+    if let Some(dict) = &job.dict {
+        let start = dict.len().saturating_sub(WINDOW);
+        c.set_dictionary(&dict[start..])
+            .expect("raw deflate accepts a dictionary");
+    }
+    let mut out = Vec::with_capacity(job.data.len() / 2 + 1024);
+    let mut input = &job.data[..];
+    loop {
+        if out.capacity() - out.len() < 64 * 1024 {
+            out.reserve(256 * 1024);
+        }
+        let before = c.total_in();
+        let status = c
+            .compress_vec(input, &mut out, FlushCompress::Sync)
+            .expect("deflate cannot fail on valid input");
+        input = &input[(c.total_in() - before) as usize..];
+        // Done when all input is consumed and the sync flush fit (room left in `out`).
+        if input.is_empty() && out.len() < out.capacity() && status == Status::Ok {
+            break;
+        }
+    }
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&job.data);
+    Done {
+        seq: job.seq,
+        compressed: out,
+        crc,
+        len: job.data.len(),
+    }
+}
+
+/// Receives compressed chunks in any order and writes them in sequence, framed as gzip.
+fn write_in_order(
+    file: File,
+    path: &Path,
+    done: Receiver<Done>,
+) -> Result<(Blake3Hash, u64), FsError> {
+    let err = |e| FsError::new("cannot write archive", path, e);
+    let mut out = HashingWriter::new(BufWriter::with_capacity(1 << 20, file));
+    out.write_all(&GZIP_HEADER).map_err(err)?;
+    let mut pending = BTreeMap::new();
+    let mut next = 0u64;
+    let mut crc = crc32fast::Hasher::new();
+    let mut isize: u64 = 0;
+    for d in done {
+        pending.insert(d.seq, d);
+        while let Some(d) = pending.remove(&next) {
+            out.write_all(&d.compressed).map_err(err)?;
+            isize += d.len as u64;
+            crc.combine(&d.crc);
+            next += 1;
+        }
+    }
+    out.write_all(&DEFLATE_END).map_err(err)?;
+    out.write_all(&crc.clone().finalize().to_le_bytes())
+        .map_err(err)?;
+    // ISIZE is the uncompressed length modulo 2^32, as RFC 1952 says.
+    out.write_all(&(isize as u32).to_le_bytes()).map_err(err)?;
+    let (buffered, hash, size) = out.finish();
+    let file = buffered.into_inner().map_err(|e| err(e.into_error()))?;
+    file.sync_all()
+        .map_err(|e| FsError::new("cannot fsync", path, e))?;
+    Ok((hash, size))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_targets_must_stay_inside() {
+        assert!(check_link_target("a/link", "b").is_ok());
+        assert!(check_link_target("a/link", "../b").is_ok());
+        assert!(check_link_target("a/b/link", "../../c/./d").is_ok());
+        assert!(check_link_target("link", "../x").is_err());
+        assert!(check_link_target("a/link", "../../x").is_err());
+        assert!(check_link_target("a/link", "/etc/passwd").is_err());
+        assert!(check_link_target("a/link", "").is_err());
+        assert!(check_link_target("a/link", "b/../../..").is_err());
+    }
 }

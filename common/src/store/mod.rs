@@ -62,7 +62,10 @@ pub struct StoreOptions {
 /// What [`ArtifactStore::publish`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PublishOutcome {
-    Published { sidecar_key: String, artifact_key: String },
+    Published {
+        sidecar_key: String,
+        artifact_key: String,
+    },
     /// The identical sidecar was already there: nothing was written.
     AlreadyPublished { sidecar_key: String },
 }
@@ -93,24 +96,35 @@ impl ArtifactStore {
 
     /// Opens `file:///path`, a plain path, or `s3://bucket/prefix`.
     pub fn open(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
-        let bad = |reason: &str| StoreError::BadUrl { url: url.to_owned(), reason: reason.to_owned() };
+        let bad = |reason: &str| StoreError::BadUrl {
+            url: url.to_owned(),
+            reason: reason.to_owned(),
+        };
         if url.trim().is_empty() {
-            return Err(bad("empty; use `file:///path`, a directory path, or `s3://bucket/prefix`"));
+            return Err(bad(
+                "empty; use `file:///path`, a directory path, or `s3://bucket/prefix`",
+            ));
         }
         if let Some(rest) = url.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-            return Ok(Self::new(Box::new(S3Store::connect(bucket, prefix, options).map_err(|e| match e {
-                StoreError::BadUrl { reason, .. } => bad(&reason),
-                other => other,
-            })?)));
+            return Ok(Self::new(Box::new(
+                S3Store::connect(bucket, prefix, options).map_err(|e| match e {
+                    StoreError::BadUrl { reason, .. } => bad(&reason),
+                    other => other,
+                })?,
+            )));
         }
         let path = if let Some(rest) = url.strip_prefix("file://") {
             if !rest.starts_with('/') {
-                return Err(bad("a file URL needs an absolute path: `file:///path/to/store`"));
+                return Err(bad(
+                    "a file URL needs an absolute path: `file:///path/to/store`",
+                ));
             }
             PathBuf::from(rest)
         } else if url.contains("://") {
-            return Err(bad("unsupported scheme; use `file:///path`, a directory path, or `s3://bucket/prefix`"));
+            return Err(bad(
+                "unsupported scheme; use `file:///path`, a directory path, or `s3://bucket/prefix`",
+            ));
         } else {
             PathBuf::from(url)
         };
@@ -138,12 +152,21 @@ impl ArtifactStore {
     ///
     /// The sidecar's key is fixed per build, so writing it is the commit point: readers either
     /// see no release or a complete one, and of two racing publishers only one can win.
-    pub fn publish(&self, artifact: &Path, sidecar: &Sidecar) -> Result<PublishOutcome, StoreError> {
+    pub fn publish(
+        &self,
+        artifact: &Path,
+        sidecar: &Sidecar,
+    ) -> Result<PublishOutcome, StoreError> {
         let m = &sidecar.manifest;
-        let archive = sidecar.archive.as_ref().ok_or_else(|| ManifestError::Invalid {
-            path: RELEASE_JSON.into(),
-            message: "the sidecar has no archive section (is it the copy from inside an archive?)".into(),
-        })?;
+        let archive = sidecar
+            .archive
+            .as_ref()
+            .ok_or_else(|| ManifestError::Invalid {
+                path: RELEASE_JSON.into(),
+                message:
+                    "the sidecar has no archive section (is it the copy from inside an archive?)"
+                        .into(),
+            })?;
         let (hash, size) = Blake3Hash::of_file(artifact)?;
         if hash != archive.blake3 || size != archive.size {
             return Err(StoreError::Corrupt {
@@ -156,7 +179,11 @@ impl ArtifactStore {
             });
         }
         let sidecar_key = Self::sidecar_key(&m.app, m.build);
-        let artifact_key = format!("{}{}", Self::build_prefix(&m.app, m.build), archive.file_name);
+        let artifact_key = format!(
+            "{}{}",
+            Self::build_prefix(&m.app, m.build),
+            archive.file_name
+        );
         let bytes = sidecar.to_bytes();
 
         if let Some(existing) = self.get_optional(&sidecar_key)? {
@@ -177,7 +204,10 @@ impl ArtifactStore {
             }
         }
         match self.backend.put_new_bytes(&sidecar_key, &bytes)? {
-            PutOutcome::Created => Ok(PublishOutcome::Published { sidecar_key, artifact_key }),
+            PutOutcome::Created => Ok(PublishOutcome::Published {
+                sidecar_key,
+                artifact_key,
+            }),
             PutOutcome::AlreadyExists => {
                 let existing = self.get_optional(&sidecar_key)?.unwrap_or_default();
                 self.compare_published(sidecar, &existing, &bytes, sidecar_key)
@@ -198,12 +228,21 @@ impl ArtifactStore {
         let existing_hash = Sidecar::from_bytes(existing, &sidecar_key)
             .ok()
             .and_then(|s| s.archive.map(|a| a.blake3.to_hex()))
-            .unwrap_or_else(|| format!("an unreadable sidecar (BLAKE3 of its bytes {})", Blake3Hash::of(existing)));
+            .unwrap_or_else(|| {
+                format!(
+                    "an unreadable sidecar (BLAKE3 of its bytes {})",
+                    Blake3Hash::of(existing)
+                )
+            });
         Err(StoreError::Conflict {
             store: self.location(),
             build: sidecar.manifest.build,
             existing: existing_hash,
-            new: sidecar.archive.as_ref().map(|a| a.blake3.to_hex()).unwrap_or_default(),
+            new: sidecar
+                .archive
+                .as_ref()
+                .map(|a| a.blake3.to_hex())
+                .unwrap_or_default(),
         })
     }
 
@@ -217,20 +256,32 @@ impl ArtifactStore {
     }
 
     /// Writes the informational build log beside the release (may be overwritten).
-    pub fn put_build_log(&self, app: &str, build: BuildNumber, bytes: &[u8]) -> Result<String, StoreError> {
+    pub fn put_build_log(
+        &self,
+        app: &str,
+        build: BuildNumber,
+        bytes: &[u8],
+    ) -> Result<String, StoreError> {
         let key = format!("{}{BUILD_LOG_JSON}", Self::build_prefix(app, build));
         self.backend.put_bytes(&key, bytes)?;
         Ok(key)
     }
 
     /// Reads and validates a build's sidecar; it must describe exactly that app and build.
-    pub fn fetch_sidecar(&self, app: &str, build: BuildNumber) -> Result<(Sidecar, Vec<u8>), StoreError> {
+    pub fn fetch_sidecar(
+        &self,
+        app: &str,
+        build: BuildNumber,
+    ) -> Result<(Sidecar, Vec<u8>), StoreError> {
         let key = Self::sidecar_key(app, build);
         let mut bytes = Vec::new();
         self.backend.get(&key, &mut bytes)?;
         let origin = format!("{}/{key}", self.location());
         let sidecar = Sidecar::from_bytes(&bytes, &origin)?;
-        if sidecar.manifest.app != app || sidecar.manifest.build != build || sidecar.archive.is_none() {
+        if sidecar.manifest.app != app
+            || sidecar.manifest.build != build
+            || sidecar.archive.is_none()
+        {
             return Err(StoreError::Corrupt {
                 store: self.location(),
                 key,
@@ -238,7 +289,11 @@ impl ArtifactStore {
                     "it describes {} {:#}{}, not {app} {build:#}",
                     sidecar.manifest.app,
                     sidecar.manifest.build,
-                    if sidecar.archive.is_none() { " without an archive section" } else { "" }
+                    if sidecar.archive.is_none() {
+                        " without an archive section"
+                    } else {
+                        ""
+                    }
                 ),
             });
         }
@@ -247,7 +302,12 @@ impl ArtifactStore {
 
     /// Fetches a build's sidecar, then the artifact it names, streamed into `dest_dir` and
     /// verified (size and BLAKE3) before it appears under its final name.
-    pub fn fetch(&self, app: &str, build: BuildNumber, dest_dir: &Path) -> Result<Fetched, StoreError> {
+    pub fn fetch(
+        &self,
+        app: &str,
+        build: BuildNumber,
+        dest_dir: &Path,
+    ) -> Result<Fetched, StoreError> {
         let (sidecar, sidecar_bytes) = self.fetch_sidecar(app, build)?;
         let archive = sidecar.archive.clone().expect("checked by fetch_sidecar");
         let key = format!("{}{}", Self::build_prefix(app, build), archive.file_name);
@@ -256,18 +316,35 @@ impl ArtifactStore {
         let result = (|| {
             let file = File::create(&tmp).map_err(|e| FsError::new("cannot create", &tmp, e))?;
             let bar = progress::bytes_bar(archive.size, &format!("download {}", archive.file_name));
-            let mut w = HashingWriter::new(ProgressWriter::new(BufWriter::with_capacity(1 << 20, file), bar));
+            let mut w = HashingWriter::new(ProgressWriter::new(
+                BufWriter::with_capacity(1 << 20, file),
+                bar,
+            ));
             self.backend.get(&key, &mut w)?;
             let (inner, hash, size) = w.finish();
-            let corrupt = |reason: String| StoreError::Corrupt { store: self.location(), key: key.clone(), reason };
+            let corrupt = |reason: String| StoreError::Corrupt {
+                store: self.location(),
+                key: key.clone(),
+                reason,
+            };
             if size != archive.size {
-                return Err(corrupt(format!("got {size} bytes, the sidecar says {} (truncated or replaced)", archive.size)));
+                return Err(corrupt(format!(
+                    "got {size} bytes, the sidecar says {} (truncated or replaced)",
+                    archive.size
+                )));
             }
             if hash != archive.blake3 {
-                return Err(corrupt(format!("BLAKE3 is {hash}, the sidecar says {} (altered or replaced)", archive.blake3)));
+                return Err(corrupt(format!(
+                    "BLAKE3 is {hash}, the sidecar says {} (altered or replaced)",
+                    archive.blake3
+                )));
             }
-            let file = inner.into_inner().into_inner().map_err(|e| FsError::new("cannot write", &tmp, e.into_error()))?;
-            file.sync_all().map_err(|e| FsError::new("cannot fsync", &tmp, e))?;
+            let file = inner
+                .into_inner()
+                .into_inner()
+                .map_err(|e| FsError::new("cannot write", &tmp, e.into_error()))?;
+            file.sync_all()
+                .map_err(|e| FsError::new("cannot fsync", &tmp, e))?;
             atomic::rename(&tmp, &final_path)?;
             Ok(())
         })();
@@ -275,7 +352,11 @@ impl ArtifactStore {
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
         }
-        Ok(Fetched { sidecar, sidecar_bytes, artifact_path: final_path })
+        Ok(Fetched {
+            sidecar,
+            sidecar_bytes,
+            artifact_path: final_path,
+        })
     }
 
     /// The builds whose sidecar is present (i.e. completely published), ascending.
@@ -285,7 +366,11 @@ impl ArtifactStore {
             .backend
             .list(&prefix)?
             .iter()
-            .filter_map(|k| k.strip_prefix(&prefix)?.strip_suffix(&format!("/{RELEASE_JSON}")).map(str::to_owned))
+            .filter_map(|k| {
+                k.strip_prefix(&prefix)?
+                    .strip_suffix(&format!("/{RELEASE_JSON}"))
+                    .map(str::to_owned)
+            })
             .filter_map(|dir| BuildNumber::parse(&dir).ok().filter(|b| b.tag() == dir))
             .collect();
         builds.sort();
@@ -302,9 +387,17 @@ mod tests {
     fn urls_choose_backends_or_say_why_not() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("file://{}", dir.path().display());
-        assert!(ArtifactStore::open(&url, &StoreOptions::default()).unwrap().location().starts_with("file:///"));
+        assert!(ArtifactStore::open(&url, &StoreOptions::default())
+            .unwrap()
+            .location()
+            .starts_with("file:///"));
         assert!(ArtifactStore::open("artifacts", &StoreOptions::default()).is_ok());
-        for bad in ["", "file://relative/x", "ftp://host/x", "http://127.0.0.1/x"] {
+        for bad in [
+            "",
+            "file://relative/x",
+            "ftp://host/x",
+            "http://127.0.0.1/x",
+        ] {
             let err = ArtifactStore::open(bad, &StoreOptions::default()).unwrap_err();
             assert!(matches!(err, StoreError::BadUrl { .. }), "{bad}: {err}");
         }

@@ -1,0 +1,3 @@
+//! One module per `builder` subcommand.
+
+pub mod archive;

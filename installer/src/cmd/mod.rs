@@ -1,0 +1,3 @@
+//! One module per `installer` subcommand.
+
+pub mod unpack;
