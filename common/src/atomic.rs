@@ -13,7 +13,8 @@ use crate::error::FsError;
 /// Makes a directory's entries (creations, renames, deletions) durable.
 pub fn fsync_dir(dir: &Path) -> Result<(), FsError> {
     let d = File::open(dir).map_err(|e| FsError::new("cannot open directory", dir, e))?;
-    d.sync_all().map_err(|e| FsError::new("cannot fsync directory", dir, e))
+    d.sync_all()
+        .map_err(|e| FsError::new("cannot fsync directory", dir, e))
 }
 
 /// The directory containing `path` (`.` for a bare name).
@@ -28,7 +29,10 @@ pub fn parent_of(path: &Path) -> &Path {
 pub fn temp_sibling(path: &Path, purpose: &str) -> PathBuf {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     parent_of(path).join(format!(".{name}.{purpose}-{}-{n}", std::process::id()))
 }
@@ -47,7 +51,8 @@ pub fn write_file_with(
     let result = (|| {
         let mut f = File::create(&tmp).map_err(|e| FsError::new("cannot create", &tmp, e))?;
         fill(&mut f).map_err(|e| FsError::new("cannot write", &tmp, e))?;
-        f.sync_all().map_err(|e| FsError::new("cannot fsync", &tmp, e))?;
+        f.sync_all()
+            .map_err(|e| FsError::new("cannot fsync", &tmp, e))?;
         drop(f);
         rename(&tmp, path)
     })();
@@ -86,7 +91,8 @@ pub fn persist_new(from: &Path, to: &Path) -> Result<bool, FsError> {
 /// never a moment with no link or a half-written one.
 pub fn replace_symlink(target: &Path, link: &Path) -> Result<(), FsError> {
     let tmp = temp_sibling(link, "link");
-    std::os::unix::fs::symlink(target, &tmp).map_err(|e| FsError::new("cannot create symlink", &tmp, e))?;
+    std::os::unix::fs::symlink(target, &tmp)
+        .map_err(|e| FsError::new("cannot create symlink", &tmp, e))?;
     if let Err(e) = fs::rename(&tmp, link) {
         let _ = fs::remove_file(&tmp);
         return Err(FsError::new("cannot replace symlink", link, e));
@@ -121,7 +127,10 @@ mod tests {
         write_file(&p, b"one").unwrap();
         write_file(&p, b"two").unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"two");
-        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("state.json")]);
     }
 

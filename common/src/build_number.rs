@@ -37,7 +37,9 @@ impl BuildNumber {
             return Err(BuildNumberError::Malformed(input.to_owned()));
         }
         // Six ASCII digits always fit; the range check rejects 000000.
-        let n: u32 = digits.parse().map_err(|_| BuildNumberError::Malformed(input.to_owned()))?;
+        let n: u32 = digits
+            .parse()
+            .map_err(|_| BuildNumberError::Malformed(input.to_owned()))?;
         if n == 0 {
             return Err(BuildNumberError::Zero(input.to_owned()));
         }
@@ -122,25 +124,59 @@ mod tests {
     fn range_edges() {
         assert_eq!(BuildNumber::parse("000001").unwrap().get(), 1);
         assert_eq!(BuildNumber::parse("999999").unwrap().get(), 999_999);
-        assert!(matches!(BuildNumber::parse("000000"), Err(BuildNumberError::Zero(_))));
+        assert!(matches!(
+            BuildNumber::parse("000000"),
+            Err(BuildNumberError::Zero(_))
+        ));
         assert!(matches!(
             BuildNumber::parse("999999").unwrap().next(),
             Err(BuildNumberError::OutOfRange(1_000_000))
         ));
-        assert_eq!(BuildNumber::parse("000009").unwrap().next().unwrap().digits(), "000010");
+        assert_eq!(
+            BuildNumber::parse("000009")
+                .unwrap()
+                .next()
+                .unwrap()
+                .digits(),
+            "000010"
+        );
     }
 
     #[test]
     fn rejects_everything_else() {
         for bad in [
-            "", "Build", "34", "00034", "0000034", "Build00034", "Build0000034", "+00034",
-            "-00034", " 000034", "000034 ", "00 034", "build000034", "BUILD000034",
-            "Build-000034", "Build 000034", "٠٠٠٠٣٤", "００００３４", "000034;rm -rf /",
-            "$(id)0000", "`id`00", "00003\n", "Build000034\0", "0x0022", "1e5000",
+            "",
+            "Build",
+            "34",
+            "00034",
+            "0000034",
+            "Build00034",
+            "Build0000034",
+            "+00034",
+            "-00034",
+            " 000034",
+            "000034 ",
+            "00 034",
+            "build000034",
+            "BUILD000034",
+            "Build-000034",
+            "Build 000034",
+            "٠٠٠٠٣٤",
+            "００００３４",
+            "000034;rm -rf /",
+            "$(id)0000",
+            "`id`00",
+            "00003\n",
+            "Build000034\0",
+            "0x0022",
+            "1e5000",
         ] {
             let err = BuildNumber::parse(bad).expect_err(bad);
             let msg = err.to_string();
-            assert!(msg.contains("BuildNNNNNN"), "message should teach the format: {msg}");
+            assert!(
+                msg.contains("BuildNNNNNN"),
+                "message should teach the format: {msg}"
+            );
         }
     }
 

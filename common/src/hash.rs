@@ -111,7 +111,11 @@ pub struct HashingWriter<W> {
 
 impl<W: Write> HashingWriter<W> {
     pub fn new(inner: W) -> Self {
-        Self { inner, hasher: blake3::Hasher::new(), len: 0 }
+        Self {
+            inner,
+            hasher: blake3::Hasher::new(),
+            len: 0,
+        }
     }
 
     pub fn finish(self) -> (W, Blake3Hash, u64) {
@@ -144,7 +148,11 @@ pub struct HashingReader<R> {
 
 impl<R: Read> HashingReader<R> {
     pub fn new(inner: R) -> Self {
-        Self { inner, hasher: blake3::Hasher::new(), len: 0 }
+        Self {
+            inner,
+            hasher: blake3::Hasher::new(),
+            len: 0,
+        }
     }
     pub fn finish(self) -> (R, Blake3Hash, u64) {
         (self.inner, self.hasher.finalize().into(), self.len)
@@ -184,7 +192,10 @@ mod tests {
     fn rejects_bad_hex() {
         assert!("abc".parse::<Blake3Hash>().is_err());
         assert!("G".repeat(64).parse::<Blake3Hash>().is_err());
-        assert!("A".repeat(64).parse::<Blake3Hash>().is_err(), "uppercase is not canonical");
+        assert!(
+            "A".repeat(64).parse::<Blake3Hash>().is_err(),
+            "uppercase is not canonical"
+        );
     }
 
     #[test]

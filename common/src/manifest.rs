@@ -47,7 +47,9 @@ impl<'de> Deserialize<'de> for Mode {
         let s = String::deserialize(d)?;
         match u32::from_str_radix(&s, 8) {
             Ok(m) if s.len() == 4 && m <= 0o7777 => Ok(Mode(m)),
-            _ => Err(serde::de::Error::custom(format!("invalid mode `{s}`: expected four octal digits"))),
+            _ => Err(serde::de::Error::custom(format!(
+                "invalid mode `{s}`: expected four octal digits"
+            ))),
         }
     }
 }
@@ -56,10 +58,18 @@ impl<'de> Deserialize<'de> for Mode {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum FileEntry {
-    File { size: u64, mode: Mode, blake3: Blake3Hash },
-    Dir { mode: Mode },
+    File {
+        size: u64,
+        mode: Mode,
+        blake3: Blake3Hash,
+    },
+    Dir {
+        mode: Mode,
+    },
     /// A relative link that stays inside the release tree.
-    Symlink { target: String },
+    Symlink {
+        target: String,
+    },
 }
 
 /// One build step that ran, with paths relative to the staging root.
@@ -126,7 +136,10 @@ impl ReleaseManifest {
 
     /// Checks what serde cannot: that names and paths are safe to use on disk and in keys.
     pub fn validate(&self, origin: &str) -> Result<(), ManifestError> {
-        let invalid = |message: String| ManifestError::Invalid { path: origin.to_owned(), message };
+        let invalid = |message: String| ManifestError::Invalid {
+            path: origin.to_owned(),
+            message,
+        };
         if self.schema_version > SCHEMA_VERSION {
             return Err(ManifestError::UnsupportedSchema {
                 path: origin.to_owned(),
@@ -136,12 +149,17 @@ impl ReleaseManifest {
         }
         validate_app_name(&self.app).map_err(invalid)?;
         if self.tag != self.build.tag() {
-            return Err(invalid(format!("tag `{}` does not match build {:#}", self.tag, self.build)));
+            return Err(invalid(format!(
+                "tag `{}` does not match build {:#}",
+                self.tag, self.build
+            )));
         }
         for path in self.files.keys() {
             validate_relative_path(path).map_err(|m| invalid(format!("file `{path}`: {m}")))?;
             if path == RELEASE_JSON {
-                return Err(invalid(format!("`{RELEASE_JSON}` must not be listed among the files")));
+                return Err(invalid(format!(
+                    "`{RELEASE_JSON}` must not be listed among the files"
+                )));
             }
         }
         Ok(())
@@ -176,7 +194,11 @@ struct SchemaProbe {
 
 impl Sidecar {
     pub fn new(manifest: ReleaseManifest, archive: Option<ArchiveInfo>) -> Self {
-        Self { schema_version: SCHEMA_VERSION, archive, manifest }
+        Self {
+            schema_version: SCHEMA_VERSION,
+            archive,
+            manifest,
+        }
     }
 
     /// The canonical bytes: pretty JSON with fields in declaration order and a final newline.
@@ -188,12 +210,18 @@ impl Sidecar {
 
     /// The copy written inside the archive: this sidecar without the archive section.
     pub fn embedded(&self) -> Sidecar {
-        Sidecar { archive: None, ..self.clone() }
+        Sidecar {
+            archive: None,
+            ..self.clone()
+        }
     }
 
     /// Parses and validates; `origin` names the source in error messages.
     pub fn from_bytes(bytes: &[u8], origin: &str) -> Result<Self, ManifestError> {
-        let parse = |source| ManifestError::Parse { path: origin.to_owned(), source };
+        let parse = |source| ManifestError::Parse {
+            path: origin.to_owned(),
+            source,
+        };
         // Look at the version first so a future format gets "upgrade", not a field error.
         let probe: SchemaProbe = serde_json::from_slice(bytes).map_err(parse)?;
         if probe.schema_version > SCHEMA_VERSION {
@@ -206,7 +234,9 @@ impl Sidecar {
         let sidecar: Sidecar = serde_json::from_slice(bytes).map_err(parse)?;
         sidecar.manifest.validate(origin)?;
         if let Some(a) = &sidecar.archive {
-            let expected = ArtifactRef::new(&sidecar.manifest.app, sidecar.manifest.build, a.blake3).file_name();
+            let expected =
+                ArtifactRef::new(&sidecar.manifest.app, sidecar.manifest.build, a.blake3)
+                    .file_name();
             if a.file_name != expected {
                 return Err(ManifestError::Invalid {
                     path: origin.to_owned(),
@@ -218,14 +248,18 @@ impl Sidecar {
     }
 
     pub fn read(path: &Path) -> Result<Self, ManifestError> {
-        let bytes = std::fs::read(path)
-            .map_err(|source| ManifestError::Io { path: path.to_owned(), source })?;
+        let bytes = std::fs::read(path).map_err(|source| ManifestError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
         Self::from_bytes(&bytes, &path.display().to_string())
     }
 
     /// The artifact this sidecar names, if it is a published (not embedded) sidecar.
     pub fn artifact_ref(&self) -> Option<ArtifactRef> {
-        self.archive.as_ref().map(|a| ArtifactRef::new(&self.manifest.app, self.manifest.build, a.blake3))
+        self.archive
+            .as_ref()
+            .map(|a| ArtifactRef::new(&self.manifest.app, self.manifest.build, a.blake3))
     }
 }
 
@@ -239,12 +273,21 @@ pub struct ArtifactRef {
 
 impl ArtifactRef {
     pub fn new(app: &str, build: BuildNumber, blake3: Blake3Hash) -> Self {
-        Self { app: app.to_owned(), build, blake3 }
+        Self {
+            app: app.to_owned(),
+            build,
+            blake3,
+        }
     }
 
     /// `binarycrate-Build000034-<first 16 hex>.tar.gz`
     pub fn file_name(&self) -> String {
-        format!("{}-{:#}-{}.tar.gz", self.app, self.build, self.blake3.short())
+        format!(
+            "{}-{:#}-{}.tar.gz",
+            self.app,
+            self.build,
+            self.blake3.short()
+        )
     }
 }
 
@@ -271,8 +314,13 @@ pub struct StepTiming {
 pub fn validate_app_name(app: &str) -> Result<(), String> {
     let ok = !app.is_empty()
         && app.len() <= 64
-        && app.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        && app.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        && app
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && app
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
     if ok {
         Ok(())
     } else {
@@ -313,25 +361,50 @@ mod tests {
         let mut m = ReleaseManifest::new("binarycrate", build, 1_700_000_000);
         m.builder_version = "0.1.0".into();
         m.commit = "4b825dc642cb6eb9a060e54bf8d69288fbee4904".into();
-        m.submodules.insert("cavorite".into(), "1111111111111111111111111111111111111111".into());
-        m.submodules.insert("historygraph".into(), "2222222222222222222222222222222222222222".into());
+        m.submodules.insert(
+            "cavorite".into(),
+            "1111111111111111111111111111111111111111".into(),
+        );
+        m.submodules.insert(
+            "historygraph".into(),
+            "2222222222222222222222222222222222222222".into(),
+        );
         m.python_tag = Some("cp311".into());
         m.build_steps.push(BuildStep {
             name: "copy-build-number".into(),
-            command: vec!["cp".into(), "binarycrate/binarycrate/settings/build_number.py".into(), "front-end/binarycrate/build_number.py".into()],
+            command: vec![
+                "cp".into(),
+                "binarycrate/binarycrate/settings/build_number.py".into(),
+                "front-end/binarycrate/build_number.py".into(),
+            ],
         });
         m.wheels.insert(
             "Django-4.2.16-py3-none-any.whl".into(),
-            WheelEntry { size: 8_000_000, blake3: Blake3Hash::of(b"django"), sha256: None },
+            WheelEntry {
+                size: 8_000_000,
+                blake3: Blake3Hash::of(b"django"),
+                sha256: None,
+            },
         );
-        m.files.insert("binarycrate".into(), FileEntry::Dir { mode: Mode::DIR });
+        m.files
+            .insert("binarycrate".into(), FileEntry::Dir { mode: Mode::DIR });
         m.files.insert(
             "binarycrate/manage.py".into(),
-            FileEntry::File { size: 3, mode: Mode::EXECUTABLE, blake3: Blake3Hash::of(b"py\n") },
+            FileEntry::File {
+                size: 3,
+                mode: Mode::EXECUTABLE,
+                blake3: Blake3Hash::of(b"py\n"),
+            },
         );
-        m.files.insert("static-link".into(), FileEntry::Symlink { target: "binarycrate".into() });
+        m.files.insert(
+            "static-link".into(),
+            FileEntry::Symlink {
+                target: "binarycrate".into(),
+            },
+        );
         let archive = ArchiveInfo {
-            file_name: ArtifactRef::new("binarycrate", build, Blake3Hash::of(b"archive")).file_name(),
+            file_name: ArtifactRef::new("binarycrate", build, Blake3Hash::of(b"archive"))
+                .file_name(),
             blake3: Blake3Hash::of(b"archive"),
             size: 1234,
         };
@@ -359,7 +432,17 @@ mod tests {
         v["schema_version"] = 2.into();
         v["manifest"] = "something new".into();
         let err = Sidecar::from_bytes(v.to_string().as_bytes(), "x/release.json").unwrap_err();
-        assert!(matches!(err, ManifestError::UnsupportedSchema { found: 2, supported: 1, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                ManifestError::UnsupportedSchema {
+                    found: 2,
+                    supported: 1,
+                    ..
+                }
+            ),
+            "{err}"
+        );
         assert!(err.to_string().contains("upgrade"));
     }
 
@@ -375,7 +458,9 @@ mod tests {
     #[test]
     fn rejects_unsafe_names() {
         let mut s = example();
-        s.manifest.files.insert("../etc/passwd".into(), FileEntry::Dir { mode: Mode::DIR });
+        s.manifest
+            .files
+            .insert("../etc/passwd".into(), FileEntry::Dir { mode: Mode::DIR });
         assert!(Sidecar::from_bytes(&s.to_bytes(), "x").is_err());
         let mut s = example();
         s.archive.as_mut().unwrap().file_name = "../../x.tar.gz".into();
@@ -386,13 +471,19 @@ mod tests {
         let mut s = example();
         s.manifest.tag = "Build000035".into();
         assert!(Sidecar::from_bytes(&s.to_bytes(), "x").is_err());
-        let text = String::from_utf8(example().to_bytes()).unwrap().replace("\"000034\"", "\"00034;\"");
+        let text = String::from_utf8(example().to_bytes())
+            .unwrap()
+            .replace("\"000034\"", "\"00034;\"");
         assert!(Sidecar::from_bytes(text.as_bytes(), "x").is_err());
     }
 
     #[test]
     fn artifact_name() {
-        let r = ArtifactRef::new("binarycrate", BuildNumber::parse("000034").unwrap(), Blake3Hash::of(b"a"));
+        let r = ArtifactRef::new(
+            "binarycrate",
+            BuildNumber::parse("000034").unwrap(),
+            Blake3Hash::of(b"a"),
+        );
         let name = r.file_name();
         assert!(name.starts_with("binarycrate-Build000034-"));
         assert!(name.ends_with(".tar.gz"));

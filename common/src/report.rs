@@ -45,9 +45,13 @@ impl ExitCode {
     pub fn meaning(self) -> &'static str {
         match self {
             Self::Success => "success",
-            Self::Failed => "failed before anything live changed; the previous release is still serving",
+            Self::Failed => {
+                "failed before anything live changed; the previous release is still serving"
+            }
             Self::BadInput => "bad input; nothing was touched",
-            Self::RolledBack => "failed after the swap and rolled back; the previous release is serving",
+            Self::RolledBack => {
+                "failed after the swap and rolled back; the previous release is serving"
+            }
             Self::OperatorNeeded => "failed after the swap and could not restore: operator needed",
             Self::Locked => "another activation holds the lock",
         }
@@ -136,7 +140,11 @@ impl Report {
     }
 
     pub fn phase(&mut self, name: &str, took: Duration, ok: bool) {
-        self.phases.push(PhaseReport { name: name.to_owned(), duration_ms: took.as_millis() as u64, ok });
+        self.phases.push(PhaseReport {
+            name: name.to_owned(),
+            duration_ms: took.as_millis() as u64,
+            ok,
+        });
     }
 
     pub fn finish(&mut self, outcome: Outcome, error: Option<String>) {
@@ -151,7 +159,9 @@ impl Report {
 
     /// Finds the report in mixed output (SSM returns stdout, which may carry other lines).
     pub fn find_in(output: &str) -> Option<Report> {
-        let start = output.find("{\n  \"command\"").or_else(|| output.find("{\"command\""))?;
+        let start = output
+            .find("{\n  \"command\"")
+            .or_else(|| output.find("{\"command\""))?;
         let mut de = serde_json::Deserializer::from_str(&output[start..]).into_iter::<Report>();
         de.next()?.ok()
     }

@@ -34,7 +34,8 @@ impl FileStore {
 
     fn create_parent(&self, path: &Path) -> Result<(), StoreError> {
         let parent = atomic::parent_of(path);
-        fs::create_dir_all(parent).map_err(|e| FsError::new("cannot create directory", parent, e))?;
+        fs::create_dir_all(parent)
+            .map_err(|e| FsError::new("cannot create directory", parent, e))?;
         Ok(())
     }
 
@@ -52,14 +53,19 @@ impl FileStore {
         let written = (|| {
             let mut f = File::create(&tmp).map_err(|e| FsError::new("cannot create", &tmp, e))?;
             fill(&mut f, &tmp)?;
-            f.sync_all().map_err(|e| FsError::new("cannot fsync", &tmp, e))
+            f.sync_all()
+                .map_err(|e| FsError::new("cannot fsync", &tmp, e))
         })();
         if let Err(e) = written {
             let _ = fs::remove_file(&tmp);
             return Err(e.into());
         }
         // The hard link fails if another writer created the key meanwhile: only one wins.
-        Ok(if atomic::persist_new(&tmp, &path)? { PutOutcome::Created } else { PutOutcome::AlreadyExists })
+        Ok(if atomic::persist_new(&tmp, &path)? {
+            PutOutcome::Created
+        } else {
+            PutOutcome::AlreadyExists
+        })
     }
 }
 
@@ -77,7 +83,10 @@ impl ObjectStore for FileStore {
     }
 
     fn put_new_bytes(&self, key: &str, data: &[u8]) -> Result<PutOutcome, StoreError> {
-        self.put_new_with(key, |f, tmp| f.write_all(data).map_err(|e| FsError::new("cannot write", tmp, e)))
+        self.put_new_with(key, |f, tmp| {
+            f.write_all(data)
+                .map_err(|e| FsError::new("cannot write", tmp, e))
+        })
     }
 
     fn put_bytes(&self, key: &str, data: &[u8]) -> Result<(), StoreError> {
@@ -92,7 +101,10 @@ impl ObjectStore for FileStore {
         let mut f = match File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(StoreError::NotFound { store: self.location(), key: key.to_owned() })
+                return Err(StoreError::NotFound {
+                    store: self.location(),
+                    key: key.to_owned(),
+                })
             }
             Err(e) => return Err(FsError::new("cannot open", &path, e).into()),
         };
