@@ -4,8 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-/// Install BinaryCrate releases on this server: verify, unpack, and (in later versions)
-/// activate them atomically.
+/// Install BinaryCrate releases on this server from verified, immutable artifacts.
 #[derive(Debug, Parser)]
 #[command(name = "installer", version, propagate_version = true)]
 #[command(
