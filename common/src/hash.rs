@@ -122,6 +122,15 @@ impl<W: Write> HashingWriter<W> {
         (self.inner, self.hasher.finalize().into(), self.len)
     }
 
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     pub fn get_mut(&mut self) -> &mut W {
         &mut self.inner
     }

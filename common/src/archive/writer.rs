@@ -8,7 +8,7 @@
 //! for any `threads`. A writer thread puts compressed chunks back in order, hashing the archive as
 //! it goes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -30,10 +30,17 @@ use crate::Blake3Hash;
 /// Uncompressed bytes per compression job. Larger chunks compress slightly better (fewer
 /// dictionary restarts), smaller ones spread better over cores; 512 KiB costs under 0.1 % in size.
 const CHUNK: usize = 512 * 1024;
+/// Files at least this large are compressed as segments of their own (see [`Pipeline`]).
+const SEGMENT_MIN: u64 = 32 * 1024;
 /// Deflate's window: how much of the previous chunk primes the next one.
 const WINDOW: usize = 32 * 1024;
 /// Compression level; zlib-rs at 6 matches `gzip -6` in size.
 const LEVEL: u32 = 6;
+/// Level for chunks that are already compressed data (images, fonts): searching them for
+/// matches at level 6 costs several times the CPU and saves nothing.
+const FAST_LEVEL: u32 = 1;
+/// Order-0 entropy (bits per byte) above which a chunk counts as incompressible.
+const INCOMPRESSIBLE_BITS: f64 = 7.9;
 /// Gzip header with no name, no time and an "unknown" OS, so no host detail leaks in.
 const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
 /// An empty final fixed-Huffman block: closes the deflate stream after the last sync flush.
@@ -117,7 +124,14 @@ fn pack_to(
     dest: &Path,
     options: &PackOptions,
 ) -> Result<(Blake3Hash, u64), PackError> {
-    let file = File::create(dest).map_err(|e| FsError::new("cannot create", dest, e))?;
+    // Readable too: repeated pieces are copied back from what was already written.
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(dest)
+        .map_err(|e| FsError::new("cannot create", dest, e))?;
     let threads = match options.threads {
         0 => thread::available_parallelism()
             .map(|n| n.get())
@@ -170,13 +184,13 @@ fn header(kind: tar::EntryType, mode: Mode, size: u64, mtime: i64) -> tar::Heade
 
 /// Appends every entry below `root` in sorted order (directories before their contents) and
 /// returns the manifest's file list.
-fn add_tree<W: Write>(
-    tar: &mut tar::Builder<W>,
+fn add_tree(
+    tar: &mut tar::Builder<&mut Pipeline>,
     root: &Path,
     mtime: i64,
 ) -> Result<BTreeMap<String, FileEntry>, PackError> {
     let mut files = BTreeMap::new();
-    let mut buf = vec![0u8; 256 * 1024];
+    let mut buf = vec![0u8; CHUNK];
     let walk = walkdir::WalkDir::new(root)
         .min_depth(1)
         .follow_links(false)
@@ -232,27 +246,47 @@ fn add_tree<W: Write>(
             };
             let mut f = File::open(path).map_err(|e| FsError::new("cannot open", path, e))?;
             let size = meta.len();
+            // The header alone (an empty reader writes no content and no padding); the size in
+            // it is fixed before the content is read, so a file that changes while being packed
+            // is an error, not a silently inconsistent archive.
             let mut h = header(tar::EntryType::Regular, mode, size, mtime);
-            // The size is fixed in the header before the content is read: a file that changes
-            // while being packed is an error, not a silently inconsistent archive.
-            let mut reader = HashingRead {
-                inner: (&mut f).take(size),
-                hasher: blake3::Hasher::new(),
-                buf: &mut buf,
-                n: 0,
-            };
-            tar.append_data(&mut h, &name, &mut reader)
+            tar.append_data(&mut h, &name, io::empty())
                 .map_err(io_err)?;
-            let (hash, n) = (Blake3Hash::from(reader.hasher.finalize()), reader.n);
+            let pipeline = tar.get_mut();
+            let segment = size >= SEGMENT_MIN;
+            if segment {
+                pipeline.begin_segment().map_err(io_err)?;
+            }
+            let mut hasher = blake3::Hasher::new();
+            let mut n = 0u64;
+            let mut content = (&mut f).take(size);
+            loop {
+                let got = match content.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(got) => got,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(FsError::new("cannot read", path, e).into()),
+                };
+                hasher.update(&buf[..got]);
+                pipeline.write_all(&buf[..got]).map_err(io_err)?;
+                n += got as u64;
+            }
             if n != size || f.read(&mut [0u8; 1]).map_err(io_err)? != 0 {
                 return Err(unsupported(path, "it changed while being packed"));
             }
+            if segment {
+                pipeline.end_segment().map_err(io_err)?;
+            }
+            let pad = (512 - size % 512) % 512;
+            pipeline
+                .write_all(&[0u8; 512][..pad as usize])
+                .map_err(io_err)?;
             files.insert(
                 name,
                 FileEntry::File {
                     size,
                     mode,
-                    blake3: hash,
+                    blake3: hasher.finalize().into(),
                 },
             );
         } else {
@@ -294,44 +328,53 @@ pub fn check_link_target(entry: &str, target: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Hashes file content on its way into the tar stream, reading in large blocks.
-struct HashingRead<'a, R> {
-    inner: R,
-    hasher: blake3::Hasher,
-    buf: &'a mut [u8],
-    n: u64,
-}
-
-impl<R: Read> Read for HashingRead<'_, R> {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        let want = out.len().min(self.buf.len());
-        let got = self.inner.read(&mut out[..want])?;
-        self.hasher.update(&out[..got]);
-        self.n += got as u64;
-        Ok(got)
-    }
-}
-
 /// A chunk of the uncompressed stream, with the window that primes its compression.
 struct Job {
     seq: u64,
     data: Arc<Vec<u8>>,
     dict: Option<Arc<Vec<u8>>>,
+    /// Keep the compressed bytes' place in the output so a later identical piece can reuse them.
+    remember: bool,
 }
 
-struct Done {
-    seq: u64,
-    compressed: Vec<u8>,
-    crc: crc32fast::Hasher,
-    len: usize,
+/// A piece of the output, in stream order by `seq`.
+enum Done {
+    Compressed {
+        seq: u64,
+        bytes: Vec<u8>,
+        crc: crc32fast::Hasher,
+        len: usize,
+        remember: bool,
+    },
+    /// The same compressed bytes as the earlier piece `of` (identical content and context).
+    Repeat { seq: u64, of: u64 },
+}
+
+impl Done {
+    fn seq(&self) -> u64 {
+        match self {
+            Done::Compressed { seq, .. } | Done::Repeat { seq, .. } => *seq,
+        }
+    }
 }
 
 /// The parallel gzip stream: `Write` the uncompressed tar bytes into it.
+///
+/// Large files are "segments": compressed in pieces that start fresh at the file's first byte
+/// (no dictionary from what came before), so a file whose content appeared earlier in the
+/// archive — collectstatic leaves a second copy of every static file — produces the very same
+/// compressed pieces, which are copied instead of compressed again. Whether a piece repeats
+/// depends only on content, so the bytes are the same for any thread count.
 struct Pipeline {
     buf: Vec<u8>,
     prev: Option<Arc<Vec<u8>>>,
     seq: u64,
+    in_segment: bool,
+    /// Identity of the segment piece chain so far (content of this piece and all before it).
+    chain: Option<blake3::Hash>,
+    seen: HashMap<blake3::Hash, u64>,
     jobs: Option<SyncSender<Job>>,
+    done: Option<SyncSender<Done>>,
     workers: Vec<thread::JoinHandle<()>>,
     writer: Option<thread::JoinHandle<Result<(Blake3Hash, u64), FsError>>>,
 }
@@ -340,7 +383,7 @@ impl Pipeline {
     fn start(file: File, path: PathBuf, threads: usize) -> Result<Self, PackError> {
         let (job_tx, job_rx) = mpsc::sync_channel::<Job>(threads * 2);
         let job_rx = Arc::new(std::sync::Mutex::new(job_rx));
-        let (done_tx, done_rx) = mpsc::sync_channel::<Done>(threads * 2);
+        let (done_tx, done_rx) = mpsc::sync_channel::<Done>(threads * 4);
         let workers = (0..threads)
             .map(|_| {
                 let rx = Arc::clone(&job_rx);
@@ -356,32 +399,93 @@ impl Pipeline {
                 })
             })
             .collect();
-        drop(done_tx);
         let writer = thread::spawn(move || write_in_order(file, &path, done_rx));
         Ok(Self {
             buf: Vec::with_capacity(CHUNK),
             prev: None,
             seq: 0,
+            in_segment: false,
+            chain: None,
+            seen: HashMap::new(),
             jobs: Some(job_tx),
+            done: Some(done_tx),
             workers,
             writer: Some(writer),
         })
     }
 
+    fn closed() -> io::Error {
+        io::Error::other("the archive writer stopped (see the next error)")
+    }
+
     fn send_chunk(&mut self) -> io::Result<()> {
         let data = Arc::new(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
-        let job = Job {
-            seq: self.seq,
-            data: Arc::clone(&data),
-            dict: self.prev.take(),
-        };
+        let seq = self.seq;
         self.seq += 1;
-        self.prev = Some(data);
+        let dict = self.prev.replace(Arc::clone(&data));
+        if !self.in_segment {
+            let job = Job {
+                seq,
+                data,
+                dict,
+                remember: false,
+            };
+            return self
+                .jobs
+                .as_ref()
+                .expect("pipeline open")
+                .send(job)
+                .map_err(|_| Self::closed());
+        }
+        let first = self.chain.is_none();
+        let mut key = blake3::Hasher::new();
+        if let Some(prev) = &self.chain {
+            key.update(prev.as_bytes());
+        }
+        key.update(&data);
+        let key = key.finalize();
+        self.chain = Some(key);
+        if let Some(&of) = self.seen.get(&key) {
+            return self
+                .done
+                .as_ref()
+                .expect("pipeline open")
+                .send(Done::Repeat { seq, of })
+                .map_err(|_| Self::closed());
+        }
+        self.seen.insert(key, seq);
+        // The first piece of a segment starts without a dictionary, so its output does not
+        // depend on whatever preceded the file.
+        let dict = if first { None } else { dict };
+        let job = Job {
+            seq,
+            data,
+            dict,
+            remember: true,
+        };
         self.jobs
             .as_ref()
             .expect("pipeline open")
             .send(job)
-            .map_err(|_| io::Error::other("the archive writer stopped (see the next error)"))
+            .map_err(|_| Self::closed())
+    }
+
+    fn begin_segment(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            self.send_chunk()?;
+        }
+        self.in_segment = true;
+        self.chain = None;
+        Ok(())
+    }
+
+    fn end_segment(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            self.send_chunk()?;
+        }
+        self.in_segment = false;
+        self.chain = None;
+        Ok(())
     }
 
     fn finish(mut self) -> Result<(Blake3Hash, u64), PackError> {
@@ -400,6 +504,7 @@ impl Pipeline {
         for w in self.workers.drain(..) {
             w.join().map_err(|_| PackError::Worker)?;
         }
+        self.done = None;
         let writer = self.writer.take().expect("writer joined once");
         Ok(writer.join().map_err(|_| PackError::Worker)??)
     }
@@ -421,7 +526,15 @@ impl Write for Pipeline {
 }
 
 fn compress_chunk(job: Job) -> Done {
-    let mut c = Compress::new(Compression::new(LEVEL), false);
+    // A fresh compressor per chunk: reusing one through `reset` was seen to make the output
+    // depend on which chunks a worker had compressed before (zlib-rs 0.6), breaking
+    // reproducibility.
+    let level = if looks_incompressible(&job.data) {
+        FAST_LEVEL
+    } else {
+        LEVEL
+    };
+    let mut c = Compress::new(Compression::new(level), false);
     if let Some(dict) = &job.dict {
         let start = dict.len().saturating_sub(WINDOW);
         c.set_dictionary(&dict[start..])
@@ -445,12 +558,43 @@ fn compress_chunk(job: Job) -> Done {
     }
     let mut crc = crc32fast::Hasher::new();
     crc.update(&job.data);
-    Done {
+    Done::Compressed {
         seq: job.seq,
-        compressed: out,
+        bytes: out,
         crc,
         len: job.data.len(),
+        remember: job.remember,
     }
+}
+
+/// Whether a chunk's byte distribution is that of compressed or random data. The decision
+/// depends only on the chunk's bytes, so the output stays the same for any thread count.
+fn looks_incompressible(data: &[u8]) -> bool {
+    if data.len() < 64 * 1024 {
+        return false;
+    }
+    let mut counts = [0u32; 256];
+    for &b in data {
+        counts[b as usize] += 1;
+    }
+    let n = data.len() as f64;
+    let bits: f64 = counts
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let p = c as f64 / n;
+            -p * p.log2()
+        })
+        .sum();
+    bits > INCOMPRESSIBLE_BITS
+}
+
+/// Where a remembered piece sits in the output, to copy it for a repeat.
+struct Placed {
+    offset: u64,
+    len: usize,
+    crc: crc32fast::Hasher,
+    ulen: usize,
 }
 
 /// Receives compressed chunks in any order and writes them in sequence, framed as gzip.
@@ -459,19 +603,58 @@ fn write_in_order(
     path: &Path,
     done: Receiver<Done>,
 ) -> Result<(Blake3Hash, u64), FsError> {
+    use std::os::unix::fs::FileExt;
     let err = |e| FsError::new("cannot write archive", path, e);
     let mut out = HashingWriter::new(BufWriter::with_capacity(1 << 20, file));
     out.write_all(&GZIP_HEADER).map_err(err)?;
     let mut pending = BTreeMap::new();
+    let mut placed: HashMap<u64, Placed> = HashMap::new();
     let mut next = 0u64;
     let mut crc = crc32fast::Hasher::new();
     let mut isize: u64 = 0;
+    let mut copy = Vec::new();
     for d in done {
-        pending.insert(d.seq, d);
+        pending.insert(d.seq(), d);
         while let Some(d) = pending.remove(&next) {
-            out.write_all(&d.compressed).map_err(err)?;
-            isize += d.len as u64;
-            crc.combine(&d.crc);
+            match d {
+                Done::Compressed {
+                    bytes,
+                    crc: c,
+                    len,
+                    remember,
+                    ..
+                } => {
+                    if remember {
+                        placed.insert(
+                            next,
+                            Placed {
+                                offset: out.len(),
+                                len: bytes.len(),
+                                crc: c.clone(),
+                                ulen: len,
+                            },
+                        );
+                    }
+                    out.write_all(&bytes).map_err(err)?;
+                    crc.combine(&c);
+                    isize += len as u64;
+                }
+                Done::Repeat { of, .. } => {
+                    let p = placed
+                        .get(&of)
+                        .expect("a repeated piece was written before");
+                    // The original bytes are in the file already; read them back (page cache).
+                    out.get_mut().flush().map_err(err)?;
+                    copy.resize(p.len, 0);
+                    out.get_mut()
+                        .get_ref()
+                        .read_exact_at(&mut copy, p.offset)
+                        .map_err(err)?;
+                    out.write_all(&copy).map_err(err)?;
+                    crc.combine(&p.crc);
+                    isize += p.ulen as u64;
+                }
+            }
             next += 1;
         }
     }
