@@ -1,3 +1,5 @@
 //! The `tests` crate's one integration-test binary: end-to-end checks across both binaries.
 
+mod cli;
+mod store_file;
 mod store_s3;

@@ -17,7 +17,7 @@ use common::store::{ArtifactStore, PublishOutcome, PutOutcome, StoreOptions};
 use common::{Blake3Hash, BuildNumber};
 use tests::moto::MotoServer;
 
-const APP: &str = "binarycrate";
+pub(crate) const APP: &str = "binarycrate";
 const BUCKET: &str = "releases-test";
 const PREFIX: &str = "pipeline/prod";
 const MIB: u64 = 1 << 20;
@@ -37,25 +37,25 @@ fn open(server: &MotoServer) -> ArtifactStore {
     ArtifactStore::open(&store_url(), &server.store_options()).unwrap()
 }
 
-fn build(n: u32) -> BuildNumber {
+pub(crate) fn build(n: u32) -> BuildNumber {
     BuildNumber::new(n).unwrap()
 }
 
 /// A local artifact and its sidecar.
-struct Release {
-    artifact: PathBuf,
-    sidecar: Sidecar,
+pub(crate) struct Release {
+    pub(crate) artifact: PathBuf,
+    pub(crate) sidecar: Sidecar,
 }
 
 impl Release {
-    fn hash(&self) -> String {
+    pub(crate) fn hash(&self) -> String {
         self.sidecar.archive.as_ref().unwrap().blake3.to_hex()
     }
 }
 
 /// Writes `size` pseudo-random (incompressible, reproducible from `seed`) bytes into `dir` as
 /// the artifact of `build`, and builds the sidecar describing it.
-fn make_release(dir: &Path, build: BuildNumber, size: u64, seed: &str) -> Release {
+pub(crate) fn make_release(dir: &Path, build: BuildNumber, size: u64, seed: &str) -> Release {
     let tmp = dir.join(format!(".{seed}.partial"));
     {
         let mut reader = blake3::Hasher::new().update(seed.as_bytes()).finalize_xof();
@@ -102,7 +102,7 @@ fn make_release(dir: &Path, build: BuildNumber, size: u64, seed: &str) -> Releas
     Release { artifact, sidecar }
 }
 
-fn dir_entries(dir: &Path) -> Vec<String> {
+pub(crate) fn dir_entries(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
