@@ -17,7 +17,7 @@ use std::sync::mpsc::{self, Receiver};
 use std::thread;
 use std::time::{Duration, SystemTime};
 
-use flate2::read::GzDecoder;
+use flate2::bufread::GzDecoder;
 
 use crate::archive::writer::check_link_target;
 use crate::atomic;
@@ -136,6 +136,9 @@ fn unpack_into(
         let mut hashed = HashingReader::new(file);
         let mut total: u64 = 0;
         let outcome = (|| -> Result<(), UnpackError> {
+            // The `bufread` decoder reads no further than the gzip member's end, so whatever
+            // follows stays in this buffer for the check below (the `read` one would swallow
+            // up to 32 KiB of it into a private buffer).
             let mut gz = GzDecoder::new(BufReader::with_capacity(BLOCK, &mut hashed));
             loop {
                 let mut block = vec![0u8; BLOCK];
@@ -354,7 +357,8 @@ fn write_entries(
         if kind != tar::EntryType::Symlink && mode & 0o7000 != 0 {
             return Err(UnpackError::PrivilegedMode { entry: name, mode });
         }
-        let size = entry.header().size().map_err(corrupt)?;
+        // The entry's real size: a PAX `size` record overrides the header's field.
+        let size = entry.size();
         if name == RELEASE_JSON {
             if kind.is_dir() || kind == tar::EntryType::Symlink || size > MAX_EMBEDDED_SIDECAR {
                 return Err(UnpackError::EmbeddedSidecarMismatch);
@@ -489,6 +493,10 @@ fn write_entries(
     if !embedded_ok {
         return Err(UnpackError::EmbeddedSidecarMissing);
     }
+    // Only now is every link known: a link may escape through another that comes after it.
+    if let Some((entry, target)) = find_escaping_link(&manifest.files) {
+        return Err(UnpackError::LinkEscapes { entry, target });
+    }
     let missing: Vec<&String> = manifest
         .files
         .keys()
@@ -501,6 +509,58 @@ fn write_entries(
         });
     }
     Ok(summary)
+}
+
+/// Most symlinks followed while resolving one link (the kernel's limit).
+const MAX_LINK_HOPS: usize = 40;
+
+/// Resolves every symlink of a tree through the tree's other symlinks, as the kernel would, and
+/// returns the first `(link, target)` that leads outside the tree.
+///
+/// [`check_link_target`] sees one link's text only: `sub/up -> ..` and `sub/esc -> up/../x`
+/// each stay inside lexically, yet `sub/esc` resolves to `../x`. Chains longer than the
+/// kernel follows (loops) count as escaping.
+pub fn find_escaping_link(files: &BTreeMap<String, FileEntry>) -> Option<(String, String)> {
+    files.iter().find_map(|(name, entry)| match entry {
+        FileEntry::Symlink { target } if !resolves_inside(files, name, target) => {
+            Some((name.clone(), target.clone()))
+        }
+        _ => None,
+    })
+}
+
+fn resolves_inside(files: &BTreeMap<String, FileEntry>, link: &str, target: &str) -> bool {
+    if target.starts_with('/') {
+        return false;
+    }
+    // The resolved directories so far (all real, never links), starting at the link's own.
+    let mut at: Vec<&str> = link.split('/').collect();
+    at.pop();
+    // Components still to walk, the next one last.
+    let mut todo: Vec<&str> = target.split('/').rev().collect();
+    let mut hops = 0;
+    while let Some(c) = todo.pop() {
+        match c {
+            "" | "." => {}
+            ".." => {
+                if at.pop().is_none() {
+                    return false;
+                }
+            }
+            name => {
+                at.push(name);
+                if let Some(FileEntry::Symlink { target: next }) = files.get(&at.join("/")) {
+                    hops += 1;
+                    if hops > MAX_LINK_HOPS || next.starts_with('/') {
+                        return false;
+                    }
+                    at.pop();
+                    todo.extend(next.split('/').rev());
+                }
+            }
+        }
+    }
+    true
 }
 
 /// Validates an entry's path and returns it without a trailing `/`.

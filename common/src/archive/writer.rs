@@ -140,7 +140,16 @@ fn pack_to(
     };
     let mut pipeline = Pipeline::start(file, dest.to_owned(), threads)?;
     let mut tar = tar::Builder::new(&mut pipeline);
-    let entries = add_tree(&mut tar, staged, manifest.source_date);
+    let entries = add_tree(&mut tar, staged, manifest.source_date).and_then(|files| {
+        // A link can escape through another link that only comes later in the walk.
+        match crate::archive::reader::find_escaping_link(&files) {
+            Some((entry, target)) => Err(unsupported(
+                &staged.join(entry),
+                &format!("symlink to `{target}` leaves the release tree through another symlink"),
+            )),
+            None => Ok(files),
+        }
+    });
     let written = entries.and_then(|files| {
         manifest.files = files;
         // The embedded copy goes last: only now are all file hashes known. It has no archive
@@ -235,8 +244,7 @@ fn add_tree(
                 .ok_or_else(|| unsupported(path, "its target is not valid UTF-8"))?
                 .to_owned();
             check_link_target(&name, &target).map_err(|reason| unsupported(path, &reason))?;
-            let mut h = header(tar::EntryType::Symlink, Mode(0o777), 0, mtime);
-            tar.append_link(&mut h, &name, &target).map_err(io_err)?;
+            append_symlink(tar, &name, &target, mtime).map_err(io_err)?;
             files.insert(name, FileEntry::Symlink { target });
         } else if ft.is_file() {
             let mode = if meta.permissions().mode() & 0o111 != 0 {
@@ -294,6 +302,33 @@ fn add_tree(
         }
     }
     Ok(files)
+}
+
+/// Appends a symlink entry whose target is stored byte for byte, as the manifest records it.
+/// (`tar::Builder::append_link` normalises targets that fit the header: `a/./b` would become
+/// `a/b` and `dir/` `dir`, and the reader would then refuse the archive.)
+fn append_symlink<W: Write>(
+    tar: &mut tar::Builder<W>,
+    name: &str,
+    target: &str,
+    mtime: i64,
+) -> io::Result<()> {
+    let mut h = header(tar::EntryType::Symlink, Mode(0o777), 0, mtime);
+    if h.set_link_name_literal(target).is_err() {
+        // Longer than the header's 100 bytes: a GNU long-link entry first, as GNU tar writes it.
+        let mut long = tar::Header::new_gnu();
+        long.as_gnu_mut().expect("a GNU header").name[..13].copy_from_slice(b"././@LongLink");
+        long.set_mode(0o644);
+        long.set_uid(0);
+        long.set_gid(0);
+        long.set_mtime(0);
+        long.set_size(target.len() as u64 + 1);
+        long.set_entry_type(tar::EntryType::GNULongLink);
+        long.set_cksum();
+        tar.append(&long, target.as_bytes().chain(&[0u8][..]))?;
+        h.set_link_name_literal(&target.as_bytes()[..100])?;
+    }
+    tar.append_data(&mut h, name, io::empty())
 }
 
 fn unsupported(path: &Path, reason: &str) -> PackError {
