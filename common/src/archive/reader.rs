@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 
 use flate2::bufread::GzDecoder;
 
-use crate::archive::writer::check_link_target;
+use crate::archive::links::{check_link_target, find_escaping_link};
 use crate::atomic;
 use crate::error::{FsError, UnpackError};
 use crate::hash::HashingReader;
@@ -509,58 +509,6 @@ fn write_entries(
         });
     }
     Ok(summary)
-}
-
-/// Most symlinks followed while resolving one link (the kernel's limit).
-const MAX_LINK_HOPS: usize = 40;
-
-/// Resolves every symlink of a tree through the tree's other symlinks, as the kernel would, and
-/// returns the first `(link, target)` that leads outside the tree.
-///
-/// [`check_link_target`] sees one link's text only: `sub/up -> ..` and `sub/esc -> up/../x`
-/// each stay inside lexically, yet `sub/esc` resolves to `../x`. Chains longer than the
-/// kernel follows (loops) count as escaping.
-pub fn find_escaping_link(files: &BTreeMap<String, FileEntry>) -> Option<(String, String)> {
-    files.iter().find_map(|(name, entry)| match entry {
-        FileEntry::Symlink { target } if !resolves_inside(files, name, target) => {
-            Some((name.clone(), target.clone()))
-        }
-        _ => None,
-    })
-}
-
-fn resolves_inside(files: &BTreeMap<String, FileEntry>, link: &str, target: &str) -> bool {
-    if target.starts_with('/') {
-        return false;
-    }
-    // The resolved directories so far (all real, never links), starting at the link's own.
-    let mut at: Vec<&str> = link.split('/').collect();
-    at.pop();
-    // Components still to walk, the next one last.
-    let mut todo: Vec<&str> = target.split('/').rev().collect();
-    let mut hops = 0;
-    while let Some(c) = todo.pop() {
-        match c {
-            "" | "." => {}
-            ".." => {
-                if at.pop().is_none() {
-                    return false;
-                }
-            }
-            name => {
-                at.push(name);
-                if let Some(FileEntry::Symlink { target: next }) = files.get(&at.join("/")) {
-                    hops += 1;
-                    if hops > MAX_LINK_HOPS || next.starts_with('/') {
-                        return false;
-                    }
-                    at.pop();
-                    todo.extend(next.split('/').rev());
-                }
-            }
-        }
-    }
-    true
 }
 
 /// Validates an entry's path and returns it without a trailing `/`.
