@@ -216,6 +216,48 @@ impl Sidecar {
         }
     }
 
+    /// The bytes of [`Sidecar::embedded`], without cloning the manifest (it lists every file).
+    pub fn embedded_bytes(&self) -> Vec<u8> {
+        Self::embedded_bytes_for(self.schema_version, &self.manifest)
+    }
+
+    /// BLAKE3 and length of [`Sidecar::embedded_bytes`], computed without materialising them.
+    pub fn embedded_digest(&self) -> (Blake3Hash, u64) {
+        let mut w = crate::hash::HashingWriter::new(std::io::sink());
+        Self::write_embedded(self.schema_version, &self.manifest, &mut w)
+            .expect("a sink never fails");
+        let (_, hash, len) = w.finish();
+        (hash, len)
+    }
+
+    /// The embedded copy's bytes for a manifest that has no sidecar yet (the writer's case).
+    pub fn embedded_bytes_for(schema_version: u32, manifest: &ReleaseManifest) -> Vec<u8> {
+        let mut v = Vec::new();
+        Self::write_embedded(schema_version, manifest, &mut v).expect("a Vec never fails");
+        v
+    }
+
+    /// Writes the embedded copy's bytes for `manifest` (see [`Sidecar::embedded_bytes`]).
+    pub fn write_embedded(
+        schema_version: u32,
+        manifest: &ReleaseManifest,
+        out: &mut impl std::io::Write,
+    ) -> std::io::Result<()> {
+        #[derive(Serialize)]
+        struct View<'a> {
+            schema_version: u32,
+            manifest: &'a ReleaseManifest,
+        }
+        serde_json::to_writer_pretty(
+            &mut *out,
+            &View {
+                schema_version,
+                manifest,
+            },
+        )?;
+        out.write_all(b"\n")
+    }
+
     /// Parses and validates; `origin` names the source in error messages.
     pub fn from_bytes(bytes: &[u8], origin: &str) -> Result<Self, ManifestError> {
         let parse = |source| ManifestError::Parse {
@@ -424,6 +466,12 @@ mod tests {
         assert_eq!(back, s);
         assert_eq!(back.to_bytes(), bytes);
         assert_eq!(back.embedded().archive, None);
+        assert_eq!(back.embedded_bytes(), back.embedded().to_bytes());
+        let bytes = back.embedded_bytes();
+        assert_eq!(
+            back.embedded_digest(),
+            (Blake3Hash::of(&bytes), bytes.len() as u64)
+        );
     }
 
     #[test]

@@ -363,18 +363,18 @@ fn write_entries(
             if kind.is_dir() || kind == tar::EntryType::Symlink || size > MAX_EMBEDDED_SIDECAR {
                 return Err(UnpackError::EmbeddedSidecarMismatch);
             }
-            let mut bytes = Vec::with_capacity(size as usize);
-            entry.read_to_end(&mut bytes).map_err(corrupt)?;
-            if bytes != sidecar.embedded().to_bytes() {
-                return Err(UnpackError::EmbeddedSidecarMismatch);
-            }
-            write_file(
+            // Compared by hash and length as it streams to disk: it lists every file, so holding
+            // two copies in memory would grow with the tree.
+            let (hash, n) = write_file(
                 &root.join(RELEASE_JSON),
-                &bytes[..],
+                &mut entry,
                 Mode::FILE,
                 mtime,
                 &mut buf,
             )?;
+            if (hash, n) != sidecar.embedded_digest() {
+                return Err(UnpackError::EmbeddedSidecarMismatch);
+            }
             embedded_ok = true;
             continue;
         }

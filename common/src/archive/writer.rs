@@ -25,6 +25,7 @@ use crate::error::{FsError, PackError};
 use crate::hash::HashingWriter;
 use crate::manifest::{
     ArchiveInfo, ArtifactRef, FileEntry, Mode, ReleaseManifest, Sidecar, RELEASE_JSON,
+    SCHEMA_VERSION,
 };
 use crate::Blake3Hash;
 
@@ -155,15 +156,23 @@ fn pack_to(
         manifest.files = files;
         // The embedded copy goes last: only now are all file hashes known. It has no archive
         // section, since an archive cannot contain its own hash.
-        let embedded = Sidecar::new(manifest.clone(), None).to_bytes();
+        // Serialised twice (length, then content) rather than held: it lists every file.
+        let mut counter = crate::hash::HashingWriter::new(io::sink());
+        Sidecar::write_embedded(SCHEMA_VERSION, manifest, &mut counter)
+            .map_err(|e| FsError::new("cannot write archive", dest, e))?;
+        let (_, _, len) = counter.finish();
+        let io_err = |e| FsError::new("cannot write archive", dest, e);
         let mut header = header(
             tar::EntryType::Regular,
             Mode::FILE,
-            embedded.len() as u64,
+            len,
             manifest.source_date,
         );
-        tar.append_data(&mut header, RELEASE_JSON, &embedded[..])
-            .map_err(|e| FsError::new("cannot write archive", dest, e))?;
+        tar.append_data(&mut header, RELEASE_JSON, io::empty())
+            .map_err(io_err)?;
+        let pipeline = tar.get_mut();
+        Sidecar::write_embedded(SCHEMA_VERSION, manifest, &mut **pipeline).map_err(io_err)?;
+        pad_block(pipeline, len).map_err(io_err)?;
         tar.finish()
             .map_err(|e| FsError::new("cannot write archive", dest, e))?;
         Ok(())
@@ -330,6 +339,12 @@ fn append_symlink<W: Write>(
         h.set_link_name_literal(&target.as_bytes()[..100])?;
     }
     tar.append_data(&mut h, name, io::empty())
+}
+
+/// Pads an entry's content of `len` bytes to tar's 512-byte blocks.
+fn pad_block(out: &mut impl Write, len: u64) -> io::Result<()> {
+    let pad = (512 - len % 512) % 512;
+    out.write_all(&[0u8; 512][..pad as usize])
 }
 
 fn unsupported(path: &Path, reason: &str) -> PackError {
