@@ -8,12 +8,6 @@ fn main() -> ExitCode {
     let cli = builder::cli::Cli::parse();
     match builder::run(cli) {
         Ok(code) => code.into(),
-        Err(err) => {
-            eprintln!("error: {err}");
-            for cause in err.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
-            }
-            common::error::exit_code_for(err.as_ref()).into()
-        }
+        Err(err) => common::error::report_failure(err.as_ref()).into(),
     }
 }

@@ -213,3 +213,15 @@ pub fn exit_code_for(err: &(dyn std::error::Error + 'static)) -> crate::report::
     }
     ExitCode::Failed
 }
+
+/// Prints an error and its causes to stderr the way both binaries do, and returns the exit
+/// code it deserves (see [`exit_code_for`]).
+pub fn report_failure(err: &(dyn std::error::Error + 'static)) -> crate::report::ExitCode {
+    eprintln!("error: {err}");
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        eprintln!("  caused by: {c}");
+        cause = c.source();
+    }
+    exit_code_for(err)
+}

@@ -11,7 +11,10 @@ use std::sync::OnceLock;
 fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/debug/deps/all-HASH -> target/debug
-    exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>/deps layout").to_owned()
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps layout")
+        .to_owned()
 }
 
 fn build_once() -> &'static PathBuf {

@@ -20,7 +20,9 @@ fn filtered(text: &str, tmp: &Path) -> String {
     for line in hex16.lines() {
         // "in 0.05s" and "duration_ms": N vary from run to run.
         let line = match line.find(" in ") {
-            Some(i) if line.ends_with('s') && line[i + 4..line.len() - 1].parse::<f64>().is_ok() => {
+            Some(i)
+                if line.ends_with('s') && line[i + 4..line.len() - 1].parse::<f64>().is_ok() =>
+            {
                 format!("{} in [SECS]s", &line[..i])
             }
             _ => line.to_owned(),
@@ -65,17 +67,43 @@ fn regex_lite_replace(text: &str, len: usize, with: &str) -> String {
 fn sample_tree(root: &Path) {
     fs::create_dir_all(root.join("binarycrate/binarycrate/settings")).unwrap();
     fs::create_dir_all(root.join("binarycrate/public/static/js")).unwrap();
-    fs::write(root.join("binarycrate/binarycrate/settings/build_number.py"), "BUILD_NUMBER = '000007'\n").unwrap();
-    fs::write(root.join("binarycrate/public/static/js/app.js"), "console.log('Build number = 000007');\n".repeat(2000)).unwrap();
-    fs::write(root.join("binarycrate/manage.py"), "#!/usr/bin/env python\n").unwrap();
+    fs::write(
+        root.join("binarycrate/binarycrate/settings/build_number.py"),
+        "BUILD_NUMBER = '000007'\n",
+    )
+    .unwrap();
+    fs::write(
+        root.join("binarycrate/public/static/js/app.js"),
+        "console.log('Build number = 000007');\n".repeat(2000),
+    )
+    .unwrap();
+    fs::write(
+        root.join("binarycrate/manage.py"),
+        "#!/usr/bin/env python\n",
+    )
+    .unwrap();
     use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(root.join("binarycrate/manage.py"), fs::Permissions::from_mode(0o775)).unwrap();
+    fs::set_permissions(
+        root.join("binarycrate/manage.py"),
+        fs::Permissions::from_mode(0o775),
+    )
+    .unwrap();
     std::os::unix::fs::symlink("binarycrate/public/static", root.join("static")).unwrap();
 }
 
 fn archive(tree: &Path, out: &Path, extra: &[&str]) -> Output {
     let mut cmd = Command::new(bins::builder());
-    cmd.arg("archive").arg(tree).args(["--build", "Build000007", "--source-date", "1700000000", "--out"]).arg(out).args(extra);
+    cmd.arg("archive")
+        .arg(tree)
+        .args([
+            "--build",
+            "Build000007",
+            "--source-date",
+            "1700000000",
+            "--out",
+        ])
+        .arg(out)
+        .args(extra);
     run(cmd)
 }
 
@@ -85,24 +113,54 @@ fn archive_then_unpack_round_trips_with_readable_output() {
     let tree = tmp.path().join("tree");
     sample_tree(&tree);
     let out = archive(&tree, &tmp.path().join("out"), &[]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8(out.stdout).unwrap();
     let artifact = stdout.lines().last().unwrap().to_owned();
     assert!(Path::new(&artifact).is_file());
     assert!(tmp.path().join("out/release.json").is_file());
     assert!(tmp.path().join("out/build-log.json").is_file());
-    insta::assert_snapshot!("archive_output", filtered(&format!("{stdout}---\n{}", String::from_utf8_lossy(&out.stderr)), tmp.path()));
+    insta::assert_snapshot!(
+        "archive_output",
+        filtered(
+            &format!("{stdout}---\n{}", String::from_utf8_lossy(&out.stderr)),
+            tmp.path()
+        )
+    );
 
     let dest = tmp.path().join("dest");
     let mut cmd = Command::new(bins::installer());
     cmd.args(["unpack", &artifact]).arg(&dest).arg("--json");
     let out = run(cmd);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    insta::assert_snapshot!("unpack_json", filtered(&String::from_utf8_lossy(&out.stdout), tmp.path()));
-    assert_eq!(fs::read(dest.join("binarycrate/public/static/js/app.js")).unwrap(), fs::read(tree.join("binarycrate/public/static/js/app.js")).unwrap());
-    assert_eq!(fs::read_link(dest.join("static")).unwrap(), Path::new("binarycrate/public/static"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    insta::assert_snapshot!(
+        "unpack_json",
+        filtered(&String::from_utf8_lossy(&out.stdout), tmp.path())
+    );
+    assert_eq!(
+        fs::read(dest.join("binarycrate/public/static/js/app.js")).unwrap(),
+        fs::read(tree.join("binarycrate/public/static/js/app.js")).unwrap()
+    );
+    assert_eq!(
+        fs::read_link(dest.join("static")).unwrap(),
+        Path::new("binarycrate/public/static")
+    );
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(fs::metadata(dest.join("binarycrate/manage.py")).unwrap().permissions().mode() & 0o7777, 0o755);
+    assert_eq!(
+        fs::metadata(dest.join("binarycrate/manage.py"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777,
+        0o755
+    );
 }
 
 #[test]
@@ -113,11 +171,19 @@ fn archive_is_identical_for_any_thread_count_and_json_names_it() {
     let a = archive(&tree, &tmp.path().join("a"), &["--threads", "1"]);
     let b = archive(&tree, &tmp.path().join("b"), &["--threads", "4", "--json"]);
     assert!(a.status.success() && b.status.success());
-    let a_path = String::from_utf8(a.stdout).unwrap().lines().last().unwrap().to_owned();
+    let a_path = String::from_utf8(a.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned();
     let json: serde_json::Value = serde_json::from_slice(&b.stdout).unwrap();
     let b_path = json["artifact"].as_str().unwrap();
     assert_eq!(fs::read(&a_path).unwrap(), fs::read(b_path).unwrap());
-    assert_eq!(fs::read(tmp.path().join("a/release.json")).unwrap(), fs::read(tmp.path().join("b/release.json")).unwrap());
+    assert_eq!(
+        fs::read(tmp.path().join("a/release.json")).unwrap(),
+        fs::read(tmp.path().join("b/release.json")).unwrap()
+    );
     assert_eq!(json["build"], "000007");
 }
 
@@ -126,18 +192,38 @@ fn bad_build_names_are_refused_before_anything_is_written() {
     let tmp = tempfile::tempdir().unwrap();
     let tree = tmp.path().join("tree");
     sample_tree(&tree);
-    for bad in ["Build00007", "Build0000007", "000007;rm -rf /", "$(id)", "Build000000", "build000007"] {
+    for bad in [
+        "Build00007",
+        "Build0000007",
+        "000007;rm -rf /",
+        "$(id)",
+        "Build000000",
+        "build000007",
+    ] {
         let out_dir = tmp.path().join("out");
         let mut cmd = Command::new(bins::builder());
-        cmd.arg("archive").arg(&tree).args(["--build", bad, "--source-date", "1700000000", "--out"]).arg(&out_dir);
+        cmd.arg("archive")
+            .arg(&tree)
+            .args(["--build", bad, "--source-date", "1700000000", "--out"])
+            .arg(&out_dir);
         let out = run(cmd);
         assert_eq!(out.status.code(), Some(2), "{bad}");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("BuildNNNNNN") || err.contains("000001"), "{bad}: {err}");
+        assert!(
+            err.contains("BuildNNNNNN") || err.contains("000001"),
+            "{bad}: {err}"
+        );
         assert!(!out_dir.exists(), "{bad}: nothing may be written");
     }
     let mut cmd = Command::new(bins::builder());
-    cmd.arg("archive").arg(&tree).args(["--build", "Build00007;id", "--source-date", "1", "--out", "x"]);
+    cmd.arg("archive").arg(&tree).args([
+        "--build",
+        "Build00007;id",
+        "--source-date",
+        "1",
+        "--out",
+        "x",
+    ]);
     insta::assert_snapshot!("bad_build_name", String::from_utf8_lossy(&run(cmd).stderr));
 }
 
@@ -156,7 +242,12 @@ fn tampered_artifact_is_refused_with_exit_2_and_no_destination() {
     let tree = tmp.path().join("tree");
     sample_tree(&tree);
     let out = archive(&tree, &tmp.path().join("out"), &[]);
-    let artifact = String::from_utf8(out.stdout).unwrap().lines().last().unwrap().to_owned();
+    let artifact = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned();
     let mut bytes = fs::read(&artifact).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x55;
@@ -165,10 +256,22 @@ fn tampered_artifact_is_refused_with_exit_2_and_no_destination() {
     let mut cmd = Command::new(bins::installer());
     cmd.args(["unpack", &artifact]).arg(&dest);
     let out = run(cmd);
-    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!dest.exists());
-    let leftovers: Vec<_> = fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert_eq!(leftovers.len(), 2, "only tree/ and out/ may remain: {leftovers:?}");
+    let leftovers: Vec<_> = fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        leftovers.len(),
+        2,
+        "only tree/ and out/ may remain: {leftovers:?}"
+    );
 
     // A missing sidecar is named, with the path it looked for.
     fs::remove_file(tmp.path().join("out/release.json")).unwrap();
