@@ -1,20 +1,29 @@
 //! The `builder` binary's library: everything that runs on a developer or CI machine.
 //!
-//! It turns a tree (and, in later work, a git tag) into a reproducible release artifact with
-//! its `release.json` sidecar, using the format defined in `common`.
+//! It turns a git tag of the application into a reproducible release artifact with its
+//! `release.json` sidecar (format defined in `common`), and publishes it to the artifact store.
 //!
 //! Module map:
 //! - [`cli`]: the command line (clap definitions only).
 //! - [`cmd`]: one module per subcommand; each exposes `run`.
+//! - [`config`]: `deploy.toml`, with defaults that reproduce the seed.
+//! - [`repo`]: finding the application repository.
 
 pub mod cli;
 pub mod cmd;
+pub mod config;
+pub mod repo;
 
 use common::report::ExitCode;
 
 /// Runs a parsed command line; the caller prints errors and turns them into exit codes.
 pub fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        cli::Command::Prepare(args) => cmd::prepare::run(&args),
+        cli::Command::Package(args) => cmd::package::run(&args),
+        cli::Command::Publish(args) => cmd::publish::run(&args),
+        cli::Command::Releases(args) => cmd::releases::run(&args),
+        cli::Command::Config(args) => cmd::config::run(&args),
         cli::Command::Archive(args) => cmd::archive::run(&args),
     }
 }

@@ -1,0 +1,506 @@
+//! `deploy.toml`: how an application is built into a release. Defaults reproduce the seed's
+//! manual procedure for BinaryCrate exactly, so BinaryCrate needs no configuration at all and
+//! another Django app needs only its own file.
+
+use std::path::Path;
+
+use anyhow::Context;
+use common::error::BadInput;
+use common::manifest::{validate_app_name, validate_relative_path};
+use serde::{Deserialize, Serialize};
+
+/// The configuration file's name, at the application repository's root.
+pub const DEPLOY_TOML: &str = "deploy.toml";
+
+/// The whole `deploy.toml`. Every key is optional; unknown keys are errors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeployConfig {
+    /// Application name, used in artifact names and store keys.
+    pub app: String,
+    /// Where `builder publish` puts releases: `file:///path`, a path relative to the repository
+    /// root, or `s3://bucket/prefix`.
+    pub store: String,
+    pub python: PythonConfig,
+    pub django: DjangoConfig,
+    pub frontend: FrontendConfig,
+    pub package: PackageConfig,
+}
+
+/// The target Python: wheels are built for it and collectstatic runs on it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PythonConfig {
+    /// Interpreter that builds the wheels and the throwaway collectstatic virtualenv.
+    pub interpreter: String,
+    /// Fully pinned requirements with `--hash` lines, relative to the repository root.
+    pub requirements: String,
+    /// Build for another platform instead of `interpreter`'s own: wheels are then fetched with
+    /// `pip download --only-binary=:all: --platform … --python-version …` (e.g.
+    /// `manylinux2014_x86_64`). Needs `python_version`.
+    pub platform: Option<String>,
+    /// The target's Python version for `platform` builds, e.g. `3.5`.
+    pub python_version: Option<String>,
+    /// Extra arguments for every pip call (e.g. `["--no-index", "--find-links", "/wheelhouse"]`).
+    pub pip_args: Vec<String>,
+}
+
+/// Where the Django project's pieces are.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DjangoConfig {
+    pub manage_py: String,
+    /// Settings module collectstatic runs with (no secrets, no database).
+    pub build_settings: String,
+    /// Where collectstatic writes; the installer serves it as `static/<VERSION_HASH>`.
+    pub static_root: String,
+    /// The file holding `BUILD_NUMBER = 'NNNNNN'`.
+    pub build_number_file: String,
+    /// The file the build writes as `VERSION_HASH = '<commit>'`.
+    pub version_hash_file: String,
+    /// The template of the server-only `production.py` (the installer compares it between releases).
+    pub production_template: String,
+}
+
+/// The PyPy.js front end and its module bundler.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FrontendConfig {
+    /// Run the front-end steps at all.
+    pub enabled: bool,
+    /// Where `build_number.py` is copied so the front end can import it.
+    pub build_number_copy: String,
+    pub bundler: String,
+    /// Interpreter for the bundler (the real PyPy.js bundler needs Python 2).
+    pub bundler_python: String,
+    pub bundle_dir: String,
+    /// Modules to `add` and then `preload`, in order.
+    pub modules: Vec<BundleModule>,
+    /// The bundled module whose `BUILD_NUMBER` must equal the back end's.
+    pub build_number_module: String,
+}
+
+/// One module given to the bundler.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleModule {
+    /// Path of the module file or package directory, relative to the repository root.
+    pub path: String,
+    /// The module name to preload.
+    pub preload: String,
+    /// Skip it when `path` does not exist (modules BinaryCrate added after the seed).
+    #[serde(default)]
+    pub optional: bool,
+}
+
+/// What goes into the tarball.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PackageConfig {
+    /// Only these paths are packaged (empty: everything). Patterns as for `exclude`.
+    pub include: Vec<String>,
+    /// Never packaged. A pattern without `/` matches a name at any depth; one with `/` matches
+    /// the path from the repository root. A matching directory takes its contents with it.
+    pub exclude: Vec<String>,
+    /// Files that must never be packaged: the build fails, naming the file.
+    pub secrets: Vec<String>,
+}
+
+impl Default for DeployConfig {
+    fn default() -> Self {
+        Self {
+            app: common::DEFAULT_APP.into(),
+            store: "artifacts".into(),
+            python: PythonConfig::default(),
+            django: DjangoConfig::default(),
+            frontend: FrontendConfig::default(),
+            package: PackageConfig::default(),
+        }
+    }
+}
+
+impl Default for PythonConfig {
+    fn default() -> Self {
+        Self {
+            interpreter: "python3".into(),
+            requirements: "requirements.txt".into(),
+            platform: None,
+            python_version: None,
+            pip_args: Vec::new(),
+        }
+    }
+}
+
+impl Default for DjangoConfig {
+    fn default() -> Self {
+        Self {
+            manage_py: "binarycrate/manage.py".into(),
+            build_settings: "binarycrate.settings.build".into(),
+            static_root: "binarycrate/public/static".into(),
+            build_number_file: "binarycrate/binarycrate/settings/build_number.py".into(),
+            version_hash_file: "binarycrate/binarycrate/settings/version_hash.py".into(),
+            production_template: "binarycrate/binarycrate/settings/production_template.py".into(),
+        }
+    }
+}
+
+impl Default for FrontendConfig {
+    fn default() -> Self {
+        let module = |path: &str, preload: &str, optional| BundleModule {
+            path: path.into(),
+            preload: preload.into(),
+            optional,
+        };
+        Self {
+            enabled: true,
+            build_number_copy: "front-end/binarycrate/build_number.py".into(),
+            bundler: "pypyjs-release/pypyjs-release/tools/module_bundler.py".into(),
+            bundler_python: "python2".into(),
+            bundle_dir: "pypyjs-release/pypyjs-release/lib/modules".into(),
+            // The seed's three, then the ones BinaryCrate added later (used when present).
+            modules: vec![
+                module("cavorite/cavorite", "cavorite", false),
+                module("front-end/binarycrate", "binarycrate", false),
+                module("historygraph/historygraph", "historygraph", false),
+                module("pypyjs_modules/munch/munch", "munch", true),
+                module("pypyjs_modules/six/six.py", "six", true),
+                module("pypyjs_modules/beautifulsoup4-4.6.0/bs4", "bs4", true),
+            ],
+            build_number_module: "binarycrate.build_number".into(),
+        }
+    }
+}
+
+impl Default for PackageConfig {
+    fn default() -> Self {
+        let list = |items: &[&str]| items.iter().map(|s| (*s).to_owned()).collect();
+        Self {
+            include: Vec::new(),
+            exclude: list(&[
+                ".git",
+                ".gitmodules",
+                ".gitignore",
+                "__pycache__",
+                "*.pyc",
+                "*.pyo",
+                ".DS_Store",
+            ]),
+            secrets: list(&[
+                "production.py",
+                "*.pem",
+                "*.key",
+                ".env",
+                "id_rsa*",
+                "id_ed25519*",
+                "*.sqlite3",
+            ]),
+        }
+    }
+}
+
+impl DeployConfig {
+    /// Parses `deploy.toml` text; `origin` names it in messages. Unknown keys and bad values are
+    /// errors that name the key.
+    pub fn parse(text: &str, origin: &str) -> anyhow::Result<Self> {
+        let config: DeployConfig = toml::from_str(text)
+            .map_err(|e| BadInput(format!("`{origin}`: {}", e.to_string().trim_end())))?;
+        config
+            .validate()
+            .map_err(|e| BadInput(format!("`{origin}`: {e}")))?;
+        Ok(config)
+    }
+
+    /// Reads `deploy.toml` from a directory; the defaults when it has none.
+    pub fn load_dir(dir: &Path) -> anyhow::Result<Self> {
+        let path = dir.join(DEPLOY_TOML);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Self::parse(&text, &path.display().to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(e).with_context(|| format!("cannot read `{}`", path.display())),
+        }
+    }
+
+    /// The effective configuration as TOML, for `builder config`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("the configuration always serialises")
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let key = |k: &str, m: String| format!("key `{k}`: {m}");
+        validate_app_name(&self.app).map_err(|m| key("app", m))?;
+        let paths = [
+            ("python.requirements", &self.python.requirements),
+            ("django.manage_py", &self.django.manage_py),
+            ("django.static_root", &self.django.static_root),
+            ("django.build_number_file", &self.django.build_number_file),
+            ("django.version_hash_file", &self.django.version_hash_file),
+            (
+                "django.production_template",
+                &self.django.production_template,
+            ),
+            (
+                "frontend.build_number_copy",
+                &self.frontend.build_number_copy,
+            ),
+            ("frontend.bundler", &self.frontend.bundler),
+            ("frontend.bundle_dir", &self.frontend.bundle_dir),
+        ];
+        for (k, v) in paths {
+            validate_relative_path(v.trim_end_matches('/')).map_err(|m| {
+                key(
+                    k,
+                    format!("`{v}`: {m}; use a path relative to the repository root"),
+                )
+            })?;
+        }
+        for (i, m) in self.frontend.modules.iter().enumerate() {
+            validate_relative_path(m.path.trim_end_matches('/')).map_err(|e| {
+                key(
+                    &format!("frontend.modules[{i}].path"),
+                    format!("`{}`: {e}", m.path),
+                )
+            })?;
+            if !is_module_name(&m.preload) {
+                return Err(key(
+                    &format!("frontend.modules[{i}].preload"),
+                    format!("`{}` is not a Python module name", m.preload),
+                ));
+            }
+        }
+        if !is_module_name(&self.frontend.build_number_module) {
+            return Err(key(
+                "frontend.build_number_module",
+                format!(
+                    "`{}` is not a Python module name",
+                    self.frontend.build_number_module
+                ),
+            ));
+        }
+        if !is_module_name(&self.django.build_settings) {
+            return Err(key(
+                "django.build_settings",
+                format!(
+                    "`{}` is not a Python module name",
+                    self.django.build_settings
+                ),
+            ));
+        }
+        for (k, v) in [
+            ("python.interpreter", &self.python.interpreter),
+            ("frontend.bundler_python", &self.frontend.bundler_python),
+        ] {
+            if v.trim().is_empty() {
+                return Err(key(k, "must name an interpreter, e.g. `python3`".into()));
+            }
+        }
+        match (&self.python.platform, &self.python.python_version) {
+            (Some(_), None) => {
+                return Err(key(
+                    "python.python_version",
+                    "is required with `python.platform`, e.g. `3.5`".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(key(
+                    "python.platform",
+                    "is required with `python.python_version`, e.g. `manylinux2014_x86_64`".into(),
+                ))
+            }
+            (_, Some(v)) if !is_python_version(v) => {
+                return Err(key(
+                    "python.python_version",
+                    format!("`{v}` is not a version like `3.5`"),
+                ))
+            }
+            _ => {}
+        }
+        for (k, patterns) in [
+            ("package.include", &self.package.include),
+            ("package.exclude", &self.package.exclude),
+            ("package.secrets", &self.package.secrets),
+        ] {
+            PathMatcher::new(patterns).map_err(|e| key(k, e))?;
+        }
+        Ok(())
+    }
+
+    /// The Python tag wheels are built for, e.g. `cp311`, for `platform` builds; interpreter
+    /// builds ask the interpreter.
+    pub fn declared_python_tag(&self) -> Option<String> {
+        self.python
+            .python_version
+            .as_ref()
+            .map(|v| format!("cp{}", v.replace('.', "")))
+    }
+}
+
+fn is_module_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.split('.').all(|part| {
+            part.chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+}
+
+fn is_python_version(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('.').collect();
+    (1..=2).contains(&(parts.len() - 1))
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Matches repository-relative paths against `exclude`-style patterns.
+#[derive(Debug, Clone)]
+pub struct PathMatcher {
+    by_name: globset::GlobSet,
+    by_path: globset::GlobSet,
+}
+
+impl PathMatcher {
+    pub fn new(patterns: &[String]) -> Result<Self, String> {
+        let mut by_name = globset::GlobSetBuilder::new();
+        let mut by_path = globset::GlobSetBuilder::new();
+        for p in patterns {
+            let trimmed = p.trim_end_matches('/');
+            if trimmed.is_empty() {
+                return Err("empty pattern".into());
+            }
+            let glob = globset::GlobBuilder::new(trimmed.trim_start_matches('/'))
+                .literal_separator(true)
+                .build()
+                .map_err(|e| format!("bad pattern `{p}`: {e}"))?;
+            if trimmed.contains('/') {
+                by_path.add(glob);
+            } else {
+                by_name.add(glob);
+            }
+        }
+        let build = |b: globset::GlobSetBuilder| b.build().map_err(|e| e.to_string());
+        Ok(Self {
+            by_name: build(by_name)?,
+            by_path: build(by_path)?,
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty() && self.by_path.is_empty()
+    }
+
+    /// Whether `path` itself (not an ancestor) matches.
+    pub fn matches(&self, path: &str) -> bool {
+        let name = path.rsplit('/').next().unwrap_or(path);
+        self.by_name.is_match(name) || self.by_path.is_match(path)
+    }
+
+    /// Whether `path` or one of its ancestor directories matches.
+    pub fn matches_or_inside(&self, path: &str) -> bool {
+        let mut end = path.len();
+        loop {
+            if self.matches(&path[..end]) {
+                return true;
+            }
+            match path[..end].rfind('/') {
+                Some(i) => end = i,
+                None => return false,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_reproduce_the_seed() {
+        let c = DeployConfig::parse("", "deploy.toml").unwrap();
+        assert_eq!(c, DeployConfig::default());
+        assert_eq!(c.app, "binarycrate");
+        let paths: Vec<_> = c
+            .frontend
+            .modules
+            .iter()
+            .filter(|m| !m.optional)
+            .map(|m| m.path.as_str())
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "cavorite/cavorite",
+                "front-end/binarycrate",
+                "historygraph/historygraph"
+            ]
+        );
+        assert_eq!(c.frontend.bundler_python, "python2");
+        // The printed configuration reads back as the same configuration.
+        assert_eq!(DeployConfig::parse(&c.to_toml(), "printed").unwrap(), c);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        for (text, key) in [
+            ("apps = 'x'", "apps"),
+            ("[python]\ninterpreterr = 'python3'", "interpreterr"),
+            ("app = 'Bad Name'", "app"),
+            ("[django]\nmanage_py = '../manage.py'", "django.manage_py"),
+            (
+                "[django]\nstatic_root = '/srv/static'",
+                "django.static_root",
+            ),
+            (
+                "[frontend]\nmodules = [{ path = 'x', preload = 'not a module' }]",
+                "frontend.modules[0].preload",
+            ),
+            (
+                "[python]\nplatform = 'manylinux2014_x86_64'",
+                "python.python_version",
+            ),
+            (
+                "[python]\nplatform = 'x'\npython_version = 'three'",
+                "python.python_version",
+            ),
+            ("[package]\nexclude = ['a[']", "package.exclude"),
+            ("[frontend]\nenabled = 'yes'", "enabled"),
+        ] {
+            let err = DeployConfig::parse(text, "deploy.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(key) && err.contains("deploy.toml"),
+                "{text}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn patterns_match_names_anywhere_and_paths_from_the_root() {
+        let m = PathMatcher::new(&[
+            "*.pyc".into(),
+            "__pycache__".into(),
+            "binarycrate/public".into(),
+            "docs/*.md".into(),
+        ])
+        .unwrap();
+        assert!(m.matches("a/b/c.pyc"));
+        assert!(m.matches("__pycache__"));
+        assert!(m.matches_or_inside("x/__pycache__/y.py"));
+        assert!(m.matches_or_inside("binarycrate/public/static/app.js"));
+        assert!(!m.matches_or_inside("other/binarycrate/public/x"));
+        assert!(m.matches("docs/a.md"));
+        assert!(!m.matches("docs/sub/a.md"));
+        assert!(!m.matches("a.py"));
+    }
+
+    #[test]
+    fn python_tag_for_platform_builds() {
+        let c = DeployConfig::parse(
+            "[python]\nplatform = 'manylinux2014_x86_64'\npython_version = '3.5'",
+            "d",
+        )
+        .unwrap();
+        assert_eq!(c.declared_python_tag().as_deref(), Some("cp35"));
+    }
+}
