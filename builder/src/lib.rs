@@ -7,12 +7,16 @@
 //! - [`cli`]: the command line (clap definitions only).
 //! - [`cmd`]: one module per subcommand; each exposes `run`.
 //! - [`config`]: `deploy.toml`, with defaults that reproduce the seed.
+//! - [`export`]: a tag and its submodule commits, exported from git objects into staging.
 //! - [`repo`]: finding the application repository.
+//! - [`steps`]: running and recording build steps in the staging directory.
 
 pub mod cli;
 pub mod cmd;
 pub mod config;
+pub mod export;
 pub mod repo;
+pub mod steps;
 
 use common::report::ExitCode;
 

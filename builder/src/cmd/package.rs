@@ -1,9 +1,696 @@
-//! `builder package`.
+//! `builder package`: a git tag to a release artifact, with every build step the seed ran on the
+//! production box run here instead, in a throwaway staging copy.
 
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use common::archive::writer::{pack, PackOptions};
+use common::error::BadInput;
+use common::manifest::{BuildLog, WheelEntry, BUILD_LOG_JSON};
 use common::report::ExitCode;
+use common::{atomic, Blake3Hash, BuildNumber, ReleaseManifest, Sidecar};
 
 use crate::cli::PackageArgs;
+use crate::config::{DeployConfig, PathMatcher, DEPLOY_TOML};
+use crate::steps::{StepCommand, StepRunner, VENV_PLACEHOLDER};
+use crate::{export, repo};
 
-pub fn run(_args: &PackageArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not implemented yet")
+/// What a successful packaging produced.
+#[derive(Debug)]
+pub struct Packaged {
+    pub artifact: PathBuf,
+    pub sidecar_path: PathBuf,
+    pub build_log: PathBuf,
+    pub sidecar: Sidecar,
+    pub log: BuildLog,
+}
+
+pub fn run(args: &PackageArgs) -> anyhow::Result<ExitCode> {
+    let root = repo::root(args.repo.repo.as_deref())?;
+    let build = match args.tag {
+        Some(b) => b,
+        None => latest_build_tag(&root)?,
+    };
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| root.join("dist").join(build.tag()));
+    let done = package(&root, build, &out, args.keep_staging)?;
+    let archive = done
+        .sidecar
+        .archive
+        .as_ref()
+        .expect("packed sidecars have an archive section");
+    eprintln!("\nstep durations:");
+    for t in &done.log.steps {
+        eprintln!("  {:<32} {:>8.2}s", t.name, t.duration_ms as f64 / 1000.0);
+    }
+    eprintln!(
+        "  {:<32} {:>8.2}s",
+        "total",
+        done.log.total_ms as f64 / 1000.0
+    );
+    eprintln!(
+        "packaged {:#}: {} ({} bytes, BLAKE3 {}), {} entries",
+        build,
+        archive.file_name,
+        archive.size,
+        archive.blake3,
+        done.sidecar.manifest.files.len()
+    );
+    if args.json {
+        let out = serde_json::json!({
+            "build": build,
+            "artifact": done.artifact,
+            "sidecar": done.sidecar_path,
+            "build_log": done.build_log,
+            "blake3": archive.blake3,
+            "size": archive.size,
+            "commit": done.sidecar.manifest.commit,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!("{}", done.artifact.display());
+    }
+    Ok(ExitCode::Success)
+}
+
+/// The highest `BuildNNNNNN` tag of the repository.
+pub fn latest_build_tag(root: &Path) -> anyhow::Result<BuildNumber> {
+    let repo = git2::Repository::open(root)
+        .with_context(|| format!("cannot open the git repository `{}`", root.display()))?;
+    let names = repo.tag_names(Some("Build*")).context("cannot list tags")?;
+    let mut highest = None;
+    for name in names.iter().flatten().flatten() {
+        if let Ok(b) = BuildNumber::parse(name) {
+            if b.tag() == name {
+                highest = highest.max(Some(b));
+            }
+        }
+    }
+    highest.ok_or_else(|| {
+        BadInput(
+            "the repository has no `BuildNNNNNN` tag: run `builder prepare` first, or pass `--tag`"
+                .into(),
+        )
+        .into()
+    })
+}
+
+/// Packages `build`'s tag of the repository at `root` into `out`.
+pub fn package(
+    root: &Path,
+    build: BuildNumber,
+    out: &Path,
+    keep_staging: bool,
+) -> anyhow::Result<Packaged> {
+    let started = Instant::now();
+    let started_at = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let tag = build.tag();
+    let config = match export::read_file_at_tag(root, &tag, DEPLOY_TOML)? {
+        Some(bytes) => {
+            let text = String::from_utf8(bytes)
+                .map_err(|_| BadInput(format!("`{DEPLOY_TOML}` at {tag} is not UTF-8")))?;
+            DeployConfig::parse(&text, &format!("{DEPLOY_TOML} at {tag}"))?
+        }
+        None => DeployConfig::default(),
+    };
+
+    let work = tempfile::Builder::new()
+        .prefix(&format!("builder-{tag}-"))
+        .tempdir()
+        .context("cannot create a staging directory")?;
+    let staging = work.path().join("stage");
+    let venv = work.path().join("venv");
+    eprintln!("==> export: {tag} into `{}`", staging.display());
+    let t = Instant::now();
+    let exported = export::export_tag(root, &tag, &staging)?;
+    eprintln!(
+        "    export done in {:.2}s (commit {})",
+        t.elapsed().as_secs_f64(),
+        exported.commit
+    );
+
+    // Determinism for every tool the steps run: fixed time source, hash seed and zone, and no
+    // bytecode written into the tree.
+    let env = vec![
+        (
+            "SOURCE_DATE_EPOCH".to_owned(),
+            exported.commit_time.to_string(),
+        ),
+        ("PYTHONHASHSEED".to_owned(), "0".to_owned()),
+        ("PYTHONDONTWRITEBYTECODE".to_owned(), "1".to_owned()),
+        ("TZ".to_owned(), "UTC".to_owned()),
+        ("PIP_DISABLE_PIP_VERSION_CHECK".to_owned(), "1".to_owned()),
+    ];
+    let mut runner = StepRunner::new(&staging, &venv, env);
+    runner.time_only("export", t.elapsed());
+
+    let result = build_and_pack(
+        &config,
+        build,
+        &exported,
+        &mut runner,
+        out,
+        started,
+        started_at,
+    );
+    if keep_staging {
+        let kept = work.keep();
+        eprintln!("staging kept at `{}`", kept.display());
+    }
+    result
+}
+
+fn build_and_pack(
+    config: &DeployConfig,
+    build: BuildNumber,
+    exported: &export::Exported,
+    runner: &mut StepRunner,
+    out: &Path,
+    started: Instant,
+    started_at: i64,
+) -> anyhow::Result<Packaged> {
+    let staging = runner.staging().to_owned();
+    let tag = build.tag();
+    // Fail fast on a secret committed to the tag, before minutes of building.
+    check_secrets(&staging, config)?;
+    check_backend_build_number(&staging, config, build)?;
+
+    let python_tag = build_wheels(config, runner)?;
+    let wheels = list_wheels(&staging.join("wheels"))?;
+    let py = &config.python.interpreter;
+    let venv_python = format!("{VENV_PLACEHOLDER}/bin/python");
+    runner.run(
+        "venv",
+        StepCommand::new(&[py.as_str(), "-m", "venv", VENV_PLACEHOLDER]),
+    )?;
+    let mut install = vec![
+        venv_python.clone(),
+        "-m".into(),
+        "pip".into(),
+        "install".into(),
+        "--no-index".into(),
+        "--find-links".into(),
+        "wheels".into(),
+    ];
+    install.extend([
+        "--require-hashes".into(),
+        "-r".into(),
+        config.python.requirements.clone(),
+    ]);
+    runner.run("venv-install", StepCommand::new(&install))?;
+
+    if config.frontend.enabled {
+        frontend_steps(config, runner)?;
+    }
+    let version_hash = config.django.version_hash_file.clone();
+    let line = format!("VERSION_HASH = '{}'\n", exported.commit);
+    runner.internal(
+        "version-hash",
+        &["write", &version_hash, line.trim_end()],
+        || {
+            atomic::write_file(&staging.join(&version_hash), line.as_bytes())?;
+            Ok(String::new())
+        },
+    )?;
+    runner.run(
+        "collectstatic",
+        StepCommand::new(&[
+            venv_python.as_str(),
+            &config.django.manage_py,
+            "collectstatic",
+            "--noinput",
+        ])
+        .env("DJANGO_SETTINGS_MODULE", &config.django.build_settings),
+    )?;
+    if config.frontend.enabled {
+        let bundle = staging.join(&config.frontend.bundle_dir);
+        let module = config.frontend.build_number_module.clone();
+        runner.internal("check-frontend-build-number", &["check", &config.frontend.bundle_dir, &module], || {
+            let found = frontend_build_number(&bundle, &module)?;
+            if found != build {
+                bail!(BadInput(format!(
+                    "the bundled front end says build {found} but the back end says {build}: the front end would print the wrong build number; check `{}`",
+                    config.frontend.build_number_copy
+                )));
+            }
+            Ok(format!("front end and back end both carry build {build}"))
+        })?;
+    }
+
+    let removed = apply_package_rules(&staging, config)?;
+    eprintln!("==> package rules: removed {removed} excluded entries");
+    check_secrets(&staging, config)?;
+
+    let mut base = ReleaseManifest::new(&config.app, build, exported.commit_time);
+    base.commit = exported.commit.clone();
+    base.submodules = exported.submodules.clone();
+    base.python_tag = Some(python_tag);
+    base.build_steps = runner.steps.clone();
+    base.wheels = wheels;
+    eprintln!("==> archive: packing `{}`", staging.display());
+    let t = Instant::now();
+    let packed = pack(&staging, base, out, &PackOptions::default())
+        .with_context(|| format!("cannot pack {tag}"))?;
+    runner.time_only("archive", t.elapsed());
+    let archive = packed
+        .sidecar
+        .archive
+        .clone()
+        .expect("packed sidecars have an archive section");
+    remove_stale_artifacts(out, &config.app, build, &archive.file_name)?;
+
+    let log = BuildLog {
+        build,
+        artifact: archive.file_name.clone(),
+        started_at,
+        host: hostname(),
+        total_ms: started.elapsed().as_millis() as u64,
+        steps: runner.timings.clone(),
+    };
+    let build_log = out.join(BUILD_LOG_JSON);
+    atomic::write_file(&build_log, &serde_json::to_vec_pretty(&log)?)?;
+    Ok(Packaged {
+        artifact: packed.artifact_path,
+        sidecar_path: packed.sidecar_path,
+        build_log,
+        sidecar: packed.sidecar,
+        log,
+    })
+}
+
+/// Builds (or, for another platform, downloads) the wheels of the requirements into `wheels/`
+/// and returns the Python tag they are for.
+fn build_wheels(config: &DeployConfig, runner: &mut StepRunner) -> anyhow::Result<String> {
+    let p = &config.python;
+    let req = runner.staging().join(&p.requirements);
+    if !req.is_file() {
+        bail!(BadInput(format!("`{}` is not in the tag: `python.requirements` in `{DEPLOY_TOML}` must name the pinned requirements file", p.requirements)));
+    }
+    let mut argv: Vec<String> = vec![p.interpreter.clone(), "-m".into(), "pip".into()];
+    let tag = match (&p.platform, &p.python_version) {
+        (Some(platform), Some(version)) => {
+            argv.extend([
+                "download".into(),
+                "--only-binary=:all:".into(),
+                "--platform".into(),
+                platform.clone(),
+            ]);
+            argv.extend([
+                "--python-version".into(),
+                version.clone(),
+                "-d".into(),
+                "wheels".into(),
+            ]);
+            config
+                .declared_python_tag()
+                .expect("validated with python_version")
+        }
+        _ => {
+            argv.extend(["wheel".into(), "-w".into(), "wheels".into()]);
+            interpreter_tag(&p.interpreter)?
+        }
+    };
+    argv.extend([
+        "--require-hashes".into(),
+        "-r".into(),
+        p.requirements.clone(),
+    ]);
+    argv.extend(p.pip_args.iter().cloned());
+    runner.run("wheels", StepCommand::new(&argv))?;
+    Ok(tag)
+}
+
+/// `cp311` for the interpreter that builds the wheels.
+fn interpreter_tag(interpreter: &str) -> anyhow::Result<String> {
+    let out = Command::new(interpreter)
+        .args(["-c", "import sys; print('cp%d%d' % sys.version_info[:2])"])
+        .output()
+        .with_context(|| format!("cannot run the target Python `{interpreter}`: set `python.interpreter` in `{DEPLOY_TOML}`"))?;
+    if !out.status.success() {
+        bail!(
+            "the target Python `{interpreter}` failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+fn list_wheels(dir: &Path) -> anyhow::Result<BTreeMap<String, WheelEntry>> {
+    let mut wheels = BTreeMap::new();
+    let entries = fs::read_dir(dir)
+        .with_context(|| format!("the wheels step wrote no `{}`", dir.display()))?;
+    for entry in entries {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        if !name.ends_with(".whl") {
+            bail!("unexpected file `{name}` among the wheels: only `.whl` files can be installed offline");
+        }
+        let (blake3, size) = Blake3Hash::of_file(&path)?;
+        wheels.insert(
+            name,
+            WheelEntry {
+                size,
+                blake3,
+                sha256: None,
+            },
+        );
+    }
+    if wheels.is_empty() {
+        bail!("the wheels step produced no wheels");
+    }
+    Ok(wheels)
+}
+
+/// The seed's front-end steps: copy `build_number.py`, then bundler `add` and `preload` for
+/// every module (optional ones only when present).
+fn frontend_steps(config: &DeployConfig, runner: &mut StepRunner) -> anyhow::Result<()> {
+    let f = &config.frontend;
+    let staging = runner.staging().to_owned();
+    let (from, to) = (
+        config.django.build_number_file.clone(),
+        f.build_number_copy.clone(),
+    );
+    runner.internal("copy-build-number", &["cp", &from, &to], || {
+        let dest = staging.join(&to);
+        if let Some(parent) = dest.parent() {
+            fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create `{}`", parent.display()))?;
+        }
+        fs::copy(staging.join(&from), &dest)
+            .with_context(|| format!("cannot copy `{from}` to `{to}`"))?;
+        Ok(String::new())
+    })?;
+    if !staging.join(&f.bundler).is_file() {
+        bail!(BadInput(format!("the bundler `{}` is not in the tag: set `frontend.bundler` in `{DEPLOY_TOML}`, or `frontend.enabled = false`", f.bundler)));
+    }
+    let mut present = Vec::new();
+    for m in &f.modules {
+        if staging.join(m.path.trim_end_matches('/')).exists() {
+            present.push(m);
+        } else if !m.optional {
+            bail!(BadInput(format!(
+                "front-end module `{}` is not in the tag (is the submodule recorded?): fix `frontend.modules` in `{DEPLOY_TOML}`",
+                m.path
+            )));
+        }
+    }
+    let bundle_dir = format!("{}/", f.bundle_dir.trim_end_matches('/'));
+    for m in &present {
+        let path = if staging.join(&m.path).is_dir() {
+            format!("{}/", m.path.trim_end_matches('/'))
+        } else {
+            m.path.clone()
+        };
+        runner.run(
+            &format!("bundle-add:{}", m.preload),
+            StepCommand::new(&[
+                f.bundler_python.as_str(),
+                &f.bundler,
+                "add",
+                &bundle_dir,
+                &path,
+            ]),
+        )?;
+    }
+    for m in &present {
+        runner.run(
+            &format!("bundle-preload:{}", m.preload),
+            StepCommand::new(&[
+                f.bundler_python.as_str(),
+                &f.bundler,
+                "preload",
+                &bundle_dir,
+                &m.preload,
+            ]),
+        )?;
+    }
+    Ok(())
+}
+
+/// The number in a `build_number.py`: the `BUILD_NUMBER = 'NNNNNN'` line.
+pub fn parse_build_number_py(text: &str, origin: &str) -> anyhow::Result<BuildNumber> {
+    let mut found = None;
+    for line in text.lines() {
+        let Some(rest) = line.trim_start().strip_prefix("BUILD_NUMBER") else {
+            continue;
+        };
+        let Some(value) = rest.trim_start().strip_prefix('=') else {
+            continue;
+        };
+        let value = value.trim().trim_matches(|c| c == '\'' || c == '"');
+        found =
+            Some(BuildNumber::parse(value).with_context(|| {
+                format!("`{origin}`: bad `BUILD_NUMBER` line `{}`", line.trim())
+            })?);
+    }
+    found
+        .ok_or_else(|| BadInput(format!("`{origin}` has no `BUILD_NUMBER = 'NNNNNN'` line")).into())
+}
+
+fn check_backend_build_number(
+    staging: &Path,
+    config: &DeployConfig,
+    build: BuildNumber,
+) -> anyhow::Result<()> {
+    let file = &config.django.build_number_file;
+    let text = fs::read_to_string(staging.join(file)).with_context(|| {
+        format!(
+            "cannot read `{file}` from the tag: set `django.build_number_file` in `{DEPLOY_TOML}`"
+        )
+    })?;
+    let found = parse_build_number_py(&text, file)?;
+    if found != build {
+        bail!(BadInput(format!(
+            "`{file}` at {:#} says {found}, not {build}: tags made by `builder prepare` always agree; was the tag made by hand?",
+            build
+        )));
+    }
+    Ok(())
+}
+
+/// The build number the bundled front end carries: the module's source, preloaded into
+/// `index.json` or still a file in the bundle.
+pub fn frontend_build_number(bundle: &Path, module: &str) -> anyhow::Result<BuildNumber> {
+    let index_path = bundle.join("index.json");
+    let index: serde_json::Value = serde_json::from_slice(
+        &fs::read(&index_path)
+            .with_context(|| format!("cannot read `{}`", index_path.display()))?,
+    )
+    .with_context(|| format!("`{}` is not valid JSON", index_path.display()))?;
+    let code = if let Some(code) = index["preload"][module].as_str() {
+        code.to_owned()
+    } else if let Some(file) = index["modules"][module]["file"].as_str() {
+        fs::read_to_string(bundle.join(file))
+            .with_context(|| format!("cannot read bundled module file `{file}`"))?
+    } else {
+        bail!(BadInput(format!(
+            "the bundled front end has no module `{module}` in `index.json`: was `build_number.py` copied and bundled? (see `frontend.build_number_module`)"
+        )));
+    };
+    parse_build_number_py(&code, &format!("{module} in index.json"))
+}
+
+/// Removes what must not be packaged; returns how many entries went.
+fn apply_package_rules(staging: &Path, config: &DeployConfig) -> anyhow::Result<usize> {
+    let exclude = PathMatcher::new(&config.package.exclude).map_err(BadInput)?;
+    let include = PathMatcher::new(&config.package.include).map_err(BadInput)?;
+    let mut removed = 0;
+    let mut walk = walk(staging).into_iter();
+    while let Some(entry) = walk.next() {
+        let entry = entry?;
+        let rel = relative(staging, entry.path());
+        let is_dir = entry.file_type().is_dir();
+        if exclude.matches(&rel) {
+            remove(entry.path(), is_dir)?;
+            removed += 1;
+            if is_dir {
+                walk.skip_current_dir();
+            }
+        } else if !is_dir && !include.is_empty() && !include.matches_or_inside(&rel) {
+            remove(entry.path(), false)?;
+            removed += 1;
+        }
+    }
+    if !include.is_empty() {
+        // Directories left empty by the include rules go too (deepest first).
+        for entry in walk_contents_first(staging) {
+            let entry = entry?;
+            let rel = relative(staging, entry.path());
+            if entry.file_type().is_dir()
+                && !include.matches_or_inside(&rel)
+                && fs::read_dir(entry.path())?.next().is_none()
+            {
+                fs::remove_dir(entry.path())?;
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
+}
+
+fn check_secrets(staging: &Path, config: &DeployConfig) -> anyhow::Result<()> {
+    let secrets = PathMatcher::new(&config.package.secrets).map_err(BadInput)?;
+    let exclude = PathMatcher::new(&config.package.exclude).map_err(BadInput)?;
+    for entry in walk(staging) {
+        let entry = entry?;
+        let rel = relative(staging, entry.path());
+        if exclude.matches_or_inside(&rel) {
+            continue;
+        }
+        if secrets.matches(&rel) {
+            bail!(BadInput(format!(
+                "refusing to package `{rel}`: it matches `package.secrets` in `{DEPLOY_TOML}`; secrets live only on the servers (in `shared/`), remove it from the repository"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn walk(dir: &Path) -> walkdir::WalkDir {
+    walkdir::WalkDir::new(dir)
+        .min_depth(1)
+        .follow_links(false)
+        .sort_by_file_name()
+}
+
+fn walk_contents_first(dir: &Path) -> walkdir::WalkDir {
+    walk(dir).contents_first(true)
+}
+
+fn relative(root: &Path, path: &Path) -> String {
+    path.strip_prefix(root)
+        .unwrap_or(path)
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn remove(path: &Path, is_dir: bool) -> anyhow::Result<()> {
+    let r = if is_dir {
+        fs::remove_dir_all(path)
+    } else {
+        fs::remove_file(path)
+    };
+    r.with_context(|| {
+        format!(
+            "cannot remove `{}` from the staging directory",
+            path.display()
+        )
+    })
+}
+
+/// Earlier artifacts of the same build in `out` (from a build whose inputs differed) would
+/// leave two candidates beside one `release.json`.
+fn remove_stale_artifacts(
+    out: &Path,
+    app: &str,
+    build: BuildNumber,
+    keep: &str,
+) -> anyhow::Result<()> {
+    let prefix = format!("{app}-{build:#}-");
+    for entry in fs::read_dir(out)? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&prefix) && name.ends_with(".tar.gz") && name != keep {
+            fs::remove_file(out.join(&name))?;
+            eprintln!("    removed the stale `{name}`");
+        }
+    }
+    Ok(())
+}
+
+fn hostname() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_number_py_is_read_like_the_seed_writes_it() {
+        let text = "# Copyright\n# licence\n\nBUILD_NUMBER = '000034'\n";
+        assert_eq!(parse_build_number_py(text, "f").unwrap().get(), 34);
+        assert_eq!(
+            parse_build_number_py("BUILD_NUMBER=\"000002\"", "f")
+                .unwrap()
+                .get(),
+            2
+        );
+        assert!(parse_build_number_py("X = 1\n", "f").is_err());
+        assert!(parse_build_number_py("BUILD_NUMBER = '34'\n", "f").is_err());
+    }
+
+    #[test]
+    fn frontend_number_from_preload_or_file() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("index.json"), r#"{"modules": {}, "preload": {"binarycrate.build_number": "BUILD_NUMBER = '000005'\n"}}"#).unwrap();
+        assert_eq!(
+            frontend_build_number(dir.path(), "binarycrate.build_number")
+                .unwrap()
+                .get(),
+            5
+        );
+        fs::write(dir.path().join("bn.py"), "BUILD_NUMBER = '000006'\n").unwrap();
+        fs::write(
+            dir.path().join("index.json"),
+            r#"{"modules": {"binarycrate.build_number": {"file": "bn.py"}}, "preload": {}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            frontend_build_number(dir.path(), "binarycrate.build_number")
+                .unwrap()
+                .get(),
+            6
+        );
+        let err = frontend_build_number(dir.path(), "other")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no module `other`"), "{err}");
+    }
+
+    #[test]
+    fn rules_remove_excluded_and_refuse_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = dir.path();
+        for f in [
+            "a/x.py",
+            "a/__pycache__/x.cpython-311.pyc",
+            "a/y.pyc",
+            ".gitmodules",
+            "keep/z.txt",
+        ] {
+            fs::create_dir_all(s.join(f).parent().unwrap()).unwrap();
+            fs::write(s.join(f), "x").unwrap();
+        }
+        let config = DeployConfig::default();
+        assert_eq!(apply_package_rules(s, &config).unwrap(), 3);
+        assert!(
+            s.join("a/x.py").exists()
+                && !s.join("a/__pycache__").exists()
+                && !s.join("a/y.pyc").exists()
+        );
+        check_secrets(s, &config).unwrap();
+        fs::write(s.join("a/production.py"), "SECRET_KEY = 'x'").unwrap();
+        let err = check_secrets(s, &config).unwrap_err().to_string();
+        assert!(err.contains("`a/production.py`"), "{err}");
+
+        let mut only = config.clone();
+        only.package.include = vec!["a".into()];
+        apply_package_rules(s, &only).unwrap();
+        assert!(s.join("a/x.py").exists() && !s.join("keep").exists());
+    }
 }
