@@ -4,8 +4,10 @@
 //! the duration of a test, and fixtures.
 //!
 //! - [`bins`]: paths of the `builder` and `installer` binaries, built on first use.
+//! - [`example`]: the example app (a small BinaryCrate) as git repositories; safe git; snapshots.
 //! - [`moto`]: a moto server (S3/SSM/EC2 stand-in) from the test virtualenv that
 //!   `scripts/python-env` creates, with dummy credentials and a loopback endpoint.
 
 pub mod bins;
+pub mod example;
 pub mod moto;
