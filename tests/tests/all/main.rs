@@ -1,5 +1,6 @@
 //! The `tests` crate's one integration-test binary: end-to-end checks across both binaries.
 
 mod cli;
+mod package;
 mod store_file;
 mod store_s3;
