@@ -184,6 +184,9 @@ pub fn exit_code_for(err: &(dyn std::error::Error + 'static)) -> crate::report::
     use crate::report::ExitCode;
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = cur {
+        if e.is::<Locked>() {
+            return ExitCode::Locked;
+        }
         let bad = e.is::<BadInput>()
             || e.is::<BuildNumberError>()
             || e.is::<ManifestError>()
@@ -224,4 +227,14 @@ pub fn report_failure(err: &(dyn std::error::Error + 'static)) -> crate::report:
         cause = c.source();
     }
     exit_code_for(err)
+}
+
+/// Another process holds the deployment lock (exit code 5).
+#[derive(Debug, Error)]
+#[error("another activation holds the lock `{}` (pid {pid}: {command}); waited {waited_secs}s — try again when it has finished, or raise `--lock-timeout`", path.display())]
+pub struct Locked {
+    pub path: PathBuf,
+    pub pid: String,
+    pub command: String,
+    pub waited_secs: u64,
 }

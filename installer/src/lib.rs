@@ -6,9 +6,17 @@
 //! Module map:
 //! - [`cli`]: the command line (clap definitions only).
 //! - [`cmd`]: one module per subcommand; each exposes `run`.
+//! - [`config`]: `installer.toml` with the seed's defaults.
+//! - [`layout`]: the server's directory layout and the `current` link.
+//! - [`lock`]: one activation at a time (`flock`).
+//! - [`journal`]: the append-only history of activations and rollbacks.
 
 pub mod cli;
 pub mod cmd;
+pub mod config;
+pub mod journal;
+pub mod layout;
+pub mod lock;
 
 use common::report::ExitCode;
 

@@ -1,0 +1,276 @@
+//! `installer.toml`: where the server's releases live and how to migrate, reload and check them.
+//! Defaults come from the seed (root `/srv/binarycrate-mvp2`, `service uwsgi-emperor restart`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use common::error::BadInput;
+use common::manifest::{validate_app_name, validate_relative_path};
+use serde::{Deserialize, Serialize};
+
+/// Where the configuration is looked for when neither `--config` nor the environment names one.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/binarycrate/installer.toml";
+/// The environment variable naming the configuration file.
+pub const CONFIG_ENV: &str = "BINARYCRATE_INSTALLER_CONFIG";
+
+/// The whole configuration. Every key is optional except `store` for commands that download.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InstallerConfig {
+    /// The server layout's root: `releases/`, `shared/`, `current`, `static/`, `.deploy/`.
+    pub root: PathBuf,
+    /// Application name in store keys.
+    pub app: String,
+    /// Artifact store URL (`s3://bucket/prefix` or `file:///path`); no default on a server.
+    pub store: Option<String>,
+    /// S3 endpoint override (S3-compatible stores, tests).
+    pub s3_endpoint: Option<String>,
+    /// Interpreter that creates each release's `venv` (must match the one uWSGI embeds).
+    pub python: String,
+    /// Run in the release directory before the swap, with the release's own venv.
+    pub migrate: Vec<String>,
+    /// The Django settings module migrate and the app run with.
+    pub settings_module: String,
+    /// Makes the application server pick up the new `current` (argv, no shell).
+    pub reload: Vec<String>,
+    /// Seconds to wait for the lock held by another activation.
+    pub lock_timeout_secs: u64,
+    pub health: HealthConfig,
+    pub shared: SharedConfig,
+    /// Where collectstatic's output is inside a release (linked as `static/<VERSION_HASH>`).
+    pub static_root: String,
+    pub version_hash_file: String,
+    pub production_template: String,
+    pub os_update: OsUpdateConfig,
+}
+
+/// How to prove the new build is what is served.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Page that must answer 200 and contain `Build number = NNNNNN` (plain `http://` only).
+    pub url: String,
+    /// uWSGI's stats server (`--stats … --stats-http`): when set, every worker must have been
+    /// (re)spawned after the swap before the check passes.
+    pub stats_url: Option<String>,
+    /// Seconds until the check gives up (and the activation rolls back).
+    pub timeout_secs: u64,
+    /// Requests that must all show the new build once the workers are replaced.
+    pub confirm_requests: u32,
+}
+
+/// Server files kept across releases, linked into each one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SharedConfig {
+    /// Path in the release → file in `shared/` (must exist: created by the operator).
+    pub files: BTreeMap<String, String>,
+    /// Path in the release → directory in `shared/` (created empty if missing).
+    pub dirs: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OsUpdateConfig {
+    /// The seed's maintenance commands, run in order.
+    pub commands: Vec<Vec<String>>,
+    /// Present when a reboot is needed (Debian/Ubuntu convention).
+    pub reboot_required_file: PathBuf,
+    pub reboot: Vec<String>,
+}
+
+impl Default for InstallerConfig {
+    fn default() -> Self {
+        let words = |s: &str| s.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+        Self {
+            root: PathBuf::from("/srv/binarycrate-mvp2"),
+            app: common::DEFAULT_APP.into(),
+            store: None,
+            s3_endpoint: None,
+            python: "python3".into(),
+            migrate: words("venv/bin/python binarycrate/manage.py migrate --noinput"),
+            settings_module: "binarycrate.settings.production".into(),
+            reload: words("service uwsgi-emperor restart"),
+            lock_timeout_secs: 600,
+            health: HealthConfig::default(),
+            shared: SharedConfig::default(),
+            static_root: "binarycrate/public/static".into(),
+            version_hash_file: "binarycrate/binarycrate/settings/version_hash.py".into(),
+            production_template: "binarycrate/binarycrate/settings/production_template.py".into(),
+            os_update: OsUpdateConfig::default(),
+        }
+    }
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1/".into(),
+            stats_url: None,
+            timeout_secs: 60,
+            confirm_requests: 10,
+        }
+    }
+}
+
+impl Default for SharedConfig {
+    fn default() -> Self {
+        let mut files = BTreeMap::new();
+        files.insert(
+            "binarycrate/binarycrate/settings/production.py".into(),
+            "production.py".into(),
+        );
+        let mut dirs = BTreeMap::new();
+        dirs.insert("binarycrate/private".into(), "private".into());
+        dirs.insert("binarycrate/media".into(), "media".into());
+        Self { files, dirs }
+    }
+}
+
+impl Default for OsUpdateConfig {
+    fn default() -> Self {
+        let words = |s: &str| s.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+        Self {
+            commands: vec![
+                words("apt-get update"),
+                words("apt-get dist-upgrade -y"),
+                words("apt-get autoremove -y"),
+            ],
+            reboot_required_file: PathBuf::from("/var/run/reboot-required"),
+            reboot: words("reboot"),
+        }
+    }
+}
+
+impl InstallerConfig {
+    /// `--config`, else `$BINARYCRATE_INSTALLER_CONFIG`, else `/etc/binarycrate/installer.toml`
+    /// if it exists, else the defaults.
+    pub fn load(explicit: Option<&Path>) -> anyhow::Result<Self> {
+        let (path, required) = match explicit {
+            Some(p) => (p.to_owned(), true),
+            None => match std::env::var_os(CONFIG_ENV).filter(|v| !v.is_empty()) {
+                Some(p) => (PathBuf::from(p), true),
+                None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+            },
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Self::parse(&text, &path.display().to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => Ok(Self::default()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(BadInput(format!(
+                "configuration file `{}` does not exist",
+                path.display()
+            ))
+            .into()),
+            Err(e) => Err(e).with_context(|| format!("cannot read `{}`", path.display())),
+        }
+    }
+
+    pub fn parse(text: &str, origin: &str) -> anyhow::Result<Self> {
+        let config: Self = toml::from_str(text)
+            .map_err(|e| BadInput(format!("`{origin}`: {}", e.to_string().trim_end())))?;
+        config
+            .validate()
+            .map_err(|e| BadInput(format!("`{origin}`: {e}")))?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let key = |k: &str, m: String| format!("key `{k}`: {m}");
+        if !self.root.is_absolute() {
+            return Err(key(
+                "root",
+                format!("`{}` must be an absolute path", self.root.display()),
+            ));
+        }
+        validate_app_name(&self.app).map_err(|m| key("app", m))?;
+        for (k, v) in [("migrate", &self.migrate), ("reload", &self.reload)] {
+            if v.is_empty() || v[0].is_empty() {
+                return Err(key(k, "must be a command line as a list of words, e.g. [\"touch\", \"/srv/app/.deploy/reload\"]".into()));
+            }
+        }
+        if !self.health.url.starts_with("http://") {
+            return Err(key(
+                "health.url",
+                format!(
+                    "`{}` must be a plain `http://` URL (the check runs on the server itself)",
+                    self.health.url
+                ),
+            ));
+        }
+        if let Some(s) = &self.health.stats_url {
+            if !s.starts_with("http://") {
+                return Err(key(
+                    "health.stats_url",
+                    format!("`{s}` must be a plain `http://` URL (uWSGI `--stats-http`)"),
+                ));
+            }
+        }
+        let rel = [
+            ("static_root", &self.static_root),
+            ("version_hash_file", &self.version_hash_file),
+            ("production_template", &self.production_template),
+        ];
+        for (k, v) in rel {
+            validate_relative_path(v).map_err(|m| key(k, format!("`{v}`: {m}")))?;
+        }
+        for (table, map) in [
+            ("shared.files", &self.shared.files),
+            ("shared.dirs", &self.shared.dirs),
+        ] {
+            for (inside, name) in map {
+                validate_relative_path(inside)
+                    .map_err(|m| key(table, format!("`{inside}`: {m}")))?;
+                validate_relative_path(name).map_err(|m| key(table, format!("`{name}`: {m}")))?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("the configuration always serialises")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_come_from_the_seed() {
+        let c = InstallerConfig::parse("", "installer.toml").unwrap();
+        assert_eq!(c.root, Path::new("/srv/binarycrate-mvp2"));
+        assert_eq!(c.reload, ["service", "uwsgi-emperor", "restart"]);
+        assert_eq!(
+            c.migrate,
+            [
+                "venv/bin/python",
+                "binarycrate/manage.py",
+                "migrate",
+                "--noinput"
+            ]
+        );
+        assert_eq!(c.store, None);
+        assert_eq!(InstallerConfig::parse(&c.to_toml(), "printed").unwrap(), c);
+    }
+
+    #[test]
+    fn bad_keys_and_values_are_named() {
+        for (text, key) in [
+            ("rooot = '/srv'", "rooot"),
+            ("root = 'relative'", "root"),
+            ("reload = []", "reload"),
+            ("[health]\nurl = 'https://x/'", "health.url"),
+            ("[shared.files]\n'../x' = 'production.py'", "shared.files"),
+            ("lock_timeout_secs = -1", "lock_timeout_secs"),
+        ] {
+            let err = InstallerConfig::parse(text, "installer.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(key) && err.contains("installer.toml"),
+                "{text}: {err}"
+            );
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! The journal: one JSON line per event of every activation and rollback, appended and fsynced,
+//! so "which release was live before" is read from history, never guessed from mtimes.
+
+use std::fs::OpenOptions;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use common::report::Outcome;
+use common::BuildNumber;
+use serde::{Deserialize, Serialize};
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Event {
+    Started,
+    Phase,
+    /// The build is live and proven healthy.
+    Live,
+    Finished,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// Unix seconds.
+    pub time: i64,
+    pub command: String,
+    pub event: Event,
+    #[serde(default)]
+    pub build: Option<BuildNumber>,
+    #[serde(default)]
+    pub previous: Option<BuildNumber>,
+    #[serde(default)]
+    pub phase: Option<String>,
+    #[serde(default)]
+    pub duration_ms: Option<u64>,
+    #[serde(default)]
+    pub outcome: Option<Outcome>,
+    #[serde(default)]
+    pub detail: Option<String>,
+    #[serde(default)]
+    pub user: String,
+    #[serde(default)]
+    pub pid: u32,
+}
+
+impl Record {
+    pub fn new(command: &str, event: Event, build: Option<BuildNumber>) -> Self {
+        Self {
+            time: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0),
+            command: command.to_owned(),
+            event,
+            build,
+            previous: None,
+            phase: None,
+            duration_ms: None,
+            outcome: None,
+            detail: None,
+            user: std::env::var("SUDO_USER")
+                .or_else(|_| std::env::var("USER"))
+                .unwrap_or_default(),
+            pid: std::process::id(),
+        }
+    }
+}
+
+/// The journal file.
+#[derive(Debug, Clone)]
+pub struct Journal {
+    path: PathBuf,
+}
+
+impl Journal {
+    pub fn new(path: &Path) -> Self {
+        Self {
+            path: path.to_owned(),
+        }
+    }
+
+    /// Appends one record durably. A torn last line (crash mid-write) is skipped by `read`.
+    pub fn append(&self, record: &Record) -> anyhow::Result<()> {
+        let mut line = serde_json::to_string(record)?;
+        line.push('\n');
+        let mut f = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(&self.path)
+            .with_context(|| format!("cannot open the journal `{}`", self.path.display()))?;
+        // A crash mid-append leaves a torn last line; start a fresh line so this record parses.
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let mut last = [b'\n'];
+        if len > 0 {
+            use std::os::unix::fs::FileExt;
+            f.read_exact_at(&mut last, len - 1)
+                .with_context(|| format!("cannot read `{}`", self.path.display()))?;
+        }
+        if last[0] != b'\n' {
+            line.insert(0, '\n');
+        }
+        f.write_all(line.as_bytes())
+            .and_then(|()| f.sync_data())
+            .with_context(|| format!("cannot append to `{}`", self.path.display()))?;
+        Ok(())
+    }
+
+    /// Every readable record, oldest first.
+    pub fn read(&self) -> anyhow::Result<Vec<Record>> {
+        let f = match std::fs::File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot read `{}`", self.path.display()))
+            }
+        };
+        let mut records = Vec::new();
+        for line in BufReader::new(f).lines() {
+            let line = line.with_context(|| format!("cannot read `{}`", self.path.display()))?;
+            if let Ok(r) = serde_json::from_str::<Record>(&line) {
+                records.push(r);
+            }
+        }
+        Ok(records)
+    }
+
+    /// Builds that were live, in the order they went live (a build may appear more than once).
+    pub fn live_history(&self) -> anyhow::Result<Vec<(BuildNumber, Record)>> {
+        Ok(self
+            .read()?
+            .into_iter()
+            .filter(|r| r.event == Event::Live)
+            .filter_map(|r| r.build.map(|b| (b, r)))
+            .collect())
+    }
+
+    /// The build that was live before `current` (the rollback target), from history.
+    pub fn previous_good(
+        &self,
+        current: Option<BuildNumber>,
+    ) -> anyhow::Result<Option<BuildNumber>> {
+        let history = self.live_history()?;
+        // Walk back from the newest: skip the run of `current` at the end, then the next one.
+        let mut iter = history
+            .iter()
+            .rev()
+            .map(|(b, _)| *b)
+            .skip_while(|b| Some(*b) == current);
+        Ok(iter.next())
+    }
+
+    /// The newest finished record about `build`.
+    pub fn last_finished(&self, build: BuildNumber) -> anyhow::Result<Option<Record>> {
+        Ok(self
+            .read()?
+            .into_iter()
+            .rev()
+            .find(|r| r.event == Event::Finished && r.build == Some(build)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(n: u32) -> BuildNumber {
+        BuildNumber::new(n).unwrap()
+    }
+
+    #[test]
+    fn previous_good_comes_from_history_and_torn_lines_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::new(&dir.path().join("journal.jsonl"));
+        assert_eq!(j.previous_good(None).unwrap(), None);
+        for n in [1, 2, 3] {
+            j.append(&Record::new("activate", Event::Live, Some(b(n))))
+                .unwrap();
+        }
+        assert_eq!(j.previous_good(Some(b(3))).unwrap(), Some(b(2)));
+        j.append(&Record::new("rollback", Event::Live, Some(b(2))))
+            .unwrap();
+        assert_eq!(j.previous_good(Some(b(2))).unwrap(), Some(b(3)));
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.path().join("journal.jsonl"))
+            .unwrap()
+            .write_all(b"{\"time\": 1, \"comm")
+            .unwrap();
+        assert_eq!(j.read().unwrap().len(), 4);
+        let mut done = Record::new("activate", Event::Finished, Some(b(3)));
+        done.outcome = Some(Outcome::RolledBack);
+        j.append(&done).unwrap();
+        assert_eq!(
+            j.last_finished(b(3)).unwrap().unwrap().outcome,
+            Some(Outcome::RolledBack)
+        );
+    }
+}
