@@ -8,6 +8,7 @@
 //! - [`cmd`]: one module per subcommand; each exposes `run`.
 //! - [`config`]: `deploy.toml`, with defaults that reproduce the seed.
 //! - [`export`]: a tag and its submodule commits, exported from git objects into staging.
+//! - [`git`]: git2 helpers: clean-tree check, `Build*` tags, remotes, undoable ref moves.
 //! - [`repo`]: finding the application repository.
 //! - [`steps`]: running and recording build steps in the staging directory.
 
@@ -15,6 +16,7 @@ pub mod cli;
 pub mod cmd;
 pub mod config;
 pub mod export;
+pub mod git;
 pub mod repo;
 pub mod steps;
 
