@@ -120,6 +120,15 @@ pub fn remote_callbacks<'a>() -> RemoteCallbacks<'a> {
             tried |= CredentialType::SSH_KEY;
             return Cred::ssh_key_from_agent(username.unwrap_or("git"));
         }
+        if allowed.contains(CredentialType::USER_PASS_PLAINTEXT)
+            && !tried.contains(CredentialType::USER_PASS_PLAINTEXT)
+        {
+            tried |= CredentialType::USER_PASS_PLAINTEXT;
+            // The user's configured `git credential` helper, as a plain `git push` would use it.
+            if let Ok(config) = git2::Config::open_default() {
+                return Cred::credential_helper(&config, url, username);
+            }
+        }
         if allowed.contains(CredentialType::DEFAULT) && !tried.contains(CredentialType::DEFAULT) {
             tried |= CredentialType::DEFAULT;
             return Cred::default();

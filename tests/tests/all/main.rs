@@ -2,5 +2,6 @@
 
 mod cli;
 mod package;
+mod prepare;
 mod store_file;
 mod store_s3;
