@@ -3,30 +3,128 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use common::BuildNumber;
 
-/// Install BinaryCrate releases on this server from verified, immutable artifacts.
+/// Install BinaryCrate releases on this server from verified, immutable artifacts: activate a
+/// build (zero downtime, automatic rollback), roll back, inspect, verify and prune.
+///
+/// Configuration: `--config FILE`, else `$BINARYCRATE_INSTALLER_CONFIG`, else
+/// `/etc/binarycrate/installer.toml`, else the seed's defaults (root `/srv/binarycrate-mvp2`).
 #[derive(Debug, Parser)]
 #[command(name = "installer", version, propagate_version = true)]
 #[command(
-    after_help = "Exit codes: 0 success, 1 failed before anything changed, \
-2 bad input or failed verification (nothing was touched)."
+    after_help = "Exit codes: 0 success or nothing to do; 1 failed before anything live changed; \
+2 bad input or failed verification (nothing was touched); 3 failed after the swap and rolled back; \
+4 failed after the swap and could not restore (operator needed); 5 another activation holds the lock."
 )]
 pub struct Cli {
+    /// The installer configuration file.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Verify a release artifact against its sidecar and unpack it into a new directory.
-    ///
-    /// Every entry is checked as it streams past: safe path, allowed type and mode, listed in the
-    /// manifest with the same size and BLAKE3. The archive's own BLAKE3 and size must match the
-    /// sidecar. The tree is built in a temporary directory beside DEST and renamed into place
-    /// only when everything checked out; on any failure DEST does not exist afterwards.
+    Activate(ActivateArgs),
+    Rollback(RollbackArgs),
+    Status(JsonArgs),
+    List(JsonArgs),
+    Verify(VerifyArgs),
+    Prune(PruneArgs),
+    OsUpdate(OsUpdateArgs),
     Unpack(UnpackArgs),
+    /// Print the effective configuration (defaults filled in).
+    Config,
 }
 
+/// Install a build and make it live: fetch and verify, unpack, link shared files, build its
+/// venv, migrate, swap `current`, reload, and prove every worker serves it — rolling back by
+/// itself when it does not.
+///
+/// Re-running an activation that was interrupted at any point completes it. Activating the
+/// build that is already live does nothing.
+#[derive(Debug, Args)]
+pub struct ActivateArgs {
+    /// The build to activate.
+    #[arg(long, value_name = "BuildNNNNNN")]
+    pub build: BuildNumber,
+    /// Artifact store URL [default: `store` in the configuration].
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
+    /// S3 endpoint override (S3-compatible stores, tests).
+    #[arg(long, value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+    /// Confirm that `shared/production.py` has the changes of a new `production_template.py`.
+    #[arg(long)]
+    pub template_reviewed: bool,
+    /// Seconds to wait for another activation's lock [default: from the configuration].
+    #[arg(long, value_name = "SECS")]
+    pub lock_timeout: Option<u64>,
+    /// Print one JSON report on stdout (human text stays on stderr).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Swap back to the previous good release (from the journal) or the one named, after
+/// re-verifying its files; warns about database migrations it does not know.
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// The release to return to [default: the one live before the current one].
+    #[arg(long, value_name = "BuildNNNNNN")]
+    pub to: Option<BuildNumber>,
+    #[arg(long, value_name = "SECS")]
+    pub lock_timeout: Option<u64>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Output format for the read-only commands.
+#[derive(Debug, Args)]
+pub struct JsonArgs {
+    /// Print one JSON report on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Re-hash a release against its manifest; report changed, missing and unexpected files.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The release [default: the current one].
+    pub build: Option<BuildNumber>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Remove the oldest unused releases (with their static links), stale temporary directories
+/// and cached downloads; never the current or the previous good release.
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// How many releases to keep besides the current and previous good ones (failed releases
+    /// do not count).
+    #[arg(long, value_name = "N")]
+    pub keep: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The seed's `apt-get update`, `dist-upgrade`, `autoremove`; reports whether a reboot is
+/// required and reboots only with `--reboot`.
+#[derive(Debug, Args)]
+pub struct OsUpdateArgs {
+    #[arg(long)]
+    pub reboot: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Verify a release artifact against its sidecar and unpack it into a new directory.
+///
+/// Every entry is checked as it streams past: safe path, allowed type and mode, listed in the
+/// manifest with the same size and BLAKE3. The archive's own BLAKE3 and size must match the
+/// sidecar. The tree is built in a temporary directory beside DEST and renamed into place
+/// only when everything checked out; on any failure DEST does not exist afterwards.
 #[derive(Debug, Args)]
 pub struct UnpackArgs {
     /// The artifact, `<app>-BuildNNNNNN-<hash16>.tar.gz`.

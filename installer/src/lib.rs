@@ -1,7 +1,8 @@
 //! The `installer` binary's library: everything that runs on a server.
 //!
-//! It verifies release artifacts made by `builder` against their `release.json` and unpacks
-//! them with the safe reader from `common`.
+//! It installs releases made by `builder` into the layout of SPEC section 5 — verify, unpack,
+//! link, venv, migrate, swap `current`, reload, prove — and rolls back by itself when the new
+//! build is not what is served.
 //!
 //! Module map:
 //! - [`cli`]: the command line (clap definitions only).
@@ -10,19 +11,40 @@
 //! - [`layout`]: the server's directory layout and the `current` link.
 //! - [`lock`]: one activation at a time (`flock`).
 //! - [`journal`]: the append-only history of activations and rollbacks.
+//! - [`release`]: shared links, static links, venv, template check and verification of a release.
+//! - [`switch`]: swap, reload, health check, and swapping back on failure.
+//! - [`health`]: HTTP checks and uWSGI stats.
+//! - [`procs`]: running the server's commands.
 
 pub mod cli;
 pub mod cmd;
 pub mod config;
+pub mod health;
 pub mod journal;
 pub mod layout;
 pub mod lock;
+pub mod procs;
+pub mod release;
+pub mod switch;
 
 use common::report::ExitCode;
 
 /// Runs a parsed command line; the caller prints errors and turns them into exit codes.
 pub fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
+    use cli::Command;
+    if let Command::Unpack(args) = &cli.command {
+        return cmd::unpack::run(args);
+    }
+    let config = config::InstallerConfig::load(cli.config.as_deref())?;
     match cli.command {
-        cli::Command::Unpack(args) => cmd::unpack::run(&args),
+        Command::Activate(args) => cmd::activate::run(&args, &config),
+        Command::Rollback(args) => cmd::rollback::run(&args, &config),
+        Command::Status(args) => cmd::inspect::status(&args, &config),
+        Command::List(args) => cmd::inspect::list(&args, &config),
+        Command::Verify(args) => cmd::inspect::verify(&args, &config),
+        Command::Prune(args) => cmd::prune::run(&args, &config),
+        Command::OsUpdate(args) => cmd::os_update::run(&args, &config),
+        Command::Config => cmd::inspect::config(&config),
+        Command::Unpack(_) => unreachable!("handled above"),
     }
 }

@@ -1,0 +1,328 @@
+//! `installer activate`: fetch, verify, unpack, link, venv, migrate, swap, reload, prove — and
+//! roll back by itself when the new build is not what is served.
+//!
+//! Every phase is idempotent, so re-running an activation that was interrupted anywhere (even by
+//! kill -9) completes it: downloads are verified in the cache, an identical unpacked release is
+//! reused, a finished venv is kept, migrate is a no-op when done, and the swap is a rename.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use common::archive::reader::{unpack, UnpackOptions};
+use common::error::{exit_code_for, BadInput};
+use common::manifest::RELEASE_JSON;
+use common::report::{ExitCode, Outcome, Report};
+use common::store::{ArtifactStore, StoreOptions};
+use common::{atomic, Blake3Hash, BuildNumber, Sidecar};
+
+use crate::cli::ActivateArgs;
+use crate::config::InstallerConfig;
+use crate::journal::{Event, Journal, Record};
+use crate::layout::Layout;
+use crate::switch::{phase_done, switch, AppServer, Server, Switched, Uwsgi};
+use crate::{lock, procs, release};
+
+pub fn run(args: &ActivateArgs, config: &InstallerConfig) -> anyhow::Result<ExitCode> {
+    let server = Uwsgi { config };
+    let mut report = Report::new("activate");
+    report.build = Some(args.build);
+    let result = activate(args, config, &server, &mut report);
+    finish(report, result, args.json)
+}
+
+/// Turns the outcome into the report, the journal's last word and the exit code.
+pub fn finish(
+    mut report: Report,
+    result: anyhow::Result<Outcome>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let (outcome, error) = match result {
+        Ok(o) => (o, None),
+        Err(e) => {
+            let code = exit_code_for(e.as_ref());
+            let outcome = match code {
+                ExitCode::BadInput => Outcome::BadInput,
+                ExitCode::Locked => Outcome::Locked,
+                _ => Outcome::Failed,
+            };
+            (outcome, Some(e))
+        }
+    };
+    report.finish(outcome, error.as_ref().map(|e| format!("{e:#}")));
+    if let Some(e) = &error {
+        common::error::report_failure(e.as_ref());
+    }
+    if json {
+        println!("{}", report.to_json());
+    }
+    Ok(outcome.exit_code())
+}
+
+pub fn activate(
+    args: &ActivateArgs,
+    config: &InstallerConfig,
+    server: &dyn AppServer,
+    report: &mut Report,
+) -> anyhow::Result<Outcome> {
+    const CMD: &str = "activate";
+    let build = args.build;
+    let layout = Layout::new(&config.root);
+    layout.ensure()?;
+    let journal = Journal::new(&layout.journal());
+
+    let t = Instant::now();
+    let timeout = Duration::from_secs(args.lock_timeout.unwrap_or(config.lock_timeout_secs));
+    let _lock = lock::acquire(
+        &layout.lock_file(),
+        timeout,
+        &format!("installer activate --build {build:#}"),
+    )?;
+    report.phase("lock", t.elapsed(), true);
+
+    let current = layout.current_build()?;
+    report.previous_build = current;
+    if current == Some(build) {
+        let finished = journal.last_finished(build)?;
+        if finished.as_ref().and_then(|r| r.outcome) == Some(Outcome::Success) {
+            eprintln!("{build:#} is already the current release: nothing to do");
+            return Ok(Outcome::NothingToDo);
+        }
+    }
+    // Before anything changes: the server's own files must be in place.
+    release::check_shared_files(&layout, config)?;
+    for stray in release::stray_temporaries(&layout)? {
+        eprintln!("removing `{}` left by an interrupted run", stray.display());
+        let removed = if stray.is_dir() {
+            atomic::remove_tree(&stray).map_err(anyhow::Error::from)
+        } else {
+            std::fs::remove_file(&stray).map_err(anyhow::Error::from)
+        };
+        if let Err(e) = removed {
+            report
+                .warnings
+                .push(format!("cannot remove `{}`: {e:#}", stray.display()));
+        }
+    }
+
+    let mut started = Record::new(CMD, Event::Started, Some(build));
+    started.previous = current;
+    journal.append(&started)?;
+
+    // The release that goes back live if this one fails: what was live before it.
+    let previous = match current {
+        Some(c) if c != build => Some(c),
+        _ => journal.previous_good(Some(build))?,
+    };
+
+    // Phase: fetch the sidecar (always: it says whether an unpacked release is this one).
+    let t = Instant::now();
+    let release_dir = layout.release(build);
+    let store = open_store(args.store.as_deref(), args.s3_endpoint.as_deref(), config)?;
+    let (sidecar, _) = store.fetch_sidecar(&config.app, build)?;
+    let reuse = if release_dir.exists() {
+        let on_disk = release::manifest_of(&release_dir).with_context(|| {
+            format!(
+                "`{}` exists but is not a complete release: move it away",
+                release_dir.display()
+            )
+        })?;
+        if on_disk.manifest != sidecar.manifest {
+            bail!(BadInput(format!(
+                "`{}` exists with different content than {build:#} in the store: build numbers are immutable; move the directory away if it is a leftover",
+                release_dir.display()
+            )));
+        }
+        true
+    } else {
+        false
+    };
+    let artifact = if reuse {
+        None
+    } else {
+        Some(fetch_cached(&store, &layout, config, build, &sidecar)?)
+    };
+    phase_done(&journal, report, CMD, build, "fetch", t, true);
+
+    // Phase: unpack (verified entry by entry, renamed into place only when complete).
+    let t = Instant::now();
+    if let Some(artifact) = &artifact {
+        eprintln!("==> unpack into `{}`", release_dir.display());
+        unpack(artifact, &sidecar, &release_dir, &UnpackOptions::default())
+            .with_context(|| format!("refused to install {build:#}; nothing changed"))?;
+    } else {
+        eprintln!(
+            "==> unpack: `{}` is already this release",
+            release_dir.display()
+        );
+    }
+    phase_done(&journal, report, CMD, build, "unpack", t, true);
+
+    // Phase: link shared files and static, after the template check.
+    let t = Instant::now();
+    if let Some(c) = current.filter(|c| *c != build) {
+        if let Some(diff) = release::template_change(config, &layout.release(c), &release_dir)? {
+            if !args.template_reviewed {
+                bail!(BadInput(format!(
+                    "`{}` changed since {c:#}:\n{diff}make the same change in `{}`, then run again with `--template-reviewed`",
+                    config.production_template,
+                    layout.shared().join(config.shared.files.values().next().map(String::as_str).unwrap_or("production.py")).display()
+                )));
+            }
+            report.warnings.push(format!(
+                "`{}` changed; confirmed reviewed with --template-reviewed",
+                config.production_template
+            ));
+        }
+    }
+    release::link_shared(&layout, config, &release_dir)?;
+    if let Some(hash) = release::link_static(&layout, config, build)? {
+        report.details.insert("version_hash".into(), hash.into());
+    }
+    phase_done(&journal, report, CMD, build, "link", t, true);
+
+    // Phase: venv from the release's own wheels.
+    let t = Instant::now();
+    eprintln!("==> venv");
+    let built = release::build_venv(config, &release_dir).context(
+        "building the release's virtualenv failed; the previous release is still serving",
+    )?;
+    if !built {
+        eprintln!("    reusing the complete venv");
+    }
+    phase_done(&journal, report, CMD, build, "venv", t, true);
+
+    // Phase: migrate with the new code, before the swap.
+    let t = Instant::now();
+    eprintln!("==> migrate");
+    if let Err(e) = procs::run(
+        &config.migrate,
+        &release_dir,
+        &[("DJANGO_SETTINGS_MODULE", &config.settings_module)],
+    ) {
+        phase_done(&journal, report, CMD, build, "migrate", t, false);
+        finished(
+            &journal,
+            CMD,
+            build,
+            current,
+            Outcome::Failed,
+            Some(format!("{e:#}")),
+        );
+        return Err(e.context(
+            "migrate failed; `current` was not changed and the previous release is still serving",
+        ));
+    }
+    phase_done(&journal, report, CMD, build, "migrate", t, true);
+
+    let live = Server {
+        layout: &layout,
+        config,
+        app: server,
+        journal: &journal,
+    };
+    match switch(&live, report, CMD, build, previous)? {
+        Switched::Live => {
+            let mut live = Record::new(CMD, Event::Live, Some(build));
+            live.previous = current;
+            journal.append(&live)?;
+            finished(&journal, CMD, build, current, Outcome::Success, None);
+            eprintln!("{build:#} is live");
+            Ok(Outcome::Success)
+        }
+        Switched::RolledBack(e) => {
+            finished(
+                &journal,
+                CMD,
+                build,
+                current,
+                Outcome::RolledBack,
+                Some(format!("{e:#}")),
+            );
+            report.error = Some(format!("{e:#}"));
+            eprintln!(
+                "rolled back: {} serves again",
+                previous.map(|b| b.tag()).unwrap_or_default()
+            );
+            Ok(Outcome::RolledBack)
+        }
+        Switched::Stuck(e) => {
+            finished(
+                &journal,
+                CMD,
+                build,
+                current,
+                Outcome::OperatorNeeded,
+                Some(format!("{e:#}")),
+            );
+            eprintln!("error: {e:#}");
+            report.error = Some(format!("{e:#}"));
+            Ok(Outcome::OperatorNeeded)
+        }
+    }
+}
+
+/// Journals how a command ended.
+pub fn finished(
+    journal: &Journal,
+    command: &str,
+    build: BuildNumber,
+    previous: Option<BuildNumber>,
+    outcome: Outcome,
+    detail: Option<String>,
+) {
+    let mut r = Record::new(command, Event::Finished, Some(build));
+    r.previous = previous;
+    r.outcome = Some(outcome);
+    r.detail = detail;
+    if let Err(e) = journal.append(&r) {
+        eprintln!("warning: cannot write the journal: {e:#}");
+    }
+}
+
+pub fn open_store(
+    url: Option<&str>,
+    endpoint: Option<&str>,
+    config: &InstallerConfig,
+) -> anyhow::Result<ArtifactStore> {
+    let url = url.or(config.store.as_deref()).ok_or_else(|| {
+        BadInput("no artifact store: pass `--store s3://bucket/prefix` or set `store` in the installer configuration".into())
+    })?;
+    let endpoint = endpoint
+        .map(str::to_owned)
+        .or_else(|| config.s3_endpoint.clone());
+    let options = StoreOptions {
+        s3_path_style: endpoint.is_some(),
+        s3_endpoint: endpoint,
+        ..Default::default()
+    };
+    Ok(ArtifactStore::open(url, &options)?)
+}
+
+/// The artifact in `.deploy/cache/BuildNNNNNN/`, downloaded unless a verified copy is there.
+fn fetch_cached(
+    store: &ArtifactStore,
+    layout: &Layout,
+    config: &InstallerConfig,
+    build: BuildNumber,
+    sidecar: &Sidecar,
+) -> anyhow::Result<std::path::PathBuf> {
+    let archive = sidecar
+        .archive
+        .as_ref()
+        .expect("store sidecars have an archive section");
+    let dir = layout.cache_for(build);
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create `{}`", dir.display()))?;
+    let cached = dir.join(&archive.file_name);
+    if cached.is_file() {
+        let (hash, size) = Blake3Hash::of_file(&cached)?;
+        if hash == archive.blake3 && size == archive.size {
+            eprintln!("==> fetch: using the verified download in the cache");
+            return Ok(cached);
+        }
+        std::fs::remove_file(&cached)?;
+    }
+    eprintln!("==> fetch {} from {}", archive.file_name, store.location());
+    let fetched = store.fetch(&config.app, build, &dir)?;
+    atomic::write_file(&dir.join(RELEASE_JSON), &fetched.sidecar_bytes)?;
+    Ok(fetched.artifact_path)
+}

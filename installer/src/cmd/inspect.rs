@@ -1,0 +1,215 @@
+//! The read-only commands: `status`, `list`, `verify`, and `config`.
+
+use std::collections::BTreeMap;
+
+use common::report::{ExitCode, Outcome, Report};
+use common::BuildNumber;
+
+use crate::cli::{JsonArgs, VerifyArgs};
+use crate::cmd::activate::finish;
+use crate::config::InstallerConfig;
+use crate::journal::{Event, Journal};
+use crate::layout::Layout;
+use crate::release;
+
+/// `installer status`: what is live, what was live before, and how the last command ended.
+pub fn status(args: &JsonArgs, config: &InstallerConfig) -> anyhow::Result<ExitCode> {
+    let mut report = Report::new("status");
+    let result = (|| {
+        let layout = Layout::new(&config.root);
+        let journal = Journal::new(&layout.journal());
+        let current = layout.current_build()?;
+        let previous = journal.previous_good(current)?;
+        report.build = current;
+        report.previous_build = previous;
+        let records = journal.read()?;
+        let live = current.and_then(|c| {
+            records
+                .iter()
+                .rev()
+                .find(|r| r.event == Event::Live && r.build == Some(c))
+        });
+        let last = records.iter().rev().find(|r| r.event == Event::Finished);
+        match current {
+            Some(c) => eprintln!("current: {c:#}"),
+            None => eprintln!(
+                "current: none (no release is live under `{}`)",
+                config.root.display()
+            ),
+        }
+        if let Some(r) = live {
+            eprintln!(
+                "  made live by `{}` at {} (unix) by {}",
+                r.command,
+                r.time,
+                if r.user.is_empty() {
+                    "unknown"
+                } else {
+                    &r.user
+                }
+            );
+            report.details.insert("activated_at".into(), r.time.into());
+            report
+                .details
+                .insert("activated_by".into(), r.user.clone().into());
+            report
+                .details
+                .insert("activated_with".into(), r.command.clone().into());
+        }
+        eprintln!(
+            "previous good: {}",
+            previous.map(|b| b.tag()).unwrap_or_else(|| "none".into())
+        );
+        if let Some(r) = last {
+            let outcome = r.outcome.map(|o| format!("{o:?}")).unwrap_or_default();
+            eprintln!(
+                "last command: {} {} -> {outcome}{}",
+                r.command,
+                r.build.map(|b| b.tag()).unwrap_or_default(),
+                r.detail
+                    .as_ref()
+                    .map(|d| format!(": {d}"))
+                    .unwrap_or_default()
+            );
+            report.details.insert("last_command".into(), serde_json::json!({
+                "command": r.command, "build": r.build, "outcome": r.outcome, "time": r.time, "detail": r.detail,
+            }));
+        }
+        Ok(Outcome::Success)
+    })();
+    finish(report, result, args.json)
+}
+
+/// A release's state as `list` shows it.
+fn state_of(
+    build: BuildNumber,
+    current: Option<BuildNumber>,
+    previous: Option<BuildNumber>,
+    journal: &[crate::journal::Record],
+) -> &'static str {
+    if Some(build) == current {
+        return "live";
+    }
+    if Some(build) == previous {
+        return "previous";
+    }
+    let last = journal
+        .iter()
+        .rev()
+        .find(|r| r.event == Event::Finished && r.build == Some(build) && r.command == "activate");
+    let was_live = journal
+        .iter()
+        .any(|r| r.event == Event::Live && r.build == Some(build));
+    match last.and_then(|r| r.outcome) {
+        Some(Outcome::RolledBack) if !was_live => "rolled back",
+        Some(Outcome::Failed) | Some(Outcome::OperatorNeeded) if !was_live => "failed",
+        _ => "unused",
+    }
+}
+
+/// Releases that failed and never served: they never count toward `prune --keep`.
+pub fn is_failed(build: BuildNumber, journal: &[crate::journal::Record]) -> bool {
+    matches!(
+        state_of(build, None, None, journal),
+        "rolled back" | "failed"
+    )
+}
+
+/// `installer list`: every release on disk with its state, size and activation time.
+pub fn list(args: &JsonArgs, config: &InstallerConfig) -> anyhow::Result<ExitCode> {
+    let mut report = Report::new("list");
+    let result = (|| {
+        let layout = Layout::new(&config.root);
+        let journal = Journal::new(&layout.journal());
+        let records = journal.read()?;
+        let current = layout.current_build()?;
+        let previous = journal.previous_good(current)?;
+        let mut rows = Vec::new();
+        for build in layout.releases_on_disk()?.into_iter().rev() {
+            let dir = layout.release(build);
+            let size: u64 = walkdir::WalkDir::new(&dir)
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum();
+            let activated = records
+                .iter()
+                .rev()
+                .find(|r| r.event == Event::Live && r.build == Some(build))
+                .map(|r| r.time);
+            let state = state_of(build, current, previous, &records);
+            eprintln!(
+                "{:<12} {:<12} {:>10} MB  {}",
+                build.tag(),
+                state,
+                size / 1_000_000,
+                activated
+                    .map(|t| format!("live at {t}"))
+                    .unwrap_or_default()
+            );
+            rows.push(serde_json::json!({"build": build, "state": state, "bytes": size, "activated_at": activated}));
+        }
+        report.details.insert("releases".into(), rows.into());
+        report.build = current;
+        report.previous_build = previous;
+        Ok(Outcome::Success)
+    })();
+    finish(report, result, args.json)
+}
+
+/// `installer verify`: re-hash a release; exit 2 when anything drifted.
+pub fn verify(args: &VerifyArgs, config: &InstallerConfig) -> anyhow::Result<ExitCode> {
+    let mut report = Report::new("verify");
+    let result = (|| {
+        let layout = Layout::new(&config.root);
+        let build = match args.build {
+            Some(b) => b,
+            None => layout.current_build()?.ok_or_else(|| {
+                common::error::BadInput("no release is live; name one to verify".into())
+            })?,
+        };
+        report.build = Some(build);
+        let dir = layout.release(build);
+        if !dir.is_dir() {
+            return Err(common::error::BadInput(format!(
+                "{build:#} is not on this server (`{}`)",
+                dir.display()
+            ))
+            .into());
+        }
+        let drift = release::verify(config, &dir)?;
+        let changed: BTreeMap<String, String> = drift.changed.iter().cloned().collect();
+        for (p, what) in &drift.changed {
+            eprintln!("changed: {p}: {what}");
+        }
+        for p in &drift.extra {
+            eprintln!("unexpected: {p}");
+        }
+        report
+            .details
+            .insert("changed".into(), serde_json::to_value(&changed)?);
+        report
+            .details
+            .insert("unexpected".into(), serde_json::to_value(&drift.extra)?);
+        if drift.is_clean() {
+            eprintln!("{build:#} verifies: every file matches its manifest");
+            Ok(Outcome::Success)
+        } else {
+            Err(common::error::BadInput(format!(
+                "{build:#} does not verify: {} changed or missing, {} unexpected",
+                drift.changed.len(),
+                drift.extra.len()
+            ))
+            .into())
+        }
+    })();
+    finish(report, result, args.json)
+}
+
+/// `installer config`: the effective configuration.
+pub fn config(config: &InstallerConfig) -> anyhow::Result<ExitCode> {
+    print!("{}", config.to_toml());
+    Ok(ExitCode::Success)
+}

@@ -1,0 +1,80 @@
+//! `installer prune`: remove old unused releases, their static links, stale temporaries and
+//! cached downloads; never the current or the previous good release.
+
+use std::time::Duration;
+
+use common::atomic;
+use common::report::{ExitCode, Outcome, Report};
+
+use crate::cli::PruneArgs;
+use crate::cmd::activate::finish;
+use crate::cmd::inspect::is_failed;
+use crate::config::InstallerConfig;
+use crate::journal::Journal;
+use crate::layout::Layout;
+use crate::{lock, release};
+
+pub fn run(args: &PruneArgs, config: &InstallerConfig) -> anyhow::Result<ExitCode> {
+    let mut report = Report::new("prune");
+    let result = (|| {
+        let layout = Layout::new(&config.root);
+        layout.ensure()?;
+        let _lock = lock::acquire(
+            &layout.lock_file(),
+            Duration::from_secs(config.lock_timeout_secs),
+            "installer prune",
+        )?;
+        let journal = Journal::new(&layout.journal());
+        let records = journal.read()?;
+        let current = layout.current_build()?;
+        let previous = journal.previous_good(current)?;
+        let mut kept = 0usize;
+        let mut removed = Vec::new();
+        for build in layout.releases_on_disk()?.into_iter().rev() {
+            if Some(build) == current || Some(build) == previous {
+                continue;
+            }
+            if !is_failed(build, &records) && kept < args.keep {
+                kept += 1;
+                continue;
+            }
+            let dir = layout.release(build);
+            let hash = release::version_hash(&dir, config).ok().flatten();
+            atomic::remove_tree(&dir)?;
+            if let Some(hash) = hash {
+                let link = layout.static_dir().join(&hash);
+                if std::fs::read_link(&link)
+                    .is_ok_and(|t| t.to_string_lossy().contains(&build.tag()))
+                {
+                    std::fs::remove_file(&link)?;
+                }
+            }
+            atomic::remove_tree(&layout.cache_for(build))?;
+            eprintln!("removed {build:#}");
+            removed.push(build);
+        }
+        for stray in release::stray_temporaries(&layout)? {
+            if stray.is_dir() {
+                atomic::remove_tree(&stray)?;
+            } else {
+                std::fs::remove_file(&stray)?;
+            }
+            eprintln!("removed the stale `{}`", stray.display());
+        }
+        // Downloads of releases still on disk are not needed again (the release is unpacked).
+        for build in layout.releases_on_disk()? {
+            atomic::remove_tree(&layout.cache_for(build))?;
+        }
+        report
+            .details
+            .insert("removed".into(), serde_json::to_value(&removed)?);
+        report.build = current;
+        report.previous_build = previous;
+        if removed.is_empty() {
+            eprintln!("nothing to prune");
+            return Ok(Outcome::NothingToDo);
+        }
+        Ok(Outcome::Success)
+    })();
+    finish(report, result, args.json)
+}

@@ -1,0 +1,193 @@
+//! `installer rollback`: back to the previous good release (from the journal) or the one named.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use common::error::BadInput;
+use common::report::{ExitCode, Outcome, Report};
+
+use crate::cli::RollbackArgs;
+use crate::cmd::activate::{finish, finished};
+use crate::config::InstallerConfig;
+use crate::journal::{Event, Journal, Record};
+use crate::layout::Layout;
+use crate::switch::{phase_done, switch, AppServer, Server, Switched, Uwsgi};
+use crate::{lock, procs, release};
+
+pub fn run(args: &RollbackArgs, config: &InstallerConfig) -> anyhow::Result<ExitCode> {
+    let server = Uwsgi { config };
+    let mut report = Report::new("rollback");
+    let result = rollback(args, config, &server, &mut report);
+    finish(report, result, args.json)
+}
+
+pub fn rollback(
+    args: &RollbackArgs,
+    config: &InstallerConfig,
+    server: &dyn AppServer,
+    report: &mut Report,
+) -> anyhow::Result<Outcome> {
+    const CMD: &str = "rollback";
+    let layout = Layout::new(&config.root);
+    layout.ensure()?;
+    let journal = Journal::new(&layout.journal());
+    let timeout = Duration::from_secs(args.lock_timeout.unwrap_or(config.lock_timeout_secs));
+    let t = Instant::now();
+    let _lock = lock::acquire(&layout.lock_file(), timeout, "installer rollback")?;
+    report.phase("lock", t.elapsed(), true);
+
+    let current = layout.current_build()?;
+    report.previous_build = current;
+    let target = match args.to {
+        Some(b) => b,
+        None => journal.previous_good(current)?.ok_or_else(|| {
+            BadInput("the journal has no release that was live before the current one: name one with `--to BuildNNNNNN`".into())
+        })?,
+    };
+    report.build = Some(target);
+    if current == Some(target) {
+        eprintln!("{target:#} is already the current release: nothing to do");
+        return Ok(Outcome::NothingToDo);
+    }
+    let dir = layout.release(target);
+    if !dir.is_dir() {
+        bail!(BadInput(format!(
+            "{target:#} is not on this server (`{}`): activate it instead",
+            dir.display()
+        )));
+    }
+
+    let t = Instant::now();
+    let drift = release::verify(config, &dir)?;
+    if !drift.changed.is_empty() {
+        let list: Vec<String> = drift
+            .changed
+            .iter()
+            .take(10)
+            .map(|(p, what)| format!("  {p}: {what}"))
+            .collect();
+        bail!(BadInput(format!(
+            "{target:#} does not verify against its manifest ({} changed or missing), refusing to make it live:\n{}\nre-activate it with `installer activate --build {target:#}` after moving the directory away",
+            drift.changed.len(),
+            list.join("\n")
+        )));
+    }
+    phase_done(&journal, report, CMD, target, "verify", t, true);
+
+    let mut started = Record::new(CMD, Event::Started, Some(target));
+    started.previous = current;
+    journal.append(&started)?;
+
+    let t = Instant::now();
+    release::link_shared(&layout, config, &dir)?;
+    release::link_static(&layout, config, target)?;
+    release::build_venv(config, &dir)?;
+    phase_done(&journal, report, CMD, target, "link", t, true);
+
+    if let Some(current) = current {
+        let unknown = unknown_migrations(config, &layout.release(current), &dir);
+        match unknown {
+            Ok(list) if !list.is_empty() => {
+                let w = format!(
+                    "the database has migrations {target:#} does not know (applied by {current:#}): {}; the old code may fail on the newer schema",
+                    list.join(", ")
+                );
+                eprintln!("warning: {w}");
+                report.warnings.push(w);
+            }
+            Ok(_) => {}
+            Err(e) => report
+                .warnings
+                .push(format!("could not compare migrations: {e:#}")),
+        }
+    }
+
+    let live = Server {
+        layout: &layout,
+        config,
+        app: server,
+        journal: &journal,
+    };
+    match switch(&live, report, CMD, target, current)? {
+        Switched::Live => {
+            let mut live = Record::new(CMD, Event::Live, Some(target));
+            live.previous = current;
+            journal.append(&live)?;
+            finished(&journal, CMD, target, current, Outcome::Success, None);
+            eprintln!("rolled back to {target:#}");
+            Ok(Outcome::Success)
+        }
+        Switched::RolledBack(e) => {
+            finished(
+                &journal,
+                CMD,
+                target,
+                current,
+                Outcome::RolledBack,
+                Some(format!("{e:#}")),
+            );
+            report.error = Some(format!("{e:#}"));
+            Ok(Outcome::RolledBack)
+        }
+        Switched::Stuck(e) => {
+            finished(
+                &journal,
+                CMD,
+                target,
+                current,
+                Outcome::OperatorNeeded,
+                Some(format!("{e:#}")),
+            );
+            report.error = Some(format!("{e:#}"));
+            eprintln!("error: {e:#}");
+            Ok(Outcome::OperatorNeeded)
+        }
+    }
+}
+
+/// Migrations applied in the database (as the current release sees them) that the target
+/// release does not contain, as `app.name`.
+fn unknown_migrations(
+    config: &InstallerConfig,
+    current: &Path,
+    target: &Path,
+) -> anyhow::Result<Vec<String>> {
+    let list = |dir: &Path| -> anyhow::Result<Vec<(String, bool)>> {
+        let mut argv = vec!["venv/bin/python".to_owned()];
+        argv.extend(
+            config
+                .migrate
+                .iter()
+                .skip(1)
+                .take_while(|a| !a.starts_with("migrate"))
+                .cloned(),
+        );
+        argv.extend(["showmigrations".to_owned(), "--list".to_owned()]);
+        let out = procs::output(
+            &argv,
+            dir,
+            &[("DJANGO_SETTINGS_MODULE", &config.settings_module)],
+        )?;
+        let mut app = String::new();
+        let mut found = Vec::new();
+        for line in out.lines() {
+            if !line.starts_with(' ') {
+                app = line.trim().to_owned();
+            } else if let Some(rest) = line.trim().strip_prefix("[X] ") {
+                found.push((format!("{app}.{}", rest.trim()), true));
+            } else if let Some(rest) = line.trim().strip_prefix("[ ] ") {
+                found.push((format!("{app}.{}", rest.trim()), false));
+            }
+        }
+        Ok(found)
+    };
+    let applied: Vec<String> = list(current)?
+        .into_iter()
+        .filter(|(_, a)| *a)
+        .map(|(n, _)| n)
+        .collect();
+    let known: std::collections::BTreeSet<String> =
+        list(target)?.into_iter().map(|(n, _)| n).collect();
+    Ok(applied.into_iter().filter(|m| !known.contains(m)).collect())
+}

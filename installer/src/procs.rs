@@ -1,0 +1,59 @@
+//! Running the server's commands (venv, pip, migrate, reload): output goes to stderr as it
+//! happens, so `--json` keeps stdout for the report and SSM shows what ran.
+
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context};
+
+/// Runs `argv` in `dir` with extra environment; an error names the command and its status.
+pub fn run(argv: &[String], dir: &Path, env: &[(&str, &str)]) -> anyhow::Result<()> {
+    let (program, args) = argv.split_first().context("empty command")?;
+    eprintln!("    $ {}", argv.join(" "));
+    let stderr = std::io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .context("cannot duplicate stderr")?;
+    let status = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(stderr))
+        .status()
+        .with_context(|| format!("cannot run `{program}`: is it installed?"))?;
+    if !status.success() {
+        bail!(
+            "`{}` failed ({status}); its output is above",
+            argv.join(" ")
+        );
+    }
+    Ok(())
+}
+
+/// Runs a command and returns its standard output (for questions, not changes).
+pub fn output(argv: &[String], dir: &Path, env: &[(&str, &str)]) -> anyhow::Result<String> {
+    let (program, args) = argv.split_first().context("empty command")?;
+    let out = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run `{program}`"))?;
+    if !out.status.success() {
+        bail!(
+            "`{}` failed ({}): {}",
+            argv.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Words from string slices, for building argv.
+pub fn argv(words: &[&str]) -> Vec<String> {
+    words.iter().map(|w| (*w).to_owned()).collect()
+}

@@ -1,0 +1,366 @@
+//! Work on one release directory: shared links, the static link, its virtualenv, the
+//! production template check, and verification against its manifest.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use common::error::BadInput;
+use common::manifest::{FileEntry, RELEASE_JSON};
+use common::{atomic, Blake3Hash, BuildNumber, Sidecar};
+
+use crate::config::InstallerConfig;
+use crate::layout::Layout;
+use crate::procs;
+
+/// Marks a virtualenv whose build finished (a crash mid-build leaves none, so it is rebuilt).
+const VENV_COMPLETE: &str = ".binarycrate-venv-complete";
+
+/// Shared files must exist before anything changes: the operator creates them once.
+pub fn check_shared_files(layout: &Layout, config: &InstallerConfig) -> anyhow::Result<()> {
+    for name in config.shared.files.values() {
+        let path = layout.shared().join(name);
+        if !path.is_file() {
+            bail!(BadInput(format!(
+                "the shared file `{}` is missing: create it from the release's `{}` (e.g. copy and fill in the secrets), then run again",
+                path.display(),
+                config.production_template
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Links the shared files and directories into the release (replacing what the release has at
+/// those paths: the server's copy wins).
+pub fn link_shared(
+    layout: &Layout,
+    config: &InstallerConfig,
+    release: &Path,
+) -> anyhow::Result<()> {
+    for name in config.shared.dirs.values() {
+        let target = layout.shared().join(name);
+        fs::create_dir_all(&target)
+            .with_context(|| format!("cannot create `{}`", target.display()))?;
+    }
+    let links = config.shared.files.iter().chain(config.shared.dirs.iter());
+    for (inside, name) in links {
+        let link = release.join(inside);
+        let target = layout.shared().join(name);
+        if fs::read_link(&link).ok().as_deref() == Some(target.as_path()) {
+            continue;
+        }
+        if let Some(parent) = link.parent() {
+            fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create `{}`", parent.display()))?;
+        }
+        match fs::symlink_metadata(&link) {
+            Ok(m) if m.is_dir() => fs::remove_dir_all(&link)?,
+            Ok(_) => fs::remove_file(&link)?,
+            Err(_) => {}
+        }
+        atomic::replace_symlink(&target, &link)?;
+    }
+    Ok(())
+}
+
+/// Paths in a release that are the installer's own links to `shared/`.
+pub fn shared_paths(config: &InstallerConfig) -> BTreeSet<String> {
+    config
+        .shared
+        .files
+        .keys()
+        .chain(config.shared.dirs.keys())
+        .cloned()
+        .collect()
+}
+
+/// The release's `VERSION_HASH` (the commit it was built from).
+pub fn version_hash(release: &Path, config: &InstallerConfig) -> anyhow::Result<Option<String>> {
+    let path = release.join(&config.version_hash_file);
+    let text = match fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot read `{}`", path.display())),
+    };
+    let value = text.lines().find_map(|l| {
+        l.trim().strip_prefix("VERSION_HASH").map(|r| {
+            r.trim_start()
+                .trim_start_matches('=')
+                .trim()
+                .trim_matches(|c| c == '\'' || c == '"')
+                .to_owned()
+        })
+    });
+    // It becomes a path component: only plain names.
+    Ok(value.filter(|v| {
+        !v.is_empty()
+            && v.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+            && v != "."
+            && v != ".."
+    }))
+}
+
+/// `static/<VERSION_HASH> -> ../releases/BuildNNNNNN/<static_root>`, so pages of every kept
+/// release find their static files.
+pub fn link_static(
+    layout: &Layout,
+    config: &InstallerConfig,
+    build: BuildNumber,
+) -> anyhow::Result<Option<String>> {
+    let release = layout.release(build);
+    let Some(hash) = version_hash(&release, config)? else {
+        return Ok(None);
+    };
+    let target = Path::new("..")
+        .join("releases")
+        .join(build.tag())
+        .join(&config.static_root);
+    atomic::replace_symlink(&target, &layout.static_dir().join(&hash))?;
+    Ok(Some(hash))
+}
+
+/// Builds `venv/` from the release's own wheels only (no index). Reused when complete.
+pub fn build_venv(config: &InstallerConfig, release: &Path) -> anyhow::Result<bool> {
+    let venv = release.join("venv");
+    if venv.join(VENV_COMPLETE).is_file() {
+        return Ok(false);
+    }
+    atomic::remove_tree(&venv)?;
+    let py = &config.python;
+    let install_args: Vec<String> = if release.join("requirements.txt").is_file() {
+        procs::argv(&[
+            "install",
+            "--no-index",
+            "--find-links",
+            "wheels",
+            "--require-hashes",
+            "-r",
+            "requirements.txt",
+        ])
+    } else {
+        let mut wheels: Vec<String> = fs::read_dir(release.join("wheels"))
+            .context("the release has neither `requirements.txt` nor `wheels/`")?
+            .filter_map(|e| {
+                e.ok()
+                    .map(|e| format!("wheels/{}", e.file_name().to_string_lossy()))
+            })
+            .collect();
+        wheels.sort();
+        let mut v = procs::argv(&["install", "--no-index", "--find-links", "wheels"]);
+        v.extend(wheels);
+        v
+    };
+    // `venv --without-pip` plus the interpreter's own pip is much faster than seeding pip into
+    // every venv; pip learned `--python` in 22.3.
+    if pip_supports_python_option(py) {
+        procs::run(
+            &[
+                py.clone(),
+                "-m".into(),
+                "venv".into(),
+                "--without-pip".into(),
+                "venv".into(),
+            ],
+            release,
+            &[],
+        )?;
+        let mut argv = vec![
+            py.clone(),
+            "-m".into(),
+            "pip".into(),
+            "--python".into(),
+            "venv/bin/python".into(),
+        ];
+        argv.extend(install_args);
+        procs::run(&argv, release, &[("PIP_DISABLE_PIP_VERSION_CHECK", "1")])?;
+    } else {
+        procs::run(
+            &[py.clone(), "-m".into(), "venv".into(), "venv".into()],
+            release,
+            &[],
+        )?;
+        let mut argv = procs::argv(&["venv/bin/python", "-m", "pip"]);
+        argv.extend(install_args);
+        procs::run(&argv, release, &[("PIP_DISABLE_PIP_VERSION_CHECK", "1")])?;
+    }
+    atomic::write_file(&venv.join(VENV_COMPLETE), b"")?;
+    Ok(true)
+}
+
+fn pip_supports_python_option(python: &str) -> bool {
+    let Ok(out) = procs::output(
+        &procs::argv(&[python, "-m", "pip", "--version"]),
+        Path::new("/"),
+        &[],
+    ) else {
+        return false;
+    };
+    let version = out.split_whitespace().nth(1).unwrap_or("");
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (22, 3)
+}
+
+/// A line diff of the production template between two releases, when it changed.
+pub fn template_change(
+    config: &InstallerConfig,
+    old_release: &Path,
+    new_release: &Path,
+) -> anyhow::Result<Option<String>> {
+    let read =
+        |dir: &Path| fs::read_to_string(dir.join(&config.production_template)).unwrap_or_default();
+    let (old, new) = (read(old_release), read(new_release));
+    if old == new {
+        return Ok(None);
+    }
+    let old_lines: BTreeSet<&str> = old.lines().collect();
+    let new_lines: BTreeSet<&str> = new.lines().collect();
+    let mut diff = String::new();
+    for l in old.lines().filter(|l| !new_lines.contains(l)) {
+        diff.push_str(&format!("- {l}\n"));
+    }
+    for l in new.lines().filter(|l| !old_lines.contains(l)) {
+        diff.push_str(&format!("+ {l}\n"));
+    }
+    Ok(Some(diff))
+}
+
+/// The manifest a release was unpacked from (its embedded `release.json`).
+pub fn manifest_of(release: &Path) -> anyhow::Result<Sidecar> {
+    let path = release.join(RELEASE_JSON);
+    Ok(Sidecar::read(&path)?)
+}
+
+/// What `verify` found.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Drift {
+    /// Listed entries that differ or are missing, with what is wrong.
+    pub changed: Vec<(String, String)>,
+    /// Entries not in the manifest (outside `venv/`, `__pycache__` and the installer's links).
+    pub extra: Vec<String>,
+}
+
+impl Drift {
+    pub fn is_clean(&self) -> bool {
+        self.changed.is_empty() && self.extra.is_empty()
+    }
+}
+
+/// Re-hashes a release against its manifest.
+pub fn verify(config: &InstallerConfig, release: &Path) -> anyhow::Result<Drift> {
+    let sidecar = manifest_of(release)?;
+    let shared = shared_paths(config);
+    let under_shared = |p: &str| {
+        shared
+            .iter()
+            .any(|s| p == s || p.starts_with(&format!("{s}/")))
+    };
+    let mut drift = Drift::default();
+    for (path, entry) in &sidecar.manifest.files {
+        if under_shared(path) {
+            continue;
+        }
+        let full = release.join(path);
+        let meta = match fs::symlink_metadata(&full) {
+            Ok(m) => m,
+            Err(_) => {
+                drift.changed.push((path.clone(), "missing".into()));
+                continue;
+            }
+        };
+        let problem = match entry {
+            FileEntry::Dir { .. } if meta.is_dir() => None,
+            FileEntry::Symlink { target } if meta.file_type().is_symlink() => {
+                (fs::read_link(&full)?.to_str() != Some(target.as_str()))
+                    .then(|| "symlink target changed".to_owned())
+            }
+            FileEntry::File { size, mode, blake3 } if meta.is_file() => {
+                if meta.len() != *size {
+                    Some(format!("size {} instead of {size}", meta.len()))
+                } else if meta.permissions().mode() & 0o7777 != mode.0 {
+                    Some(format!(
+                        "mode {:04o} instead of {:04o}",
+                        meta.permissions().mode() & 0o7777,
+                        mode.0
+                    ))
+                } else if Blake3Hash::of_file(&full)?.0 != *blake3 {
+                    Some("content changed".into())
+                } else {
+                    None
+                }
+            }
+            _ => Some("type changed".into()),
+        };
+        if let Some(p) = problem {
+            drift.changed.push((path.clone(), p));
+        }
+    }
+    let mut walk = walkdir::WalkDir::new(release)
+        .min_depth(1)
+        .sort_by_file_name()
+        .into_iter();
+    while let Some(entry) = walk.next() {
+        let entry = entry?;
+        let rel = entry
+            .path()
+            .strip_prefix(release)
+            .expect("below the release")
+            .to_string_lossy()
+            .into_owned();
+        let name = entry.file_name().to_string_lossy();
+        let ours =
+            rel == "venv" || rel == RELEASE_JSON || name == "__pycache__" || under_shared(&rel);
+        if ours {
+            if entry.file_type().is_dir() {
+                walk.skip_current_dir();
+            }
+            continue;
+        }
+        if name.ends_with(".pyc") {
+            continue;
+        }
+        if !sidecar.manifest.files.contains_key(&rel) {
+            drift.extra.push(rel);
+            if entry.file_type().is_dir() {
+                walk.skip_current_dir();
+            }
+        }
+    }
+    Ok(drift)
+}
+
+/// Stray temporary trees a crash can leave in `releases/` (unpacks, downloads).
+pub fn stray_temporaries(layout: &Layout) -> anyhow::Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    for dir in [layout.releases(), layout.cache()] {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries {
+            let e = e?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(".Build")
+                || name.starts_with(".binarycrate-")
+                || name.contains(".unpack-")
+                || name.contains(".download-")
+            {
+                found.push(e.path());
+            }
+        }
+        // Downloads in progress live inside each build's cache folder.
+        if dir == layout.cache() {
+            for e in fs::read_dir(&dir)?.flatten() {
+                for f in fs::read_dir(e.path()).into_iter().flatten().flatten() {
+                    if f.file_name().to_string_lossy().contains(".download-") {
+                        found.push(f.path());
+                    }
+                }
+            }
+        }
+    }
+    Ok(found)
+}

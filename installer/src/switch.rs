@@ -1,0 +1,245 @@
+//! The live part of activation and rollback: swap `current`, reload the application server,
+//! prove the new build is what every worker serves — and, when that fails, swap back.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use common::report::{Outcome, Report};
+use common::BuildNumber;
+
+use crate::config::InstallerConfig;
+use crate::health;
+use crate::journal::{Event, Journal, Record};
+use crate::layout::Layout;
+use crate::procs;
+
+/// Reloads the application server and tells which build it serves.
+pub trait AppServer {
+    fn reload(&self) -> anyhow::Result<()>;
+    /// Waits until every worker serves `build`, or fails with what it saw at the deadline.
+    fn wait_serving(
+        &self,
+        build: BuildNumber,
+        swapped_at: SystemTime,
+        timeout: Duration,
+    ) -> anyhow::Result<()>;
+}
+
+/// The real one: the configured reload command, HTTP checks and uWSGI's stats.
+pub struct Uwsgi<'a> {
+    pub config: &'a InstallerConfig,
+}
+
+impl AppServer for Uwsgi<'_> {
+    fn reload(&self) -> anyhow::Result<()> {
+        procs::run(&self.config.reload, &self.config.root, &[])
+    }
+
+    fn wait_serving(
+        &self,
+        build: BuildNumber,
+        swapped_at: SystemTime,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let h = &self.config.health;
+        let deadline = Instant::now() + timeout;
+        let request = Duration::from_secs(5).min(timeout);
+        let want = build.digits();
+        let swapped = swapped_at
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let mut last;
+        // 1. The page answers with the new build.
+        loop {
+            match health::get(&h.url, request) {
+                Ok((200, body))
+                    if health::served_build(&body).as_deref() == Some(want.as_str()) =>
+                {
+                    break
+                }
+                Ok((status, body)) => {
+                    last = format!(
+                        "HTTP {status}, build {}",
+                        health::served_build(&body).unwrap_or_else(|| "not shown".into())
+                    )
+                }
+                Err(e) => last = format!("{e:#}"),
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "`{}` did not serve build {want} within {}s (last: {last})",
+                    h.url,
+                    timeout.as_secs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        // 2. Every worker was (re)spawned after the swap: a chain reload replaces them one by
+        //    one, and until the last one is replaced some requests still get the old build.
+        if let Some(stats) = &h.stats_url {
+            loop {
+                match health::workers(stats, request) {
+                    Ok(ws) if !ws.is_empty() && ws.iter().all(|w| w.last_spawn >= swapped) => break,
+                    Ok(ws) => {
+                        last = format!(
+                            "{} of {} workers respawned since the swap",
+                            ws.iter().filter(|w| w.last_spawn >= swapped).count(),
+                            ws.len()
+                        )
+                    }
+                    Err(e) => last = format!("{e:#}"),
+                }
+                if Instant::now() >= deadline {
+                    bail!(
+                        "not every uWSGI worker was replaced within {}s ({last})",
+                        timeout.as_secs()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        // 3. Then every request sees it.
+        for i in 0..h.confirm_requests {
+            let (status, body) = health::get(&h.url, request)?;
+            let seen = health::served_build(&body);
+            if status != 200 || seen.as_deref() != Some(want.as_str()) {
+                bail!(
+                    "request {} of {} after the reload got HTTP {status} with build {}, not {want}",
+                    i + 1,
+                    h.confirm_requests,
+                    seen.unwrap_or_else(|| "none".into())
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Everything a switch touches on the server.
+#[derive(Clone, Copy)]
+pub struct Server<'a> {
+    pub layout: &'a Layout,
+    pub config: &'a InstallerConfig,
+    pub app: &'a dyn AppServer,
+    pub journal: &'a Journal,
+}
+
+/// How a switch ended.
+pub enum Switched {
+    Live,
+    /// Failed and the previous build serves again.
+    RolledBack(anyhow::Error),
+    /// Failed and could not be restored.
+    Stuck(anyhow::Error),
+}
+
+/// Swaps to `build`, reloads and checks; on failure swaps back to `previous` (if any), reloads
+/// and checks that it serves again. Phases are timed into `report` and journalled.
+pub fn switch(
+    server: &Server<'_>,
+    report: &mut Report,
+    command: &str,
+    build: BuildNumber,
+    previous: Option<BuildNumber>,
+) -> anyhow::Result<Switched> {
+    let Server {
+        layout,
+        config,
+        app: server,
+        journal,
+    } = *server;
+    let timeout = Duration::from_secs(config.health.timeout_secs);
+    let t = Instant::now();
+    let swapped_at = SystemTime::now();
+    layout.set_current(build)?;
+    phase_done(journal, report, command, build, "swap", t, true);
+    eprintln!(
+        "==> swap: `current` -> releases/{build:#} ({:.2}s)",
+        t.elapsed().as_secs_f64()
+    );
+
+    let t = Instant::now();
+    let failure = match server.reload() {
+        Ok(()) => {
+            phase_done(journal, report, command, build, "reload", t, true);
+            eprintln!("==> reload ({:.2}s)", t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            match server.wait_serving(build, swapped_at, timeout) {
+                Ok(()) => {
+                    phase_done(journal, report, command, build, "health", t, true);
+                    eprintln!(
+                        "==> health: every worker serves {build:#} ({:.2}s)",
+                        t.elapsed().as_secs_f64()
+                    );
+                    return Ok(Switched::Live);
+                }
+                Err(e) => {
+                    phase_done(journal, report, command, build, "health", t, false);
+                    e.context(format!("health check of {build:#} failed"))
+                }
+            }
+        }
+        Err(e) => {
+            phase_done(journal, report, command, build, "reload", t, false);
+            e.context("reload failed")
+        }
+    };
+    eprintln!("error: {failure:#}");
+    let Some(previous) = previous else {
+        return Ok(Switched::Stuck(failure.context(format!(
+            "there is no previous release to return to: `current` points at {build:#}; fix the application server, then run `installer activate` again"
+        ))));
+    };
+    eprintln!("==> restoring {previous:#}");
+    let t = Instant::now();
+    let restore = (|| -> anyhow::Result<()> {
+        let at = SystemTime::now();
+        layout.set_current(previous)?;
+        server
+            .reload()
+            .context("reload after swapping back failed")?;
+        server
+            .wait_serving(previous, at, timeout)
+            .with_context(|| format!("{previous:#} does not serve again after swapping back"))
+    })();
+    phase_done(
+        journal,
+        report,
+        command,
+        previous,
+        "restore",
+        t,
+        restore.is_ok(),
+    );
+    Ok(match restore {
+        Ok(()) => Switched::RolledBack(failure),
+        Err(e) => Switched::Stuck(failure.context(format!(
+            "{e:#}; `current` points at {previous:#}: check the application server (uWSGI) and its log, then run `installer status`"
+        ))),
+    })
+}
+
+/// Records a finished phase in the report and the journal.
+pub fn phase_done(
+    journal: &Journal,
+    report: &mut Report,
+    command: &str,
+    build: BuildNumber,
+    name: &str,
+    started: Instant,
+    ok: bool,
+) {
+    report.phase(name, started.elapsed(), ok);
+    let mut r = Record::new(command, Event::Phase, Some(build));
+    r.phase = Some(name.to_owned());
+    r.duration_ms = Some(started.elapsed().as_millis() as u64);
+    r.outcome = Some(if ok {
+        Outcome::Success
+    } else {
+        Outcome::Failed
+    });
+    if let Err(e) = journal.append(&r) {
+        eprintln!("warning: cannot write the journal: {e:#}");
+    }
+}
