@@ -10,6 +10,7 @@ use anyhow::{bail, Context};
 /// Runs `argv` in `dir` with extra environment; an error names the command and its status.
 pub fn run(argv: &[String], dir: &Path, env: &[(&str, &str)]) -> anyhow::Result<()> {
     let (program, args) = argv.split_first().context("empty command")?;
+    let program = &resolve(program, dir);
     eprintln!("    $ {}", argv.join(" "));
     let stderr = std::io::stderr()
         .as_fd()
@@ -35,6 +36,7 @@ pub fn run(argv: &[String], dir: &Path, env: &[(&str, &str)]) -> anyhow::Result<
 /// Runs a command and returns its standard output (for questions, not changes).
 pub fn output(argv: &[String], dir: &Path, env: &[(&str, &str)]) -> anyhow::Result<String> {
     let (program, args) = argv.split_first().context("empty command")?;
+    let program = &resolve(program, dir);
     let out = Command::new(program)
         .args(args)
         .current_dir(dir)
@@ -51,6 +53,15 @@ pub fn output(argv: &[String], dir: &Path, env: &[(&str, &str)]) -> anyhow::Resu
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `venv/bin/python` means the one in `dir` (where the command runs), not in our own cwd.
+fn resolve(program: &str, dir: &Path) -> String {
+    if program.contains('/') && !program.starts_with('/') {
+        dir.join(program).display().to_string()
+    } else {
+        program.to_owned()
+    }
 }
 
 /// Words from string slices, for building argv.
