@@ -7,7 +7,10 @@
 //! - [`example`]: the example app (a small BinaryCrate) as git repositories; safe git; snapshots.
 //! - [`moto`]: a moto server (S3/SSM/EC2 stand-in) from the test virtualenv that
 //!   `scripts/python-env` creates, with dummy credentials and a loopback endpoint.
+//! - [`uwsgi`]: a real uWSGI (pyuwsgi) serving `<root>/current` from the recommended
+//!   configuration (`fixtures/server/`), and releases laid out by hand without the installer.
 
 pub mod bins;
 pub mod example;
 pub mod moto;
+pub mod uwsgi;

@@ -5,3 +5,4 @@ mod package;
 mod prepare;
 mod store_file;
 mod store_s3;
+mod uwsgi;
