@@ -34,6 +34,10 @@ pub struct InstallerConfig {
     pub settings_module: String,
     /// Makes the application server pick up the new `current` (argv, no shell).
     pub reload: Vec<String>,
+    /// Instead of `reload`: the file uWSGI watches with `touch-chain-reload`. The installer
+    /// moves its mtime forward by at least a second itself (uWSGI compares whole seconds, so a
+    /// plain `touch` within the same second as the last one would be missed).
+    pub reload_file: Option<PathBuf>,
     /// Seconds to wait for the lock held by another activation.
     pub lock_timeout_secs: u64,
     pub health: HealthConfig,
@@ -92,6 +96,7 @@ impl Default for InstallerConfig {
             migrate: words("venv/bin/python binarycrate/manage.py migrate --noinput"),
             settings_module: "binarycrate.settings.production".into(),
             reload: words("service uwsgi-emperor restart"),
+            reload_file: None,
             lock_timeout_secs: 600,
             health: HealthConfig::default(),
             shared: SharedConfig::default(),

@@ -68,6 +68,8 @@ pub struct Worker {
     pub pid: u64,
     /// Unix seconds of the worker's last (re)spawn.
     pub last_spawn: i64,
+    /// Loaded its application and takes requests.
+    pub accepting: bool,
 }
 
 /// Workers from uWSGI's stats server (`--stats ADDR --stats-http`).
@@ -86,6 +88,7 @@ pub fn workers(stats_url: &str, timeout: Duration) -> anyhow::Result<Vec<Worker>
         .map(|w| Worker {
             pid: w["pid"].as_u64().unwrap_or(0),
             last_spawn: w["last_spawn"].as_i64().unwrap_or(0),
+            accepting: w["accepting"].as_i64().unwrap_or(1) != 0,
         })
         .collect())
 }

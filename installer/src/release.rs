@@ -15,6 +15,18 @@ use crate::config::InstallerConfig;
 use crate::layout::Layout;
 use crate::procs;
 
+/// The uWSGI entry point (README: "Server setup"), installed as `<root>/loader.py`.
+pub const LOADER: &str = include_str!("loader.py");
+
+/// Installs or updates `<root>/loader.py` (atomically; untouched when already current).
+pub fn install_loader(layout: &Layout) -> anyhow::Result<()> {
+    let path = layout.root.join("loader.py");
+    if fs::read(&path).ok().as_deref() != Some(LOADER.as_bytes()) {
+        atomic::write_file(&path, LOADER.as_bytes())?;
+    }
+    Ok(())
+}
+
 /// Marks a virtualenv whose build finished (a crash mid-build leaves none, so it is rebuilt).
 const VENV_COMPLETE: &str = ".binarycrate-venv-complete";
 

@@ -25,14 +25,34 @@ pub trait AppServer {
     ) -> anyhow::Result<()>;
 }
 
-/// The real one: the configured reload command, HTTP checks and uWSGI's stats.
+/// The real one: the configured reload, HTTP checks and uWSGI's stats.
 pub struct Uwsgi<'a> {
     pub config: &'a InstallerConfig,
+    /// Worker pids just before the last reload: each must be replaced.
+    before: std::cell::RefCell<Vec<u64>>,
+}
+
+impl<'a> Uwsgi<'a> {
+    pub fn new(config: &'a InstallerConfig) -> Self {
+        Self {
+            config,
+            before: Default::default(),
+        }
+    }
 }
 
 impl AppServer for Uwsgi<'_> {
     fn reload(&self) -> anyhow::Result<()> {
-        procs::run(&self.config.reload, &self.config.root, &[])
+        if let Some(stats) = &self.config.health.stats_url {
+            let pids = health::workers(stats, Duration::from_secs(5))
+                .map(|ws| ws.iter().map(|w| w.pid).collect())
+                .unwrap_or_default();
+            *self.before.borrow_mut() = pids;
+        }
+        match &self.config.reload_file {
+            Some(file) => bump_mtime(file),
+            None => procs::run(&self.config.reload, &self.config.root, &[]),
+        }
     }
 
     fn wait_serving(
@@ -123,6 +143,26 @@ pub struct Server<'a> {
     pub config: &'a InstallerConfig,
     pub app: &'a dyn AppServer,
     pub journal: &'a Journal,
+}
+
+/// Moves a file's mtime forward by at least one second (creating it if needed), so a watcher
+/// that compares whole seconds always sees a change.
+pub fn bump_mtime(file: &std::path::Path) -> anyhow::Result<()> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(file)
+        .with_context(|| format!("cannot open `{}`", file.display()))?;
+    let old = f
+        .metadata()
+        .and_then(|m| m.modified())
+        .unwrap_or(UNIX_EPOCH);
+    let now = SystemTime::now();
+    let next = std::cmp::max(now, old + Duration::from_secs(1));
+    f.set_modified(next)
+        .with_context(|| format!("cannot touch `{}`", file.display()))?;
+    eprintln!("    touched `{}`", file.display());
+    Ok(())
 }
 
 /// How a switch ended.

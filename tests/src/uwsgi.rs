@@ -5,7 +5,7 @@
 //! what a test needs changed (see [`render_ini`]): `root`, an HTTP socket on `127.0.0.1` with a
 //! port the kernel picks instead of the unix socket for nginx, the stats server on a kernel-picked
 //! loopback port, the number of workers, and the loader, which is `<root>/loader.py` when the
-//! root has one (the installer puts it there) and `tests/fixtures/server/loader.py` otherwise.
+//! root has one (the installer puts it there) and `installer/src/loader.py` otherwise.
 //!
 //! Ports are learned, not guessed: uWSGI logs the HTTP socket's auto-assigned port, and for the
 //! stats server (which logs `127.0.0.1:0`) the listening socket behind the file descriptor it
@@ -66,10 +66,12 @@ pub fn ini_fixture() -> PathBuf {
     fixture_dir().join("uwsgi.ini")
 }
 
-/// The loader (`tests/fixtures/server/loader.py`), which the installer installs as
-/// `<root>/loader.py`.
+/// The loader (`installer/src/loader.py`, embedded in the installer, which installs it as
+/// `<root>/loader.py`).
 pub fn loader_fixture() -> PathBuf {
-    fixture_dir().join(LOADER)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../installer/src")
+        .join(LOADER)
 }
 
 /// pyuwsgi's `uwsgi` in the test virtualenv.
@@ -101,6 +103,10 @@ pub struct UwsgiOptions {
     pub loader: Option<PathBuf>,
     /// How long the server may take to answer `GET /`.
     pub start_timeout: Duration,
+    /// Fixed loopback ports instead of ones uWSGI picks (a configuration written before the
+    /// server starts, like the installer's, must name them).
+    pub http_port: Option<u16>,
+    pub stats_port: Option<u16>,
 }
 
 impl Default for UwsgiOptions {
@@ -110,6 +116,8 @@ impl Default for UwsgiOptions {
             env: Vec::new(),
             loader: None,
             start_timeout: START_TIMEOUT,
+            http_port: None,
+            stats_port: None,
         }
     }
 }
@@ -275,8 +283,14 @@ impl UwsgiServer {
         let deadline = Instant::now() + options.start_timeout;
         let (port, stats_fd) = loop {
             let log = server.log();
-            if let (Some(port), Some(fd)) = (parse_http_port(&log), parse_stats_fd(&log)) {
-                break (port, fd);
+            let http = options.http_port.or_else(|| parse_http_port(&log));
+            if let Some(port) = http {
+                if let Some(stats) = options.stats_port {
+                    break (port, Err(stats));
+                }
+                if let Some(fd) = parse_stats_fd(&log) {
+                    break (port, Ok(fd));
+                }
             }
             server.check_alive()?;
             if Instant::now() > deadline {
@@ -289,8 +303,11 @@ impl UwsgiServer {
             std::thread::sleep(Duration::from_millis(20));
         };
         server.port = port;
-        server.stats_port = listening_port_of_fd(server.child.id(), stats_fd)
-            .with_context(|| format!("cannot find uWSGI's stats port{}", server.log_tail()))?;
+        server.stats_port = match stats_fd {
+            Err(fixed) => fixed,
+            Ok(fd) => listening_port_of_fd(server.child.id(), fd)
+                .with_context(|| format!("cannot find uWSGI's stats port{}", server.log_tail()))?,
+        };
 
         // Ready: GET / answers and every worker has loaded the application.
         loop {
@@ -537,7 +554,7 @@ pub fn render_ini(
                 Some(format!("root={}", root.display()))
             }
             "processes" => Some(options.processes.to_string()),
-            "stats" => Some("127.0.0.1:0".to_owned()),
+            "stats" => Some(format!("127.0.0.1:{}", options.stats_port.unwrap_or(0))),
             "wsgi-file" => Some(loader.display().to_string()),
             "socket" => Some(String::new()),
             "chmod-socket" => Some(String::new()),
@@ -567,7 +584,10 @@ pub fn render_ini(
             bail!("the uWSGI template has no `{key} = …` line to replace");
         }
     }
-    out.push_str("; the test's own\nhttp-socket = 127.0.0.1:0\n");
+    out.push_str(&format!(
+        "; the test's own\nhttp-socket = 127.0.0.1:{}\n",
+        options.http_port.unwrap_or(0)
+    ));
     Ok(out)
 }
 

@@ -23,7 +23,7 @@ use crate::switch::{phase_done, switch, AppServer, Server, Switched, Uwsgi};
 use crate::{lock, procs, release};
 
 pub fn run(args: &ActivateArgs, config: &InstallerConfig) -> anyhow::Result<ExitCode> {
-    let server = Uwsgi { config };
+    let server = Uwsgi::new(config);
     let mut report = Report::new("activate");
     report.build = Some(args.build);
     let result = activate(args, config, &server, &mut report);
@@ -175,6 +175,7 @@ pub fn activate(
         }
     }
     release::link_shared(&layout, config, &release_dir)?;
+    release::install_loader(&layout)?;
     if let Some(hash) = release::link_static(&layout, config, build)? {
         report.details.insert("version_hash".into(), hash.into());
     }

@@ -16,7 +16,7 @@ use crate::switch::{phase_done, switch, AppServer, Server, Switched, Uwsgi};
 use crate::{lock, procs, release};
 
 pub fn run(args: &RollbackArgs, config: &InstallerConfig) -> anyhow::Result<ExitCode> {
-    let server = Uwsgi { config };
+    let server = Uwsgi::new(config);
     let mut report = Report::new("rollback");
     let result = rollback(args, config, &server, &mut report);
     finish(report, result, args.json)

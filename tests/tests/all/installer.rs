@@ -1,0 +1,620 @@
+//! `installer` against a real uWSGI (pyuwsgi, 2 workers, chain reload) serving the example
+//! application from `<root>/current`: first activation, an upgrade with a migration and a new
+//! dependency version, a changed production template, rollback, a failing health check, a
+//! failing migration, concurrent activations, verify, prune, and every command's `--json`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::report::Report;
+use sha2_free::sha256_hex;
+use tests::bins;
+use tests::example::{self, ExampleRepo};
+use tests::uwsgi::{UwsgiOptions, UwsgiServer};
+
+/// SHA-256 for a requirements `--hash` line, via Python's hashlib (no extra crate).
+mod sha2_free {
+    pub fn sha256_hex(path: &std::path::Path) -> String {
+        let out = std::process::Command::new(tests::moto::venv_dir().join("bin/python"))
+            .args(["-c", "import hashlib,sys; print(hashlib.sha256(open(sys.argv[1],'rb').read()).hexdigest())"])
+            .arg(path)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+}
+
+/// A server root, its store, the example repository and the ports uWSGI will use.
+struct Site {
+    tmp: tempfile::TempDir,
+    repo: ExampleRepo,
+    root: PathBuf,
+    store: PathBuf,
+    config: PathBuf,
+    http_port: u16,
+    stats_port: u16,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn ready() -> bool {
+    let why = tests::uwsgi::unavailable().or_else(|| {
+        (!example::wheelhouse_dir().is_dir())
+            .then(|| "no wheelhouse: run `bash scripts/python-env`".to_owned())
+    });
+    match why {
+        None => true,
+        Some(why) if std::env::var_os("CI").is_some() => panic!("{why}"),
+        Some(why) => {
+            eprintln!("skipping: {why}");
+            false
+        }
+    }
+}
+
+impl Site {
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = example::create(&tmp.path().join("repo")).unwrap();
+        let root = tmp.path().join("srv");
+        let store = tmp.path().join("store");
+        fs::create_dir_all(root.join("shared")).unwrap();
+        let (http_port, stats_port) = (free_port(), free_port());
+        // The operator's production.py: the template, filled in, with the database in shared/.
+        let template = fs::read_to_string(repo.work.join(example::PRODUCTION_TEMPLATE)).unwrap();
+        let production = format!(
+            "{template}\nSECRET_KEY = 'test-secret-key-test-secret-key-test-secret-key'\nALLOWED_HOSTS = ['127.0.0.1', 'localhost']\nDATABASES['default']['NAME'] = {:?}\n",
+            root.join("shared/db.sqlite3").display().to_string()
+        );
+        fs::write(root.join("shared/production.py"), production).unwrap();
+        let venv_python = tests::moto::venv_dir().join("bin/python");
+        let config = tmp.path().join("installer.toml");
+        fs::write(
+            &config,
+            format!(
+                r#"root = {root:?}
+store = "file://{store}"
+python = {python:?}
+reload_file = "{root}/.deploy/reload"
+lock_timeout_secs = 2
+
+[health]
+url = "http://127.0.0.1:{http_port}/"
+stats_url = "http://127.0.0.1:{stats_port}/"
+timeout_secs = 40
+confirm_requests = 10
+"#,
+                root = root.display().to_string(),
+                store = store.display(),
+                python = venv_python.display().to_string(),
+            ),
+        )
+        .unwrap();
+        Site {
+            tmp,
+            repo,
+            root,
+            store,
+            config,
+            http_port,
+            stats_port,
+        }
+    }
+
+    /// Commits a change with `build_number.py` saying `number`, tags, packages and publishes it.
+    fn release(&self, number: &str, change: impl FnOnce(&Path)) {
+        if number != example::BUILD_NUMBER {
+            self.commit_and_tag(number, change);
+        }
+        self.package_and_publish(number);
+    }
+
+    fn commit_and_tag(&self, number: &str, change: impl FnOnce(&Path)) {
+        change(&self.repo.work);
+        let bn = self.repo.work.join(example::BUILD_NUMBER_FILE);
+        let text: String = fs::read_to_string(&bn)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                if l.starts_with("BUILD_NUMBER") {
+                    format!("BUILD_NUMBER = '{number}'\n")
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        fs::write(&bn, text).unwrap();
+        example::git(&self.repo.work, &["add", "-A"]).unwrap();
+        example::git(
+            &self.repo.work,
+            &["commit", "-q", "-m", &format!("build {number}")],
+        )
+        .unwrap();
+        example::git(
+            &self.repo.work,
+            &["tag", "-a", &format!("Build{number}"), "-m", "test"],
+        )
+        .unwrap();
+    }
+
+    fn package_and_publish(&self, number: &str) {
+        let out_dir = self.tmp.path().join(format!("out{number}"));
+        let mut package = Command::new(bins::builder());
+        package
+            .current_dir(&self.repo.work)
+            .env("PIP_NO_INDEX", "1")
+            .env("PIP_FIND_LINKS", example::wheelhouse_dir())
+            .args(["package", "--tag", &format!("Build{number}"), "--out"])
+            .arg(&out_dir);
+        let artifact = ok(package.output().unwrap(), "package");
+        let mut publish = Command::new(bins::builder());
+        publish
+            .current_dir(&self.repo.work)
+            .arg("publish")
+            .arg(artifact.lines().last().unwrap().trim());
+        publish
+            .arg("--store")
+            .arg(format!("file://{}", self.store.display()));
+        ok(publish.output().unwrap(), "publish");
+    }
+
+    fn installer(&self, args: &[&str]) -> Output {
+        Command::new(bins::installer())
+            .env("BINARYCRATE_INSTALLER_CONFIG", &self.config)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn uwsgi_options(&self) -> UwsgiOptions {
+        UwsgiOptions {
+            http_port: Some(self.http_port),
+            stats_port: Some(self.stats_port),
+            ..UwsgiOptions::default()
+        }
+    }
+
+    fn current(&self) -> String {
+        fs::read_link(self.root.join("current"))
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    }
+}
+
+fn ok(out: Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn report(out: &Output) -> Report {
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!(
+            "not one JSON report ({e}):\n{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// `n` requests; every one must be a 200 showing `build`.
+fn all_serve(server: &UwsgiServer, build: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|_| {
+            let r = server.request("/").unwrap();
+            assert_eq!(r.status, 200, "{}", r.body);
+            assert_eq!(r.build_number(), Some(build), "{}", r.body);
+            r.body
+        })
+        .collect()
+}
+
+#[test]
+fn activate_upgrade_rollback_and_failures_against_real_uwsgi() {
+    if !ready() {
+        return;
+    }
+    let site = Site::new();
+    site.release("000001", |_| {});
+
+    // First activation: the server is started once `current` exists (a fresh machine).
+    let started = Instant::now();
+    let root = site.root.clone();
+    let options = site.uwsgi_options();
+    let starter = std::thread::spawn(move || {
+        while fs::symlink_metadata(root.join("current")).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "no `current` appeared"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        UwsgiServer::start_with(&root, &options).unwrap()
+    });
+    let out = site.installer(&["activate", "--build", "Build000001", "--json"]);
+    let server = starter.join().unwrap();
+    let r = report(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(r.outcome, common::report::Outcome::Success);
+    let phases: Vec<&str> = r.phases.iter().map(|p| p.name.as_str()).collect();
+    for p in [
+        "lock", "fetch", "unpack", "link", "venv", "migrate", "swap", "reload", "health",
+    ] {
+        assert!(phases.contains(&p), "{p} missing from {phases:?}");
+    }
+    eprintln!(
+        "first activation phases: {:?}",
+        r.phases
+            .iter()
+            .map(|p| (p.name.as_str(), p.duration_ms))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(site.current(), "releases/Build000001");
+    all_serve(&server, "000001", 10);
+    // The static link serves the release's collected files under its version hash.
+    let hash = r.details["version_hash"].as_str().unwrap().to_owned();
+    assert!(site
+        .root
+        .join("static")
+        .join(&hash)
+        .join("dashboard/app.css")
+        .is_file());
+
+    // Activating it again: nothing to do.
+    let again = site.installer(&["activate", "--build", "Build000001"]);
+    assert_eq!(again.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("nothing to do"));
+
+    // Build 2: a new migration and another version of a pinned dependency, shown on the page.
+    let wheel = fs::read_dir(example::wheelhouse_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("sqlparse-0.5.")
+        })
+        .expect("scripts/python-env puts an older sqlparse wheel in the wheelhouse");
+    let version = wheel
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .split('-')
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    let sha = sha256_hex(&wheel);
+    site.release("000002", |w| {
+        let req = fs::read_to_string(w.join("requirements.txt")).unwrap();
+        let mut out = String::new();
+        let mut skip = false;
+        for line in req.lines() {
+            if line.starts_with("sqlparse==") {
+                out.push_str(&format!("sqlparse=={version} \\\n    --hash=sha256:{sha}\n"));
+                skip = true;
+                continue;
+            }
+            if skip && line.trim_start().starts_with("--hash") {
+                continue;
+            }
+            skip = false;
+            out.push_str(line);
+            out.push('\n');
+        }
+        fs::write(w.join("requirements.txt"), out).unwrap();
+        let models = w.join("binarycrate/dashboard/models.py");
+        fs::write(&models, fs::read_to_string(&models).unwrap().replace("    created = ", "    stars = models.IntegerField(default=0)\n    created = ")).unwrap();
+        fs::write(
+            w.join("binarycrate/dashboard/migrations/0002_project_stars.py"),
+            "from django.db import migrations, models\n\n\nclass Migration(migrations.Migration):\n    dependencies = [('dashboard', '0001_initial')]\n    operations = [migrations.AddField(model_name='project', name='stars', field=models.IntegerField(default=0))]\n",
+        )
+        .unwrap();
+        let template = w.join("binarycrate/dashboard/templates/dashboard/index.html");
+        fs::write(&template, fs::read_to_string(&template).unwrap().replace("</head>", "  <!-- sqlparse = {{ sqlparse_version }} -->\n</head>")).unwrap();
+        let views = w.join("binarycrate/dashboard/views.py");
+        fs::write(
+            &views,
+            fs::read_to_string(&views).unwrap().replace("'build_number': BUILD_NUMBER,", "'build_number': BUILD_NUMBER,\n        'sqlparse_version': __import__('sqlparse').__version__,"),
+        )
+        .unwrap();
+    });
+    let out = site.installer(&["activate", "--build", "Build000002", "--json"]);
+    let r = report(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        r.previous_build.map(|b| b.tag()).as_deref(),
+        Some("Build000001")
+    );
+    eprintln!(
+        "upgrade phases: {:?}",
+        r.phases
+            .iter()
+            .map(|p| (p.name.as_str(), p.duration_ms))
+            .collect::<Vec<_>>()
+    );
+    for body in all_serve(&server, "000002", 20) {
+        assert!(
+            body.contains(&format!("<!-- sqlparse = {version} -->")),
+            "every worker imports the new venv: {body}"
+        );
+    }
+    let applied = Command::new(site.root.join("current/venv/bin/python"))
+        .current_dir(site.root.join("current"))
+        .env("DJANGO_SETTINGS_MODULE", "binarycrate.settings.production")
+        .args(["binarycrate/manage.py", "showmigrations", "dashboard"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&applied.stdout).contains("[X] 0002_project_stars"),
+        "{}",
+        String::from_utf8_lossy(&applied.stdout)
+    );
+
+    // status and list
+    let st = site.installer(&["status", "--json"]);
+    let r = report(&st);
+    assert_eq!(r.build.map(|b| b.tag()).as_deref(), Some("Build000002"));
+    assert_eq!(
+        r.previous_build.map(|b| b.tag()).as_deref(),
+        Some("Build000001")
+    );
+    let ls = report(&site.installer(&["list", "--json"]));
+    let states: Vec<(String, String)> = ls.details["releases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["build"].as_str().unwrap().to_owned(),
+                r["state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        vec![
+            ("000002".into(), "live".into()),
+            ("000001".into(), "previous".into())
+        ]
+    );
+
+    // Rollback: the old build serves again, with a warning about the newer migration.
+    let t = Instant::now();
+    let out = site.installer(&["rollback", "--json"]);
+    let r = report(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!(
+        "rollback took {:.2}s: {:?}",
+        t.elapsed().as_secs_f64(),
+        r.phases
+            .iter()
+            .map(|p| (p.name.as_str(), p.duration_ms))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        r.warnings
+            .iter()
+            .any(|w| w.contains("dashboard.0002_project_stars")),
+        "{:?}",
+        r.warnings
+    );
+    assert_eq!(site.current(), "releases/Build000001");
+    all_serve(&server, "000001", 10);
+
+    // Forward again (the release on disk is reused, the venv kept).
+    let out = site.installer(&["activate", "--build", "Build000002"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    all_serve(&server, "000002", 5);
+
+    // Build 3 changes production_template.py: refused until reviewed; nothing changes.
+    site.release("000003", |w| {
+        let t = w.join(example::PRODUCTION_TEMPLATE);
+        fs::write(
+            &t,
+            format!(
+                "{}\n# New in 000003: FILL IN the cache settings\n",
+                fs::read_to_string(&t).unwrap()
+            ),
+        )
+        .unwrap();
+    });
+    let out = site.installer(&["activate", "--build", "Build000003"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("+ # New in 000003") && err.contains("--template-reviewed"),
+        "{err}"
+    );
+    assert_eq!(site.current(), "releases/Build000002");
+    let out = site.installer(&["activate", "--build", "Build000003", "--template-reviewed"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    all_serve(&server, "000003", 5);
+
+    // Build 4's page does not show its build number: rolled back by itself, exit 3.
+    site.release("000004", |w| {
+        let template = w.join("binarycrate/dashboard/templates/dashboard/index.html");
+        fs::write(
+            &template,
+            fs::read_to_string(&template).unwrap().replace(
+                "<!-- Build number = {{ build_number }} -->",
+                "<!-- broken -->",
+            ),
+        )
+        .unwrap();
+    });
+    let out = site.installer(&["activate", "--build", "Build000004", "--json"]);
+    let r = report(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(r.outcome, common::report::Outcome::RolledBack);
+    assert_eq!(site.current(), "releases/Build000003");
+    all_serve(&server, "000003", 10);
+
+    // Build 5's migration fails: `current` is never touched, exit 1.
+    site.release("000005", |w| {
+        fs::write(
+            w.join("binarycrate/dashboard/migrations/0003_broken.py"),
+            "from django.db import migrations\n\n\nclass Migration(migrations.Migration):\n    dependencies = [('dashboard', '0002_project_stars')]\n    operations = [migrations.RunSQL('THIS IS NOT SQL')]\n",
+        )
+        .unwrap();
+    });
+    let out = site.installer(&["activate", "--build", "Build000005"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("migrate failed"));
+    assert_eq!(site.current(), "releases/Build000003");
+    all_serve(&server, "000003", 5);
+
+    // verify: clean, then a modified file is reported (exit 2).
+    let out = site.installer(&["verify", "Build000001", "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fs::write(
+        site.root
+            .join("releases/Build000001/binarycrate/dashboard/views.py"),
+        "tampered",
+    )
+    .unwrap();
+    let out = site.installer(&["verify", "Build000001", "--json"]);
+    assert_eq!(out.status.code(), Some(2));
+    let r = report(&out);
+    assert!(
+        r.details["changed"]["binarycrate/dashboard/views.py"]
+            .as_str()
+            .unwrap()
+            .contains("size"),
+        "{:?}",
+        r.details
+    );
+
+    // Concurrent activations: the second waits for the lock, then gives up naming the holder.
+    fs::write(site.root.join(".deploy/lock"), "").unwrap();
+    let holder = std::thread::spawn({
+        let config = site.config.clone();
+        move || {
+            Command::new(bins::installer())
+                .env("BINARYCRATE_INSTALLER_CONFIG", &config)
+                .args(["activate", "--build", "Build000002", "--template-reviewed"])
+                .output()
+                .unwrap()
+        }
+    });
+    let lock = site.root.join(".deploy/lock");
+    let t = Instant::now();
+    while !fs::read_to_string(&lock)
+        .unwrap_or_default()
+        .contains("Build000002")
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the first activation never took the lock"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let second = site.installer(&[
+        "activate",
+        "--build",
+        "Build000003",
+        "--template-reviewed",
+        "--lock-timeout",
+        "0",
+        "--json",
+    ]);
+    let first = holder.join().unwrap();
+    if first.status.code() == Some(0) && second.status.code() == Some(5) {
+        let err = String::from_utf8_lossy(&second.stderr);
+        assert!(err.contains("Build000002") && err.contains("lock"), "{err}");
+        assert_eq!(report(&second).exit_code, 5);
+    } else {
+        // The first finished before the second tried: then both must have succeeded in turn.
+        assert_eq!(
+            (first.status.code(), second.status.code()),
+            (Some(0), Some(0)),
+            "{}\n{}",
+            String::from_utf8_lossy(&first.stderr),
+            String::from_utf8_lossy(&second.stderr)
+        );
+    }
+
+    // prune: failed releases go first and never count; current and previous stay.
+    let out = site.installer(&["prune", "--keep", "0", "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let on_disk: Vec<String> = {
+        let mut v: Vec<String> = fs::read_dir(site.root.join("releases"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let live = site.current().trim_start_matches("releases/").to_owned();
+    assert!(on_disk.contains(&live), "{on_disk:?}");
+    assert_eq!(
+        on_disk.len(),
+        2,
+        "only current and previous good remain: {on_disk:?}"
+    );
+    assert!(
+        !on_disk.contains(&"Build000004".to_owned())
+            && !on_disk.contains(&"Build000005".to_owned())
+    );
+    let statics = fs::read_dir(site.root.join("static")).unwrap().count();
+    assert_eq!(statics, 2, "static links of pruned releases go too");
+    drop(server);
+}
