@@ -29,7 +29,11 @@ pub struct Cli {
 pub enum Command {
     Activate(ActivateArgs),
     Rollback(RollbackArgs),
+    /// Show the live build, the previous good one, who activated it when, and how the last
+    /// command ended.
     Status(JsonArgs),
+    /// List every release on disk: state (live, previous, failed, rolled back, unused), size and
+    /// when it went live.
     List(JsonArgs),
     Verify(VerifyArgs),
     Prune(PruneArgs),
@@ -80,7 +84,7 @@ pub struct RollbackArgs {
     pub json: bool,
 }
 
-/// Output format for the read-only commands.
+/// Options of the read-only commands.
 #[derive(Debug, Args)]
 pub struct JsonArgs {
     /// Print one JSON report on stdout.
