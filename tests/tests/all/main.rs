@@ -2,6 +2,7 @@
 
 mod cli;
 mod installer;
+mod installer_input;
 mod package;
 mod prepare;
 mod store_file;

@@ -1,0 +1,194 @@
+//! `installer` refusals that need no application server: a missing shared file, a release
+//! directory that is not the published build, a missing store, and `os-update`'s report.
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::report::Report;
+use tests::bins;
+use tests::example;
+
+fn installer(config: &Path, args: &[&str]) -> Output {
+    Command::new(bins::installer())
+        .env("BINARYCRATE_INSTALLER_CONFIG", config)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Every file under `root` with its content, for "nothing changed" checks (`.deploy/` left out:
+/// the lock file and journal may change there).
+fn listing(root: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = walkdir_like(root)
+        .into_iter()
+        .filter(|(p, _)| !p.starts_with(".deploy"))
+        .collect();
+    v.sort();
+    v
+}
+
+fn walkdir_like(root: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                out.push((format!("{rel}/"), Vec::new()));
+                stack.push(p);
+            } else if ft.is_symlink() {
+                out.push((
+                    rel,
+                    fs::read_link(&p)
+                        .unwrap()
+                        .display()
+                        .to_string()
+                        .into_bytes(),
+                ));
+            } else {
+                out.push((rel, fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn refusals_change_nothing_and_say_what_to_do() {
+    if !example::wheelhouse_dir().is_dir() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "no wheelhouse: run scripts/python-env"
+        );
+        eprintln!("skipping: no wheelhouse; run `bash scripts/python-env`");
+        return;
+    }
+    let (tmp, repo) = example::create_temp().unwrap();
+    let store = tmp.path().join("store");
+    let out_dir = tmp.path().join("out");
+    let packaged = Command::new(bins::builder())
+        .current_dir(&repo.work)
+        .env("PIP_NO_INDEX", "1")
+        .env("PIP_FIND_LINKS", example::wheelhouse_dir())
+        .args(["package", "--tag", "Build000001", "--out"])
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert!(
+        packaged.status.success(),
+        "{}",
+        String::from_utf8_lossy(&packaged.stderr)
+    );
+    let artifact = String::from_utf8(packaged.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned();
+    let published = Command::new(bins::builder())
+        .current_dir(&repo.work)
+        .arg("publish")
+        .arg(&artifact)
+        .arg("--store")
+        .arg(&store)
+        .output()
+        .unwrap();
+    assert!(
+        published.status.success(),
+        "{}",
+        String::from_utf8_lossy(&published.stderr)
+    );
+
+    let root = tmp.path().join("srv");
+    fs::create_dir_all(&root).unwrap();
+    let config = tmp.path().join("installer.toml");
+    let marker = tmp.path().join("reboot-required");
+    fs::write(
+        &config,
+        format!(
+            "root = {:?}\nstore = \"file://{}\"\nreload = [\"true\"]\n[health]\ntimeout_secs = 1\n[os_update]\ncommands = [[\"sh\", \"-c\", \"echo updating\"], [\"true\"]]\nreboot_required_file = {:?}\n",
+            root.display().to_string(),
+            store.display(),
+            marker.display().to_string()
+        ),
+    )
+    .unwrap();
+
+    // No shared/production.py yet: refused before anything is fetched or unpacked.
+    let before = listing(&root);
+    let out = installer(&config, &["activate", "--build", "Build000001", "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("shared/production.py") && err.contains("production_template.py"),
+        "{err}"
+    );
+    let report: Report = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report.exit_code, 2);
+    let after: Vec<_> = listing(&root)
+        .into_iter()
+        .filter(|(p, _)| !p.ends_with('/'))
+        .collect();
+    assert_eq!(
+        after,
+        before
+            .into_iter()
+            .filter(|(p, _)| !p.ends_with('/'))
+            .collect::<Vec<_>>(),
+        "no file appeared"
+    );
+    assert!(!root.join("releases/Build000001").exists());
+
+    // A directory under the build's name that is not the published release.
+    fs::create_dir_all(root.join("shared")).unwrap();
+    fs::write(root.join("shared/production.py"), "from .base import *\n").unwrap();
+    fs::create_dir_all(root.join("releases/Build000001")).unwrap();
+    fs::write(root.join("releases/Build000001/release.json"), "{}").unwrap();
+    let before = listing(&root);
+    let out = installer(&config, &["activate", "--build", "Build000001"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a complete release"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(listing(&root), before);
+
+    // Bad build names never reach anything.
+    for bad in ["Build00001", "000001;reboot", "$(id)"] {
+        let out = installer(&config, &["activate", "--build", bad]);
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+    }
+    // No store anywhere: said so.
+    let bare = tmp.path().join("bare.toml");
+    fs::write(&bare, format!("root = {:?}\n", root.display().to_string())).unwrap();
+    fs::remove_dir_all(root.join("releases/Build000001")).unwrap();
+    let out = installer(&bare, &["activate", "--build", "Build000001"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--store"));
+
+    // os-update: runs the configured commands, reports whether a reboot is required.
+    let out = installer(&config, &["os-update", "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Report = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r.details["reboot_required"], false);
+    assert_eq!(r.phases.len(), 2);
+    fs::write(&marker, "").unwrap();
+    let r: Report =
+        serde_json::from_slice(&installer(&config, &["os-update", "--json"]).stdout).unwrap();
+    assert_eq!(r.details["reboot_required"], true);
+    assert!(r.warnings.iter().any(|w| w.contains("--reboot")));
+}
