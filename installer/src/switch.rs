@@ -283,3 +283,66 @@ pub fn phase_done(
         eprintln!("warning: cannot write the journal: {e:#}");
     }
 }
+
+/// Journals how a switch ended and turns it into the command's outcome. `was_live` is what
+/// `current` pointed at before the command (recorded as the previous build).
+pub fn conclude(
+    server: &Server<'_>,
+    report: &mut Report,
+    command: &str,
+    build: BuildNumber,
+    was_live: Option<BuildNumber>,
+    switched: Switched,
+) -> anyhow::Result<Outcome> {
+    let journal = server.journal;
+    let (outcome, error) = match switched {
+        Switched::Live => {
+            let mut live = Record::new(command, Event::Live, Some(build));
+            live.previous = was_live;
+            journal.append(&live)?;
+            eprintln!("{build:#} is live");
+            (Outcome::Success, None)
+        }
+        Switched::RolledBack(e) => {
+            eprintln!(
+                "rolled back: {} serves again",
+                server
+                    .layout
+                    .current_build()
+                    .ok()
+                    .flatten()
+                    .map(|b| b.tag())
+                    .unwrap_or_default()
+            );
+            (Outcome::RolledBack, Some(e))
+        }
+        Switched::Stuck(e) => {
+            eprintln!("error: {e:#}");
+            (Outcome::OperatorNeeded, Some(e))
+        }
+    };
+    let detail = error.map(|e| format!("{e:#}"));
+    finished(journal, command, build, was_live, outcome, detail.clone());
+    if detail.is_some() {
+        report.error = detail;
+    }
+    Ok(outcome)
+}
+
+/// Journals how a command ended.
+pub fn finished(
+    journal: &Journal,
+    command: &str,
+    build: BuildNumber,
+    previous: Option<BuildNumber>,
+    outcome: Outcome,
+    detail: Option<String>,
+) {
+    let mut r = Record::new(command, Event::Finished, Some(build));
+    r.previous = previous;
+    r.outcome = Some(outcome);
+    r.detail = detail;
+    if let Err(e) = journal.append(&r) {
+        eprintln!("warning: cannot write the journal: {e:#}");
+    }
+}

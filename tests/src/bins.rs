@@ -45,3 +45,30 @@ pub fn builder() -> PathBuf {
 pub fn installer() -> PathBuf {
     build_once().join("installer")
 }
+
+/// `builder` run in `dir` with pip pointed at the test wheelhouse, so packaging is offline and
+/// fast (see `scripts/python-env`).
+pub fn builder_offline(dir: &std::path::Path) -> Command {
+    let mut cmd = Command::new(builder());
+    cmd.current_dir(dir)
+        .env("PIP_NO_INDEX", "1")
+        .env("PIP_FIND_LINKS", crate::example::wheelhouse_dir())
+        .env_remove("PIP_INDEX_URL");
+    cmd
+}
+
+/// Whether the Python side the packaging tests need is installed. Outside CI a missing one
+/// skips the test with a printed reason; under CI it is a failure.
+pub fn have_wheelhouse() -> bool {
+    let dir = crate::example::wheelhouse_dir();
+    if dir.is_dir() {
+        return true;
+    }
+    let reason = format!(
+        "no wheelhouse at `{}`: run `bash scripts/python-env`",
+        dir.display()
+    );
+    assert!(std::env::var_os("CI").is_none(), "{reason}");
+    eprintln!("skipping: {reason}");
+    false
+}

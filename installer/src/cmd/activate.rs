@@ -19,7 +19,7 @@ use crate::cli::ActivateArgs;
 use crate::config::InstallerConfig;
 use crate::journal::{Event, Journal, Record};
 use crate::layout::Layout;
-use crate::switch::{phase_done, switch, AppServer, Server, Switched, Uwsgi};
+use crate::switch::{conclude, finished, phase_done, switch, AppServer, Server, Uwsgi};
 use crate::{lock, procs, release};
 
 pub fn run(args: &ActivateArgs, config: &InstallerConfig) -> anyhow::Result<ExitCode> {
@@ -221,63 +221,8 @@ pub fn activate(
         app: server,
         journal: &journal,
     };
-    match switch(&live, report, CMD, build, previous)? {
-        Switched::Live => {
-            let mut live = Record::new(CMD, Event::Live, Some(build));
-            live.previous = current;
-            journal.append(&live)?;
-            finished(&journal, CMD, build, current, Outcome::Success, None);
-            eprintln!("{build:#} is live");
-            Ok(Outcome::Success)
-        }
-        Switched::RolledBack(e) => {
-            finished(
-                &journal,
-                CMD,
-                build,
-                current,
-                Outcome::RolledBack,
-                Some(format!("{e:#}")),
-            );
-            report.error = Some(format!("{e:#}"));
-            eprintln!(
-                "rolled back: {} serves again",
-                previous.map(|b| b.tag()).unwrap_or_default()
-            );
-            Ok(Outcome::RolledBack)
-        }
-        Switched::Stuck(e) => {
-            finished(
-                &journal,
-                CMD,
-                build,
-                current,
-                Outcome::OperatorNeeded,
-                Some(format!("{e:#}")),
-            );
-            eprintln!("error: {e:#}");
-            report.error = Some(format!("{e:#}"));
-            Ok(Outcome::OperatorNeeded)
-        }
-    }
-}
-
-/// Journals how a command ended.
-pub fn finished(
-    journal: &Journal,
-    command: &str,
-    build: BuildNumber,
-    previous: Option<BuildNumber>,
-    outcome: Outcome,
-    detail: Option<String>,
-) {
-    let mut r = Record::new(command, Event::Finished, Some(build));
-    r.previous = previous;
-    r.outcome = Some(outcome);
-    r.detail = detail;
-    if let Err(e) = journal.append(&r) {
-        eprintln!("warning: cannot write the journal: {e:#}");
-    }
+    let switched = switch(&live, report, CMD, build, previous)?;
+    conclude(&live, report, CMD, build, current, switched)
 }
 
 pub fn open_store(

@@ -8,11 +8,11 @@ use common::error::BadInput;
 use common::report::{ExitCode, Outcome, Report};
 
 use crate::cli::RollbackArgs;
-use crate::cmd::activate::{finish, finished};
+use crate::cmd::activate::finish;
 use crate::config::InstallerConfig;
 use crate::journal::{Event, Journal, Record};
 use crate::layout::Layout;
-use crate::switch::{phase_done, switch, AppServer, Server, Switched, Uwsgi};
+use crate::switch::{conclude, phase_done, switch, AppServer, Server, Uwsgi};
 use crate::{lock, procs, release};
 
 pub fn run(args: &RollbackArgs, config: &InstallerConfig) -> anyhow::Result<ExitCode> {
@@ -109,41 +109,8 @@ pub fn rollback(
         app: server,
         journal: &journal,
     };
-    match switch(&live, report, CMD, target, current)? {
-        Switched::Live => {
-            let mut live = Record::new(CMD, Event::Live, Some(target));
-            live.previous = current;
-            journal.append(&live)?;
-            finished(&journal, CMD, target, current, Outcome::Success, None);
-            eprintln!("rolled back to {target:#}");
-            Ok(Outcome::Success)
-        }
-        Switched::RolledBack(e) => {
-            finished(
-                &journal,
-                CMD,
-                target,
-                current,
-                Outcome::RolledBack,
-                Some(format!("{e:#}")),
-            );
-            report.error = Some(format!("{e:#}"));
-            Ok(Outcome::RolledBack)
-        }
-        Switched::Stuck(e) => {
-            finished(
-                &journal,
-                CMD,
-                target,
-                current,
-                Outcome::OperatorNeeded,
-                Some(format!("{e:#}")),
-            );
-            report.error = Some(format!("{e:#}"));
-            eprintln!("error: {e:#}");
-            Ok(Outcome::OperatorNeeded)
-        }
-    }
+    let switched = switch(&live, report, CMD, target, current)?;
+    conclude(&live, report, CMD, target, current, switched)
 }
 
 /// Migrations applied in the database (as the current release sees them) that the target

@@ -148,11 +148,8 @@ confirm_requests = 10
 
     fn package_and_publish(&self, number: &str) {
         let out_dir = self.tmp.path().join(format!("out{number}"));
-        let mut package = Command::new(bins::builder());
+        let mut package = bins::builder_offline(&self.repo.work);
         package
-            .current_dir(&self.repo.work)
-            .env("PIP_NO_INDEX", "1")
-            .env("PIP_FIND_LINKS", example::wheelhouse_dir())
             .args(["package", "--tag", &format!("Build{number}"), "--out"])
             .arg(&out_dir);
         let artifact = ok(package.output().unwrap(), "package");

@@ -58,21 +58,13 @@ fn walkdir_like(root: &Path) -> Vec<(String, Vec<u8>)> {
 
 #[test]
 fn refusals_change_nothing_and_say_what_to_do() {
-    if !example::wheelhouse_dir().is_dir() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "no wheelhouse: run scripts/python-env"
-        );
-        eprintln!("skipping: no wheelhouse; run `bash scripts/python-env`");
+    if !bins::have_wheelhouse() {
         return;
     }
     let (tmp, repo) = example::create_temp().unwrap();
     let store = tmp.path().join("store");
     let out_dir = tmp.path().join("out");
-    let packaged = Command::new(bins::builder())
-        .current_dir(&repo.work)
-        .env("PIP_NO_INDEX", "1")
-        .env("PIP_FIND_LINKS", example::wheelhouse_dir())
+    let packaged = bins::builder_offline(&repo.work)
         .args(["package", "--tag", "Build000001", "--out"])
         .arg(&out_dir)
         .output()

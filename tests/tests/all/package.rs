@@ -10,30 +10,12 @@ use tests::example::{self, ExampleRepo};
 
 /// The Python side (wheelhouse) is there, or the test is skipped with a reason (never in CI).
 fn wheelhouse() -> Option<PathBuf> {
-    let dir = example::wheelhouse_dir();
-    if dir.is_dir() {
-        return Some(dir);
-    }
-    let reason = format!(
-        "no wheelhouse at `{}`: run `bash scripts/python-env`",
-        dir.display()
-    );
-    if std::env::var_os("CI").is_some() {
-        panic!("{reason}");
-    }
-    eprintln!("skipping: {reason}");
-    None
+    bins::have_wheelhouse().then(example::wheelhouse_dir)
 }
 
 /// `builder` with pip pointed at the local wheelhouse, so builds are offline and fast.
-fn builder(wheelhouse: &Path, dir: &Path) -> Command {
-    let mut cmd = Command::new(bins::builder());
-    cmd.current_dir(dir)
-        .env("PIP_NO_INDEX", "1")
-        .env("PIP_FIND_LINKS", wheelhouse)
-        .env_remove("PIP_INDEX_URL")
-        .env("NO_COLOR", "1");
-    cmd
+fn builder(_wheelhouse: &Path, dir: &Path) -> Command {
+    bins::builder_offline(dir)
 }
 
 fn ok(out: Output, what: &str) -> String {

@@ -9,22 +9,12 @@ use tests::bins;
 use tests::example;
 
 fn builder(dir: &Path) -> Command {
-    let mut cmd = Command::new(bins::builder());
-    cmd.current_dir(dir)
-        .env("PIP_NO_INDEX", "1")
-        .env("PIP_FIND_LINKS", example::wheelhouse_dir())
-        .env_remove("PIP_INDEX_URL");
-    cmd
+    bins::builder_offline(dir)
 }
 
 #[test]
 fn prepare_package_publish_makes_a_reproducible_build000002() {
-    if !example::wheelhouse_dir().is_dir() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "no wheelhouse: run scripts/python-env"
-        );
-        eprintln!("skipping: no wheelhouse; run `bash scripts/python-env`");
+    if !bins::have_wheelhouse() {
         return;
     }
     let (tmp, repo) = example::create_temp().unwrap();
