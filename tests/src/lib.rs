@@ -7,10 +7,13 @@
 //! - [`example`]: the example app (a small BinaryCrate) as git repositories; safe git; snapshots.
 //! - [`moto`]: a moto server (S3/SSM/EC2 stand-in) from the test virtualenv that
 //!   `scripts/python-env` creates, with dummy credentials and a loopback endpoint.
+//! - [`ssm`]: the SSM Run Command stand-in (moto with `AWS-RunShellScript` really run on
+//!   "instances" that are directories and environments here; `fixtures/ssm/launcher.py`).
 //! - [`uwsgi`]: a real uWSGI (pyuwsgi) serving `<root>/current` from the recommended
 //!   configuration (`fixtures/server/`), and releases laid out by hand without the installer.
 
 pub mod bins;
 pub mod example;
 pub mod moto;
+pub mod ssm;
 pub mod uwsgi;

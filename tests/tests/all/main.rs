@@ -5,6 +5,7 @@ mod installer;
 mod installer_input;
 mod package;
 mod prepare;
+mod ssm;
 mod store_file;
 mod store_s3;
 mod uwsgi;
