@@ -2,14 +2,18 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgAction, Args, Parser, Subcommand};
 use common::BuildNumber;
+
+use crate::fleet::{Rate, TransportKind};
 
 /// Build BinaryCrate releases: reproducible, BLAKE3-hashed tarballs with every build step
 /// already run, published immutably for the servers' installer.
 ///
 /// The usual flow: `builder prepare` (merge develop into master, bump the build number, tag),
-/// `builder package` (export the tag, run the build steps, write the artifact), `builder publish`.
+/// `builder package` (export the tag, run the build steps, write the artifact), `builder publish`,
+/// then `builder deploy` (run the installer on the servers through AWS SSM), with `builder status`
+/// and `builder rollback` for the fleet.
 #[derive(Debug, Parser)]
 #[command(name = "builder", version, propagate_version = true)]
 #[command(after_help = "Exit codes: 0 success, 1 failed, 2 bad input (nothing was written).")]
@@ -26,6 +30,9 @@ pub enum Command {
     Releases(ReleasesArgs),
     Config(ConfigArgs),
     Archive(ArchiveArgs),
+    Deploy(DeployArgs),
+    Rollback(FleetRollbackArgs),
+    Status(FleetStatusArgs),
 }
 
 /// Where the application repository is.
@@ -159,4 +166,152 @@ pub struct ArchiveArgs {
     /// Print a JSON object instead of the artifact path.
     #[arg(long)]
     pub json: bool,
+}
+
+/// How `deploy`, `rollback` and `status` reach the servers.
+#[derive(Debug, Args, Clone)]
+pub struct FleetArgs {
+    /// The servers: EC2 instance ids (`i-0123456789abcdef0`; managed instances `mi-…`), or EC2
+    /// tag filters `tag:Key=Value` (`tag:Env=staging,production` matches either value; several
+    /// filters must all match). Separate several with spaces or repeat the option. Required
+    /// with `--transport ssm`; not allowed with `--transport local`.
+    #[arg(long, value_name = "TARGET", num_args = 1.., action = ArgAction::Append)]
+    pub targets: Vec<String>,
+    /// `ssm`: AWS Systems Manager Run Command (`AWS-RunShellScript`) on the targets. `local`:
+    /// run the same command line on this machine (`sh -c`), shown as the one instance `local`.
+    #[arg(long, value_enum, default_value = "ssm", value_name = "TRANSPORT")]
+    pub transport: TransportKind,
+    /// How many servers run the installer at the same time: a count or a percentage of the
+    /// targets (SSM's `MaxConcurrency`). `1` is a rolling deploy, one server after the other.
+    #[arg(long, value_name = "N|N%", default_value = "50", value_parser = Rate::parse_concurrency)]
+    pub max_concurrency: Rate,
+    /// How many servers may fail before SSM stops starting the installer on the rest (SSM's
+    /// `MaxErrors`): `0` stops after the first failure; servers already running finish.
+    #[arg(long, value_name = "N|N%", default_value = "0", value_parser = Rate::parse_errors)]
+    pub max_errors: Rate,
+    /// Seconds the installer may run on one server before it is stopped and counted as timed
+    /// out (the document's `executionTimeout`).
+    #[arg(long, value_name = "SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(30..=172_800))]
+    pub timeout: u64,
+    /// Seconds SSM keeps trying to start the command on a server that has not started it yet
+    /// (agent offline, or waiting its turn under `--max-concurrency`) before giving up on it
+    /// as `Delivery Timed Out` (SSM's `TimeoutSeconds`) [default: `--timeout`].
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(30..=2_592_000))]
+    pub delivery_timeout: Option<u64>,
+    /// The installer on the servers: a name looked up in `PATH`, or a path.
+    #[arg(long, value_name = "PATH", default_value = "installer")]
+    pub installer: String,
+    /// The installer's configuration file on the servers (`installer --config FILE`)
+    /// [default: the installer's own: `$BINARYCRATE_INSTALLER_CONFIG`, else
+    /// `/etc/binarycrate/installer.toml`].
+    #[arg(long, value_name = "PATH")]
+    pub installer_config: Option<String>,
+    /// Also keep every server's complete output in this S3 bucket (SSM's `OutputS3BucketName`);
+    /// SSM itself returns only the first 24,000 characters of each stream.
+    #[arg(long, value_name = "BUCKET")]
+    pub output_s3_bucket: Option<String>,
+    /// Key prefix for `--output-s3-bucket` (SSM's `OutputS3KeyPrefix`).
+    #[arg(long, value_name = "PREFIX", requires = "output_s3_bucket")]
+    pub output_s3_prefix: Option<String>,
+    /// SSM endpoint override (SSM stand-ins, tests); `AWS_ENDPOINT_URL` works as well. The
+    /// region and credentials come from the standard AWS chain (region `us-east-1` when none).
+    #[arg(long, value_name = "URL")]
+    pub ssm_endpoint: Option<String>,
+    /// Show every server's full standard output and standard error.
+    #[arg(short, long)]
+    pub verbose: bool,
+    /// Print one JSON object (each server's status, exit code, live build and installer
+    /// report) on standard output; the table goes to standard error.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Activate a published build on the servers (`installer activate` through AWS SSM).
+///
+/// Runs `installer activate --build BuildNNNNNN --json` on every target. Checks everything first — the build name, the targets, the options, and that the build is
+/// published in the store — then sends one SSM command (`AWS-RunShellScript`) whose only line
+/// is the installer's command line, every word single-quoted. It waits for every server,
+/// showing each one's state as it changes, then prints a table: server, SSM status, exit code,
+/// duration, the build now live there, and the installer's own result. Ctrl-C cancels the
+/// command and reports what had finished.
+///
+/// The installer reads the same store: `--store`, else `store` from `deploy.toml` (an `s3://`
+/// store; the builder's local default store is refused for SSM).
+#[derive(Debug, Args)]
+#[command(after_help = concat!(
+    "Examples:\n",
+    "  builder deploy --build Build000034 --targets tag:Role=web --max-concurrency 1\n",
+    "  builder deploy --build 000034 --targets i-0123456789abcdef0 --store s3://releases/app\n",
+    "  builder deploy --build Build000034 --transport local --installer-config ./installer.toml\n",
+    "\n",
+    "Exit codes: 0 every server succeeded; 2 bad input, nothing was sent. ",
+    "When a server did not succeed: the worst installer exit code among them if each ended with one ",
+    "(4 operator needed, then 3 rolled back by itself, 1 failed before anything changed, 5 locked, 2 bad ",
+    "input on that server), else 1 (timed out, cancelled, undeliverable, no installer report, or no server ",
+    "matched the targets)."
+))]
+pub struct DeployArgs {
+    #[command(flatten)]
+    pub repo: RepoArg,
+    /// The build to activate, `BuildNNNNNN` or `NNNNNN`; it must be published in the store.
+    #[arg(long, value_name = "BuildNNNNNN")]
+    pub build: BuildNumber,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Confirm that `shared/production.py` on every server has the changes of this build's
+    /// `production_template.py` (`installer activate --template-reviewed`).
+    #[arg(long)]
+    pub template_reviewed: bool,
+    /// Seconds the installer waits for another activation's lock [default: its configuration's].
+    #[arg(long, value_name = "SECS")]
+    pub lock_timeout: Option<u64>,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
+}
+
+/// Roll the servers back (`installer rollback` through AWS SSM).
+///
+/// Runs `installer rollback [--to BuildNNNNNN] --json` on every target. Each server returns to the release that was live before its current one (from its own
+/// journal), or to `--to`, after re-verifying that release's files on disk. Same transport,
+/// rate control, live view and table as `builder deploy`.
+#[derive(Debug, Args)]
+#[command(after_help = concat!(
+    "Examples:\n",
+    "  builder rollback --targets tag:Role=web\n",
+    "  builder rollback --targets i-0123456789abcdef0 --to Build000033\n",
+    "  builder rollback --transport local\n",
+    "\n",
+    "Exit codes: 0 every server succeeded (or had nothing to do); 2 bad input, nothing was sent. ",
+    "Otherwise the worst installer exit code when every failure has one (4, 3, 1, 5, 2), else 1."
+))]
+pub struct FleetRollbackArgs {
+    #[command(flatten)]
+    pub repo: RepoArg,
+    /// The release to return to [default: each server's previous good release].
+    #[arg(long, value_name = "BuildNNNNNN")]
+    pub to: Option<BuildNumber>,
+    /// Seconds the installer waits for another activation's lock [default: its configuration's].
+    #[arg(long, value_name = "SECS")]
+    pub lock_timeout: Option<u64>,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
+}
+
+/// Show which build is live on each server (`installer status` through AWS SSM).
+///
+/// Runs `installer status --json` on every target. The table's LIVE column is each server's current release; RESULT adds its previous good
+/// release and how its last installer command ended. Changes nothing.
+#[derive(Debug, Args)]
+#[command(after_help = concat!(
+    "Examples:\n",
+    "  builder status --targets tag:Role=web\n",
+    "  builder status --transport local --json\n",
+    "\n",
+    "Exit codes: 0 every server answered; 1 a server did not (or none matched); 2 bad input."
+))]
+pub struct FleetStatusArgs {
+    #[command(flatten)]
+    pub repo: RepoArg,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
 }

@@ -1,13 +1,15 @@
 //! The `builder` binary's library: everything that runs on a developer or CI machine.
 //!
 //! It turns a git tag of the application into a reproducible release artifact with its
-//! `release.json` sidecar (format defined in `common`), and publishes it to the artifact store.
+//! `release.json` sidecar (format defined in `common`), publishes it to the artifact store, and
+//! has the servers' installer activate it (or roll back, or report what is live).
 //!
 //! Module map:
 //! - [`cli`]: the command line (clap definitions only).
 //! - [`cmd`]: one module per subcommand; each exposes `run`.
 //! - [`config`]: `deploy.toml`, with defaults that reproduce the seed.
 //! - [`export`]: a tag and its submodule commits, exported from git objects into staging.
+//! - [`fleet`]: running the installer on the servers (SSM or local) for deploy/rollback/status.
 //! - [`git`]: git2 helpers: clean-tree check, `Build*` tags, remotes, undoable ref moves.
 //! - [`repo`]: finding the application repository.
 //! - [`steps`]: running and recording build steps in the staging directory.
@@ -16,6 +18,7 @@ pub mod cli;
 pub mod cmd;
 pub mod config;
 pub mod export;
+pub mod fleet;
 pub mod git;
 pub mod repo;
 pub mod steps;
@@ -31,5 +34,8 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Releases(args) => cmd::releases::run(&args),
         cli::Command::Config(args) => cmd::config::run(&args),
         cli::Command::Archive(args) => cmd::archive::run(&args),
+        cli::Command::Deploy(args) => cmd::deploy::run(&args),
+        cli::Command::Rollback(args) => cmd::fleet_rollback::run(&args),
+        cli::Command::Status(args) => cmd::fleet_status::run(&args),
     }
 }

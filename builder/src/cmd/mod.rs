@@ -2,6 +2,9 @@
 
 pub mod archive;
 pub mod config;
+pub mod deploy;
+pub mod fleet_rollback;
+pub mod fleet_status;
 pub mod package;
 pub mod prepare;
 pub mod publish;

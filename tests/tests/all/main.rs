@@ -1,6 +1,7 @@
 //! The `tests` crate's one integration-test binary: end-to-end checks across both binaries.
 
 mod cli;
+mod fleet;
 mod installer;
 mod installer_input;
 mod package;

@@ -1,0 +1,202 @@
+//! From checked arguments to a finished fleet command: the plan (targets, command line, the SSM
+//! request), then send, watch and report over whichever transport was chosen.
+
+use std::time::Duration;
+
+use common::error::BadInput;
+use common::report::ExitCode;
+
+use super::local::LocalTransport;
+use super::ssm::SsmTransport;
+use super::summary::FleetSummary;
+use super::watch::{watch, WatchOptions};
+use super::{
+    check_word, comment, render_line, Action, InstallerInvocation, SendRequest, Targets, Transport,
+    TransportKind,
+};
+use crate::cli::FleetArgs;
+
+/// Everything needed to run one fleet command, all of it checked.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub action: Action,
+    pub transport: TransportKind,
+    pub request: SendRequest,
+    pub ssm_endpoint: Option<String>,
+    pub verbose: bool,
+    pub json: bool,
+}
+
+/// The targets for the chosen transport: required with SSM, refused with the local one.
+pub fn targets(args: &FleetArgs) -> Result<Option<Targets>, BadInput> {
+    match args.transport {
+        TransportKind::Ssm => Targets::parse(&args.targets).map(Some),
+        TransportKind::Local if args.targets.is_empty() => Ok(None),
+        TransportKind::Local => Err(BadInput(
+            "`--transport local` runs the installer on this machine only: drop `--targets`".into(),
+        )),
+    }
+}
+
+/// Checks the options that are not targets and builds the plan.
+pub fn plan(
+    args: &FleetArgs,
+    targets: Option<Targets>,
+    action: Action,
+    app: &str,
+    lock_timeout: Option<u64>,
+) -> Result<Plan, BadInput> {
+    let invocation = InstallerInvocation {
+        program: args.installer.clone(),
+        config: args.installer_config.clone(),
+        lock_timeout,
+    };
+    let line = render_line(&invocation.argv(&action)?);
+    let output_s3 = match &args.output_s3_bucket {
+        Some(bucket) => {
+            check_bucket(bucket)?;
+            if let Some(p) = &args.output_s3_prefix {
+                check_word("the S3 output prefix", p)?;
+            }
+            Some((bucket.clone(), args.output_s3_prefix.clone()))
+        }
+        None => None,
+    };
+    if args.transport == TransportKind::Local && output_s3.is_some() {
+        return Err(BadInput(
+            "`--output-s3-bucket` is for SSM; the local transport keeps the whole output".into(),
+        ));
+    }
+    if let Some(e) = &args.ssm_endpoint {
+        check_word("the SSM endpoint", e)?;
+    }
+    let timeout = Duration::from_secs(args.timeout);
+    Ok(Plan {
+        request: SendRequest {
+            line,
+            comment: comment(app, &action),
+            targets,
+            max_concurrency: args.max_concurrency,
+            max_errors: args.max_errors,
+            execution_timeout: timeout,
+            delivery_timeout: args
+                .delivery_timeout
+                .map(Duration::from_secs)
+                .unwrap_or(timeout),
+            output_s3,
+        },
+        action,
+        transport: args.transport,
+        ssm_endpoint: args.ssm_endpoint.clone(),
+        verbose: args.verbose,
+        json: args.json,
+    })
+}
+
+/// S3 bucket names: 3–63 lowercase letters, digits, dots and hyphens.
+fn check_bucket(bucket: &str) -> Result<(), BadInput> {
+    let ok = (3..=63).contains(&bucket.len())
+        && bucket
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(BadInput(format!(
+            "`{}` is not an S3 bucket name (3 to 63 lowercase letters, digits, dots and hyphens)",
+            bucket.escape_debug()
+        )))
+    }
+}
+
+/// Sends the plan's command, waits for every instance, prints the results; the exit code.
+pub fn execute(plan: Plan) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        match plan.transport {
+            TransportKind::Ssm => {
+                let t = SsmTransport::connect(plan.ssm_endpoint.as_deref()).await?;
+                drive(&t, &plan).await
+            }
+            TransportKind::Local => drive(&LocalTransport::new(), &plan).await,
+        }
+    })
+}
+
+async fn drive<T: Transport>(transport: &T, plan: &Plan) -> anyhow::Result<ExitCode> {
+    let request = &plan.request;
+    let targets = request
+        .targets
+        .as_ref()
+        .map(Targets::to_string)
+        .unwrap_or_else(|| super::LOCAL_INSTANCE.to_owned());
+    match plan.transport {
+        TransportKind::Ssm => eprintln!(
+            "{}: running on {targets} through SSM (max concurrency {}, max errors {}, timeout {}s):\n  {}",
+            request.comment,
+            request.max_concurrency,
+            request.max_errors,
+            request.execution_timeout.as_secs(),
+            request.line
+        ),
+        TransportKind::Local => eprintln!(
+            "{}: running on this machine (timeout {}s):\n  {}",
+            request.comment,
+            request.execution_timeout.as_secs(),
+            request.line
+        ),
+    }
+    let handle = transport.send(request).await?;
+    eprintln!("command `{}` sent; Ctrl-C cancels it", handle.id);
+
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let ctrl_c = tokio::spawn(async move {
+        while tokio::signal::ctrl_c().await.is_ok() {
+            if tx.send(()).is_err() {
+                break;
+            }
+        }
+    });
+    // Long enough for SSM to deliver to every instance and run it, with a margin.
+    let deadline = request.delivery_timeout + request.execution_timeout + Duration::from_secs(120);
+    let options = match plan.transport {
+        TransportKind::Ssm => WatchOptions::ssm(
+            request.targets.as_ref().and_then(Targets::expected),
+            deadline,
+        ),
+        TransportKind::Local => WatchOptions::local(deadline),
+    };
+    let watched = watch(transport, &handle, &options, &mut rx).await;
+    ctrl_c.abort();
+    let watched = watched?;
+
+    let summary = FleetSummary::new(
+        plan.action.clone(),
+        transport.name(),
+        handle.id.clone(),
+        targets,
+        watched,
+    );
+    if plan.verbose {
+        eprint!("{}", summary.full_output());
+    }
+    let table = summary.table();
+    if plan.json {
+        eprint!("\n{table}");
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&summary.to_json(plan.verbose))?
+        );
+    } else {
+        eprintln!();
+        print!("{table}");
+    }
+    let details = summary.failure_details(plan.verbose);
+    if !details.is_empty() {
+        eprint!("\n{details}");
+    }
+    eprintln!("\n{}", summary.closing_line());
+    Ok(summary.exit_code())
+}

@@ -1,0 +1,315 @@
+//! The SSM transport: AWS Systems Manager Run Command with the `AWS-RunShellScript` document.
+//!
+//! One `SendCommand` carries the line in the `commands` parameter, the execution timeout in
+//! `executionTimeout`, SSM's own rate control (`MaxConcurrency`, `MaxErrors`), the delivery
+//! timeout (`TimeoutSeconds`) and the optional S3 output location. Polls use
+//! `ListCommandInvocations` with details (through the SDK's paginator) and `ListCommands` for the
+//! command's own status and target count; each finished instance's output comes from
+//! `GetCommandInvocation` (SSM keeps up to 24,000 characters of each stream there). Ctrl-C sends
+//! `CancelCommand`.
+//!
+//! The client uses the standard AWS configuration chain (environment, profile, instance role);
+//! `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_SSM` or `--ssm-endpoint` point it at a stand-in, and the
+//! region is `us-east-1` when nothing names one.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use aws_config::meta::region::RegionProviderChain;
+use aws_config::BehaviorVersion;
+use aws_sdk_ssm::config::Region;
+use aws_sdk_ssm::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_ssm::primitives::DateTime;
+use aws_sdk_ssm::types::Target;
+use aws_sdk_ssm::Client;
+use common::error::BadInput;
+
+use super::{
+    CommandHandle, InvocationOutput, InvocationState, PollResult, SendRequest, Status, Targets,
+    Transport,
+};
+
+/// The document every command uses.
+pub const DOCUMENT: &str = "AWS-RunShellScript";
+/// Its one plugin, whose output `GetCommandInvocation` returns.
+pub const PLUGIN: &str = "aws:runShellScript";
+/// Used when neither the environment nor a profile names a region.
+pub const FALLBACK_REGION: &str = "us-east-1";
+/// `GetCommandInvocation` returns at most this many characters of each stream.
+pub const MAX_INLINE_OUTPUT: usize = 24_000;
+/// Page size of `ListCommandInvocations`.
+const PAGE_SIZE: i32 = 50;
+
+/// SSM errors that mean the request itself was wrong (nothing ran): exit code 2.
+const BAD_REQUEST_CODES: &[&str] = &[
+    "InvalidInstanceId",
+    "InvalidDocument",
+    "InvalidParameters",
+    "InvalidOutputFolder",
+    "InvalidRole",
+    "InvalidNotificationConfig",
+    "ValidationException",
+    "DuplicateInstanceId",
+    "UnsupportedPlatformType",
+];
+
+pub struct SsmTransport {
+    client: Client,
+}
+
+impl std::fmt::Debug for SsmTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SsmTransport")
+    }
+}
+
+fn describe<E>(err: &SdkError<E>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match (err.code(), err.message()) {
+        (Some(code), Some(message)) => format!("{code}: {message}"),
+        (Some(code), None) => code.to_owned(),
+        _ => DisplayErrorContext(err).to_string(),
+    }
+}
+
+fn seconds_between(start: Option<&DateTime>, end: Option<&DateTime>) -> Option<Duration> {
+    let (s, e) = (start?, end?);
+    let secs = e.as_secs_f64() - s.as_secs_f64();
+    (secs >= 0.0 && secs.is_finite()).then(|| Duration::from_secs_f64(secs))
+}
+
+/// Parses SSM's `ExecutionElapsedTime` (`PT0.027S`, `PT1M2.5S`, `PT1H0M0S`).
+pub fn parse_elapsed(text: &str) -> Option<Duration> {
+    let rest = text.strip_prefix("PT")?;
+    let mut secs = 0f64;
+    let mut number = String::new();
+    for c in rest.chars() {
+        match c {
+            '0'..='9' | '.' => number.push(c),
+            'H' | 'M' | 'S' => {
+                let n: f64 = number.parse().ok()?;
+                number.clear();
+                secs += n * match c {
+                    'H' => 3600.0,
+                    'M' => 60.0,
+                    _ => 1.0,
+                };
+            }
+            _ => return None,
+        }
+    }
+    (number.is_empty() && secs.is_finite()).then(|| Duration::from_secs_f64(secs))
+}
+
+impl SsmTransport {
+    /// A client from the standard configuration chain, `endpoint` overriding the endpoint.
+    pub async fn connect(endpoint: Option<&str>) -> anyhow::Result<Self> {
+        if let Some(e) = endpoint {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                return Err(BadInput(format!(
+                    "SSM endpoint `{}` must be an `http://` or `https://` URL",
+                    e.escape_debug()
+                ))
+                .into());
+            }
+        }
+        let region =
+            RegionProviderChain::default_provider().or_else(Region::from_static(FALLBACK_REGION));
+        let mut loader = aws_config::defaults(BehaviorVersion::latest()).region(region);
+        if let Some(e) = endpoint {
+            loader = loader.endpoint_url(e);
+        }
+        let config = loader.load().await;
+        Ok(Self {
+            client: Client::new(&config),
+        })
+    }
+}
+
+impl Transport for SsmTransport {
+    fn name(&self) -> &'static str {
+        "ssm"
+    }
+
+    async fn send(&self, r: &SendRequest) -> anyhow::Result<CommandHandle> {
+        let clamp = |d: Duration, lo: u64, hi: u64| d.as_secs().clamp(lo, hi);
+        let mut req = self
+            .client
+            .send_command()
+            .document_name(DOCUMENT)
+            .comment(&r.comment)
+            .parameters("commands", vec![r.line.clone()])
+            .parameters(
+                "executionTimeout",
+                vec![clamp(r.execution_timeout, 1, 172_800).to_string()],
+            )
+            .timeout_seconds(clamp(r.delivery_timeout, 30, 2_592_000) as i32)
+            .max_concurrency(r.max_concurrency.to_string())
+            .max_errors(r.max_errors.to_string());
+        match &r.targets {
+            Some(Targets::Instances(ids)) => {
+                for id in ids {
+                    req = req.instance_ids(id);
+                }
+            }
+            Some(Targets::Tags(tags)) => {
+                for t in tags {
+                    req = req.targets(
+                        Target::builder()
+                            .key(format!("tag:{}", t.key))
+                            .set_values(Some(t.values.clone()))
+                            .build(),
+                    );
+                }
+            }
+            None => {
+                return Err(BadInput("SSM needs `--targets`".into()).into());
+            }
+        }
+        if let Some((bucket, prefix)) = &r.output_s3 {
+            req = req.output_s3_bucket_name(bucket);
+            if let Some(p) = prefix {
+                req = req.output_s3_key_prefix(p);
+            }
+        }
+        let out = req.send().await.map_err(|e| {
+            let text = format!("SSM SendCommand failed: {}", describe(&e));
+            if e.code().is_some_and(|c| BAD_REQUEST_CODES.contains(&c)) {
+                anyhow!(BadInput(format!("{text} (nothing was run)")))
+            } else {
+                anyhow!("{text} (nothing was run)")
+            }
+        })?;
+        let id = out
+            .command()
+            .and_then(|c| c.command_id())
+            .ok_or_else(|| anyhow!("SSM accepted the command but returned no CommandId"))?;
+        Ok(CommandHandle { id: id.to_owned() })
+    }
+
+    async fn poll(&self, handle: &CommandHandle) -> anyhow::Result<PollResult> {
+        let mut pages = self
+            .client
+            .list_command_invocations()
+            .command_id(&handle.id)
+            .details(true)
+            .max_results(PAGE_SIZE)
+            .into_paginator()
+            .send();
+        let mut invocations = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page =
+                page.map_err(|e| anyhow!("SSM ListCommandInvocations failed: {}", describe(&e)))?;
+            for inv in page.command_invocations() {
+                let Some(instance) = inv.instance_id() else {
+                    continue;
+                };
+                let status = inv
+                    .status()
+                    .map(|s| Status::from_ssm(s.as_str()))
+                    .unwrap_or(Status::Pending);
+                let plugin = inv.command_plugins().first();
+                let exit_code = plugin
+                    .filter(|_| status.is_terminal())
+                    .map(|p| p.response_code())
+                    .filter(|c| *c >= 0);
+                let duration = plugin.and_then(|p| {
+                    seconds_between(p.response_start_date_time(), p.response_finish_date_time())
+                });
+                invocations.push(InvocationState {
+                    instance: instance.to_owned(),
+                    status,
+                    detail: inv.status_details().map(str::to_owned),
+                    exit_code,
+                    duration,
+                });
+            }
+        }
+        // The command's own view: finished, and how many instances its targets resolved to.
+        // Not every SSM stand-in keeps it up to date, so it only ever adds information.
+        let (command_done, target_count) = match self
+            .client
+            .list_commands()
+            .command_id(&handle.id)
+            .send()
+            .await
+        {
+            Ok(out) => match out.commands().first() {
+                Some(c) => {
+                    let done = c.status().is_some_and(|s| {
+                        matches!(s.as_str(), "Success" | "Failed" | "TimedOut" | "Cancelled")
+                    });
+                    let count = usize::try_from(c.target_count()).ok();
+                    (done, count)
+                }
+                None => (false, None),
+            },
+            Err(_) => (false, None),
+        };
+        Ok(PollResult {
+            invocations,
+            command_done,
+            target_count,
+        })
+    }
+
+    async fn output(
+        &self,
+        handle: &CommandHandle,
+        instance: &str,
+    ) -> anyhow::Result<InvocationOutput> {
+        let out = self
+            .client
+            .get_command_invocation()
+            .command_id(&handle.id)
+            .instance_id(instance)
+            .plugin_name(PLUGIN)
+            .send()
+            .await
+            .map_err(|e| anyhow!("SSM GetCommandInvocation failed: {}", describe(&e)))
+            .with_context(|| format!("output of `{instance}`"))?;
+        let stdout = out.standard_output_content().unwrap_or("").to_owned();
+        let stderr = out.standard_error_content().unwrap_or("").to_owned();
+        let truncated = stdout.chars().count() >= MAX_INLINE_OUTPUT
+            || stderr.chars().count() >= MAX_INLINE_OUTPUT;
+        let code = out.response_code();
+        Ok(InvocationOutput {
+            stdout,
+            stderr,
+            exit_code: (code >= 0).then_some(code),
+            duration: out.execution_elapsed_time().and_then(parse_elapsed),
+            truncated,
+        })
+    }
+
+    async fn cancel(&self, handle: &CommandHandle) -> anyhow::Result<()> {
+        self.client
+            .cancel_command()
+            .command_id(&handle.id)
+            .send()
+            .await
+            .map_err(|e| anyhow!("SSM CancelCommand failed: {}", describe(&e)))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_elapsed_time() {
+        assert_eq!(parse_elapsed("PT0.027S"), Some(Duration::from_millis(27)));
+        assert_eq!(
+            parse_elapsed("PT1M2.5S"),
+            Some(Duration::from_millis(62_500))
+        );
+        assert_eq!(parse_elapsed("PT1H0M0S"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_elapsed("PT"), Some(Duration::ZERO));
+        assert_eq!(parse_elapsed("12s"), None);
+        assert_eq!(parse_elapsed("PT1.5"), None);
+        assert_eq!(parse_elapsed("PT1X"), None);
+    }
+}

@@ -1,0 +1,686 @@
+//! What happened on each instance: the table, the failures, the JSON, and the exit code.
+//!
+//! Exit code of `builder deploy | rollback | status`:
+//! * 0 — every instance succeeded (the installer exited 0: done, or nothing to do);
+//! * when some instance did not succeed: the worst installer exit code among them if every one
+//!   of them ended with an installer exit code (1–5), worst first 4 (operator needed), 3 (rolled
+//!   back by itself), 1 (failed before anything live changed), 5 (locked), 2 (bad input on that
+//!   server); an exit code 4 anywhere wins in any case;
+//! * otherwise 1 — an instance timed out, was cancelled, was undeliverable, ended without an
+//!   installer exit code, or no instance matched the targets.
+//!
+//! Bad input found before anything was sent (targets, build name, store, unpublished build)
+//! exits 2 like every other command.
+
+use std::time::Duration;
+
+use common::report::{ExitCode, Outcome, Report};
+use common::BuildNumber;
+use serde_json::json;
+
+use super::watch::{InstanceRun, Watched};
+use super::{Action, Status};
+
+/// One instance's result, with the installer's own report when it printed one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstanceResult {
+    pub instance: String,
+    pub status: Status,
+    pub detail: Option<String>,
+    pub exit_code: Option<i32>,
+    pub duration: Option<Duration>,
+    pub report: Option<Report>,
+    /// The build live on the instance afterwards, as its report says.
+    pub live: Option<BuildNumber>,
+    pub stdout: String,
+    pub stderr: String,
+    pub truncated: bool,
+}
+
+impl InstanceResult {
+    pub fn from_run(action: &Action, run: InstanceRun) -> Self {
+        let report = Report::find_in(&run.output.stdout);
+        let live = report.as_ref().and_then(|r| action.live_after(r));
+        Self {
+            instance: run.state.instance,
+            status: run.state.status,
+            detail: run.state.detail,
+            exit_code: run.output.exit_code.or(run.state.exit_code),
+            duration: run.output.duration.or(run.state.duration),
+            report,
+            live,
+            stdout: run.output.stdout,
+            stderr: run.output.stderr,
+            truncated: run.output.truncated,
+        }
+    }
+
+    /// The installer finished with exit code 0 on this instance.
+    pub fn ok(&self) -> bool {
+        self.status == Status::Success && self.exit_code.unwrap_or(0) == 0
+    }
+
+    /// The installer's exit code when the instance failed with one (1–5).
+    pub fn installer_code(&self) -> Option<ExitCode> {
+        if self.status != Status::Failed {
+            return None;
+        }
+        let from_report = self
+            .report
+            .as_ref()
+            .and_then(|r| ExitCode::from_code(r.exit_code as i32));
+        from_report
+            .or_else(|| self.exit_code.and_then(ExitCode::from_code))
+            .filter(|c| *c != ExitCode::Success)
+    }
+
+    /// What the LIVE column shows: the build, `none`, or `?` when the report does not say.
+    pub fn live_text(&self) -> String {
+        match (&self.report, self.live) {
+            (_, Some(b)) => b.tag(),
+            (Some(r), None) if matches!(r.outcome, Outcome::Success | Outcome::NothingToDo) => {
+                "none".into()
+            }
+            _ => "?".into(),
+        }
+    }
+
+    /// The RESULT column: the installer's outcome and first error line, or why there is none.
+    pub fn result_text(&self, action: &Action) -> String {
+        match &self.report {
+            Some(r) => {
+                let mut text = outcome_name(r.outcome).to_owned();
+                if let Some(e) = &r.error {
+                    text.push_str(": ");
+                    text.push_str(e.lines().next().unwrap_or(""));
+                }
+                if matches!(action, Action::Status) {
+                    if let Some(p) = r.previous_build {
+                        text.push_str(&format!("; previous {p:#}"));
+                    }
+                    if let Some(last) = r.details.get("last_command") {
+                        let cmd = last["command"].as_str().unwrap_or("?");
+                        let build = last["build"]
+                            .as_str()
+                            .and_then(|b| BuildNumber::parse(b).ok())
+                            .map(|b| format!(" {b:#}"))
+                            .unwrap_or_default();
+                        let outcome = last["outcome"].as_str().unwrap_or("?");
+                        text.push_str(&format!("; last {cmd}{build}: {outcome}"));
+                    }
+                }
+                if !r.warnings.is_empty() {
+                    let n = r.warnings.len();
+                    text.push_str(&format!(" ({n} warning{})", if n == 1 { "" } else { "s" }));
+                }
+                text
+            }
+            None => {
+                let mut parts: Vec<String> = Vec::new();
+                if let Some(d) = self
+                    .detail
+                    .as_deref()
+                    .filter(|d| *d != self.status.as_str())
+                {
+                    parts.push(d.to_owned());
+                }
+                if matches!(self.status, Status::Success | Status::Failed) {
+                    parts.push("no installer report".into());
+                }
+                if let Some(line) = last_line(&self.stderr) {
+                    parts.push(line.to_owned());
+                }
+                if parts.is_empty() {
+                    self.status.to_string()
+                } else {
+                    parts.join(": ")
+                }
+            }
+        }
+    }
+}
+
+fn outcome_name(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Success => "success",
+        Outcome::NothingToDo => "nothing to do",
+        Outcome::Failed => "failed",
+        Outcome::BadInput => "bad input",
+        Outcome::RolledBack => "rolled back",
+        Outcome::OperatorNeeded => "OPERATOR NEEDED",
+        Outcome::Locked => "locked",
+    }
+}
+
+fn last_line(text: &str) -> Option<&str> {
+    text.lines().map(str::trim).rev().find(|l| !l.is_empty())
+}
+
+/// `41.2s`, `3m07s`, `-`.
+pub fn format_duration(d: Option<Duration>) -> String {
+    match d {
+        None => "-".into(),
+        Some(d) if d.as_secs() < 60 => format!("{:.1}s", d.as_secs_f64()),
+        Some(d) => format!("{}m{:02}s", d.as_secs() / 60, d.as_secs() % 60),
+    }
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        text.to_owned()
+    } else {
+        let mut t: String = text.chars().take(max - 1).collect();
+        t.push('…');
+        t
+    }
+}
+
+/// The whole fleet's result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetSummary {
+    pub action: Action,
+    pub transport: &'static str,
+    pub command_id: String,
+    /// What was targeted, for messages.
+    pub targets: String,
+    pub instances: Vec<InstanceResult>,
+    pub interrupted: bool,
+    pub gave_up: Option<String>,
+}
+
+/// Worst first.
+const SEVERITY: [ExitCode; 5] = [
+    ExitCode::OperatorNeeded,
+    ExitCode::RolledBack,
+    ExitCode::Failed,
+    ExitCode::Locked,
+    ExitCode::BadInput,
+];
+
+impl FleetSummary {
+    pub fn new(
+        action: Action,
+        transport: &'static str,
+        command_id: String,
+        targets: String,
+        watched: Watched,
+    ) -> Self {
+        let instances = watched
+            .instances
+            .into_iter()
+            .map(|run| InstanceResult::from_run(&action, run))
+            .collect();
+        Self {
+            action,
+            transport,
+            command_id,
+            targets,
+            instances,
+            interrupted: watched.interrupted,
+            gave_up: watched.gave_up,
+        }
+    }
+
+    pub fn failed(&self) -> Vec<&InstanceResult> {
+        self.instances.iter().filter(|i| !i.ok()).collect()
+    }
+
+    /// See the module documentation.
+    pub fn exit_code(&self) -> ExitCode {
+        if self.instances.is_empty() {
+            return ExitCode::Failed;
+        }
+        let failed = self.failed();
+        if failed.is_empty() && !self.interrupted && self.gave_up.is_none() {
+            return ExitCode::Success;
+        }
+        if failed.is_empty() {
+            return ExitCode::Failed;
+        }
+        let codes: Vec<Option<ExitCode>> = failed.iter().map(|i| i.installer_code()).collect();
+        if codes.contains(&Some(ExitCode::OperatorNeeded)) {
+            return ExitCode::OperatorNeeded;
+        }
+        if codes.iter().all(Option::is_some) {
+            for worst in SEVERITY {
+                if codes.contains(&Some(worst)) {
+                    return worst;
+                }
+            }
+        }
+        ExitCode::Failed
+    }
+
+    /// The table: one row per instance.
+    pub fn table(&self) -> String {
+        let header = ["INSTANCE", "STATUS", "EXIT", "DURATION", "LIVE", "RESULT"];
+        let rows: Vec<[String; 6]> = self
+            .instances
+            .iter()
+            .map(|i| {
+                [
+                    i.instance.clone(),
+                    i.status.to_string(),
+                    i.exit_code
+                        .map(|c| c.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    format_duration(i.duration),
+                    i.live_text(),
+                    truncate(&i.result_text(&self.action), 100),
+                ]
+            })
+            .collect();
+        let mut widths = header.map(|h| h.chars().count());
+        for row in &rows {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        let line = |cells: &[String]| -> String {
+            let mut out = String::new();
+            for (n, (cell, w)) in cells.iter().zip(widths).enumerate() {
+                if n + 1 == cells.len() {
+                    out.push_str(cell);
+                } else {
+                    out.push_str(&format!("{cell:<w$}  "));
+                }
+            }
+            out.trim_end().to_owned() + "\n"
+        };
+        let mut out = line(&header.map(str::to_owned));
+        for row in &rows {
+            out.push_str(&line(row));
+        }
+        out
+    }
+
+    /// Each failed instance in full: the meaning of its exit code, the installer's error and
+    /// warnings, and the end of its standard error (unless `verbose` shows everything anyway).
+    pub fn failure_details(&self, verbose: bool) -> String {
+        let mut out = String::new();
+        for i in self.failed() {
+            let meaning = i
+                .installer_code()
+                .map(|c| format!(": {}", c.meaning()))
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "{} {}{}{}\n",
+                i.instance,
+                i.status,
+                i.exit_code
+                    .map(|c| format!(", exit {c}"))
+                    .unwrap_or_default(),
+                meaning
+            ));
+            if let Some(d) = &i.detail {
+                if d != i.status.as_str() {
+                    out.push_str(&format!("  {d}\n"));
+                }
+            }
+            if let Some(r) = &i.report {
+                if let Some(e) = &r.error {
+                    for l in e.lines() {
+                        out.push_str(&format!("  error: {l}\n"));
+                    }
+                }
+                for w in &r.warnings {
+                    out.push_str(&format!("  warning: {w}\n"));
+                }
+            }
+            if !verbose {
+                let lines: Vec<&str> = i.stderr.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(15)..];
+                if !tail.is_empty() {
+                    out.push_str("  last lines of its standard error:\n");
+                    for l in tail {
+                        out.push_str(&format!("    {l}\n"));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Every instance's full output, for `-v`.
+    pub fn full_output(&self) -> String {
+        let mut out = String::new();
+        for i in &self.instances {
+            out.push_str(&format!("──── {}: standard output ────\n", i.instance));
+            out.push_str(&i.stdout);
+            if !i.stdout.is_empty() && !i.stdout.ends_with('\n') {
+                out.push('\n');
+            }
+            out.push_str(&format!("──── {}: standard error ────\n", i.instance));
+            out.push_str(&i.stderr);
+            if !i.stderr.is_empty() && !i.stderr.ends_with('\n') {
+                out.push('\n');
+            }
+            if i.truncated {
+                out.push_str(
+                    "(output truncated by the transport; use --output-s3-bucket for all of it)\n",
+                );
+            }
+        }
+        out
+    }
+
+    /// The last line: what was done, how many succeeded, and the exit code's meaning.
+    pub fn closing_line(&self) -> String {
+        let what = match self.action.build() {
+            Some(b) => format!("{} {b:#}", self.action.name()),
+            None => self.action.name().to_owned(),
+        };
+        if self.instances.is_empty() {
+            return format!(
+                "{what}: no instance matched the targets ({}); nothing ran — exit 1",
+                self.targets
+            );
+        }
+        let total = self.instances.len();
+        let failed = self.failed();
+        let code = self.exit_code();
+        let mut text = if failed.is_empty() && total == 1 {
+            format!("{what}: {} succeeded", self.instances[0].instance)
+        } else if failed.is_empty() {
+            format!("{what}: all {total} instances succeeded")
+        } else {
+            let names: Vec<&str> = failed.iter().map(|i| i.instance.as_str()).collect();
+            format!(
+                "{what}: {} of {total} instance{} did not succeed ({})",
+                failed.len(),
+                plural(total),
+                names.join(", ")
+            )
+        };
+        if self.interrupted {
+            text.push_str("; interrupted and cancelled");
+        }
+        if let Some(g) = &self.gave_up {
+            text.push_str(&format!("; {g}"));
+        }
+        if code != ExitCode::Success {
+            text.push_str(&format!(" — exit {}", code.code()));
+        }
+        text
+    }
+
+    /// The `--json` object.
+    pub fn to_json(&self, verbose: bool) -> serde_json::Value {
+        let instances: Vec<serde_json::Value> = self
+            .instances
+            .iter()
+            .map(|i| {
+                let mut v = json!({
+                    "instance": i.instance,
+                    "status": i.status.as_str(),
+                    "status_detail": i.detail,
+                    "exit_code": i.exit_code,
+                    "duration_ms": i.duration.map(|d| d.as_millis() as u64),
+                    "live_build": i.live,
+                    "ok": i.ok(),
+                    "result": i.result_text(&self.action),
+                    "report": i.report,
+                });
+                if verbose {
+                    v["stdout"] = i.stdout.clone().into();
+                    v["stderr"] = i.stderr.clone().into();
+                }
+                v
+            })
+            .collect();
+        json!({
+            "command": self.action.name(),
+            "build": self.action.build(),
+            "transport": self.transport,
+            "command_id": self.command_id,
+            "targets": self.targets,
+            "instances": instances,
+            "interrupted": self.interrupted,
+            "gave_up": self.gave_up,
+            "exit_code": self.exit_code().code(),
+        })
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::{InvocationOutput, InvocationState};
+
+    fn b(n: &str) -> BuildNumber {
+        BuildNumber::parse(n).unwrap()
+    }
+
+    fn deploy() -> Action {
+        Action::Deploy {
+            build: b("000002"),
+            store: None,
+            s3_endpoint: None,
+            template_reviewed: false,
+        }
+    }
+
+    fn report(outcome: Outcome, error: Option<&str>) -> String {
+        let mut r = Report::new("activate");
+        r.build = Some(b("000002"));
+        r.previous_build = Some(b("000001"));
+        r.finish(outcome, error.map(str::to_owned));
+        r.to_json()
+    }
+
+    fn run(
+        instance: &str,
+        status: Status,
+        code: Option<i32>,
+        stdout: &str,
+        stderr: &str,
+    ) -> InstanceRun {
+        InstanceRun {
+            state: InvocationState {
+                instance: instance.into(),
+                status,
+                detail: None,
+                exit_code: code,
+                duration: Some(Duration::from_millis(41_230)),
+            },
+            output: InvocationOutput {
+                stdout: stdout.into(),
+                stderr: stderr.into(),
+                exit_code: code,
+                duration: None,
+                truncated: false,
+            },
+        }
+    }
+
+    fn summary(runs: Vec<InstanceRun>) -> FleetSummary {
+        FleetSummary::new(
+            deploy(),
+            "ssm",
+            "cmd-1".into(),
+            "tag:Role=web".into(),
+            Watched {
+                instances: runs,
+                interrupted: false,
+                gave_up: None,
+            },
+        )
+    }
+
+    #[test]
+    fn table_and_closing_line() {
+        let s = summary(vec![
+            run(
+                "i-0123456789abcdef0",
+                Status::Success,
+                Some(0),
+                &format!("noise\n{}", report(Outcome::Success, None)),
+                "",
+            ),
+            run(
+                "i-0fedcba9876543210",
+                Status::Failed,
+                Some(3),
+                &report(
+                    Outcome::RolledBack,
+                    Some("health check failed: no Build number\nmore"),
+                ),
+                "activating\nhealth check failed",
+            ),
+            run("i-00000000", Status::TimedOut, None, "", ""),
+        ]);
+        let table = s.table();
+        assert_eq!(
+            table,
+            "\
+INSTANCE             STATUS    EXIT  DURATION  LIVE         RESULT
+i-0123456789abcdef0  Success   0     41.2s     Build000002  success
+i-0fedcba9876543210  Failed    3     41.2s     Build000001  rolled back: health check failed: no Build number
+i-00000000           TimedOut  -     41.2s     ?            TimedOut
+"
+        );
+        assert_eq!(
+            s.closing_line(),
+            "deploy Build000002: 2 of 3 instances did not succeed (i-0fedcba9876543210, i-00000000) — exit 1"
+        );
+        let details = s.failure_details(false);
+        assert!(
+            details.contains(
+                "i-0fedcba9876543210 Failed, exit 3: failed after the swap and rolled back"
+            ),
+            "{details}"
+        );
+        assert!(details.contains("  error: more"), "{details}");
+        assert!(details.contains("    health check failed"), "{details}");
+        let v = s.to_json(false);
+        assert_eq!(v["exit_code"], 1);
+        assert_eq!(v["instances"][0]["live_build"], "000002");
+        assert_eq!(v["instances"][1]["report"]["outcome"], "rolled_back");
+        assert!(v["instances"][0].get("stdout").is_none());
+        assert!(s.to_json(true)["instances"][0]["stdout"]
+            .as_str()
+            .unwrap()
+            .contains("noise"));
+    }
+
+    #[test]
+    fn exit_codes() {
+        let ok = || {
+            run(
+                "a",
+                Status::Success,
+                Some(0),
+                &report(Outcome::Success, None),
+                "",
+            )
+        };
+        let code =
+            |c: i32, o: Outcome| run("x", Status::Failed, Some(c), &report(o, Some("e")), "");
+        assert_eq!(summary(vec![ok()]).exit_code(), ExitCode::Success);
+        assert_eq!(summary(vec![]).exit_code(), ExitCode::Failed);
+        assert!(summary(vec![])
+            .closing_line()
+            .contains("no instance matched"));
+        assert_eq!(
+            summary(vec![ok(), code(3, Outcome::RolledBack)]).exit_code(),
+            ExitCode::RolledBack
+        );
+        assert_eq!(
+            summary(vec![code(1, Outcome::Failed), code(3, Outcome::RolledBack)]).exit_code(),
+            ExitCode::RolledBack
+        );
+        assert_eq!(
+            summary(vec![code(2, Outcome::BadInput), code(5, Outcome::Locked)]).exit_code(),
+            ExitCode::Locked
+        );
+        assert_eq!(
+            summary(vec![code(2, Outcome::BadInput)]).exit_code(),
+            ExitCode::BadInput
+        );
+        // Not every failure is an installer exit: 1, unless an operator is needed somewhere.
+        let timed_out = || run("t", Status::TimedOut, None, "", "");
+        assert_eq!(
+            summary(vec![code(3, Outcome::RolledBack), timed_out()]).exit_code(),
+            ExitCode::Failed
+        );
+        assert_eq!(
+            summary(vec![code(4, Outcome::OperatorNeeded), timed_out()]).exit_code(),
+            ExitCode::OperatorNeeded
+        );
+        let not_found = run(
+            "n",
+            Status::Failed,
+            Some(127),
+            "",
+            "sh: 1: installer: not found",
+        );
+        let s = summary(vec![not_found]);
+        assert_eq!(s.exit_code(), ExitCode::Failed);
+        assert_eq!(
+            s.instances[0].result_text(&s.action),
+            "no installer report: sh: 1: installer: not found"
+        );
+        // Interrupted with everything finished fine still is not a success.
+        let mut s = summary(vec![ok()]);
+        s.interrupted = true;
+        assert_eq!(s.exit_code(), ExitCode::Failed);
+    }
+
+    #[test]
+    fn status_rows_show_previous_and_last_command() {
+        let mut r = Report::new("status");
+        r.build = Some(b("000002"));
+        r.previous_build = Some(b("000001"));
+        r.details.insert(
+            "last_command".into(),
+            json!({"command": "activate", "build": "000002", "outcome": "success"}),
+        );
+        r.finish(Outcome::Success, None);
+        let s = FleetSummary::new(
+            Action::Status,
+            "local",
+            "local".into(),
+            "local".into(),
+            Watched {
+                instances: vec![run("local", Status::Success, Some(0), &r.to_json(), "")],
+                interrupted: false,
+                gave_up: None,
+            },
+        );
+        assert_eq!(s.instances[0].live_text(), "Build000002");
+        assert_eq!(
+            s.instances[0].result_text(&s.action),
+            "success; previous Build000001; last activate Build000002: success"
+        );
+        assert_eq!(s.closing_line(), "status: local succeeded");
+        let mut none = Report::new("status");
+        none.finish(Outcome::Success, None);
+        let s = FleetSummary::new(
+            Action::Status,
+            "local",
+            "local".into(),
+            "local".into(),
+            Watched {
+                instances: vec![run("local", Status::Success, Some(0), &none.to_json(), "")],
+                interrupted: false,
+                gave_up: None,
+            },
+        );
+        assert_eq!(s.instances[0].live_text(), "none");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(format_duration(None), "-");
+        assert_eq!(format_duration(Some(Duration::from_millis(1500))), "1.5s");
+        assert_eq!(format_duration(Some(Duration::from_secs(187))), "3m07s");
+    }
+}

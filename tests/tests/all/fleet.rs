@@ -1,0 +1,533 @@
+//! `builder deploy | rollback | status` with `--transport local`: the installer run on this
+//! machine exactly as SSM would run it (one quoted shell line), a real uWSGI serving the result,
+//! the table and the `--json` summary, exit codes taken from the installer, and every kind of bad
+//! input refused before anything runs.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use tests::bins;
+use tests::example::{self, ExampleRepo};
+use tests::uwsgi::{UwsgiOptions, UwsgiServer};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// `builder` with no way to reach real AWS, whatever the environment says.
+fn builder(dir: &Path) -> Command {
+    let mut cmd = Command::new(bins::builder());
+    cmd.current_dir(dir)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_SESSION_TOKEN");
+    cmd
+}
+
+/// The example app with Build000001 published to a file store, a server root and its
+/// installer.toml.
+struct Site {
+    tmp: tempfile::TempDir,
+    repo: ExampleRepo,
+    root: PathBuf,
+    store: PathBuf,
+    config: PathBuf,
+    http_port: u16,
+    stats_port: u16,
+}
+
+impl Site {
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = example::create(&tmp.path().join("repo")).unwrap();
+        let root = tmp.path().join("srv");
+        let store = tmp.path().join("store");
+        fs::create_dir_all(root.join("shared")).unwrap();
+        let (http_port, stats_port) = (free_port(), free_port());
+        let template = fs::read_to_string(repo.work.join(example::PRODUCTION_TEMPLATE)).unwrap();
+        fs::write(
+            root.join("shared/production.py"),
+            format!(
+                "{template}\nSECRET_KEY = 'fleet-test-secret-key-fleet-test-secret-key'\nALLOWED_HOSTS = ['127.0.0.1', 'localhost']\nDATABASES['default']['NAME'] = {:?}\n",
+                root.join("shared/db.sqlite3").display().to_string()
+            ),
+        )
+        .unwrap();
+        let config = tmp.path().join("installer.toml");
+        fs::write(
+            &config,
+            format!(
+                r#"root = {root:?}
+store = "file:///nonexistent/the-builder-passes-store"
+python = {python:?}
+reload_file = "{root}/.deploy/reload"
+lock_timeout_secs = 2
+
+[health]
+url = "http://127.0.0.1:{http_port}/"
+stats_url = "http://127.0.0.1:{stats_port}/"
+timeout_secs = 40
+confirm_requests = 10
+"#,
+                root = root.display().to_string(),
+                python = tests::moto::venv_dir()
+                    .join("bin/python")
+                    .display()
+                    .to_string(),
+            ),
+        )
+        .unwrap();
+        Site {
+            tmp,
+            repo,
+            root,
+            store,
+            config,
+            http_port,
+            stats_port,
+        }
+    }
+
+    fn store_url(&self) -> String {
+        format!("file://{}", self.store.display())
+    }
+
+    fn package_and_publish(&self) {
+        let out = bins::builder_offline(&self.repo.work)
+            .args(["package", "--tag", example::TAG, "--out"])
+            .arg(self.tmp.path().join("out"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "package: {}", text(&out));
+        let artifact = String::from_utf8(out.stdout).unwrap();
+        let out = Command::new(bins::builder())
+            .current_dir(&self.repo.work)
+            .arg("publish")
+            .arg(artifact.lines().last().unwrap().trim())
+            .args(["--store", &self.store_url()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "publish: {}", text(&out));
+    }
+
+    /// `builder <args> --transport local --installer <installer> --installer-config <toml>`.
+    fn fleet(&self, args: &[&str]) -> Output {
+        builder(&self.repo.work)
+            .args(args)
+            .args(["--transport", "local", "--installer"])
+            .arg(bins::installer())
+            .arg("--installer-config")
+            .arg(&self.config)
+            .output()
+            .unwrap()
+    }
+}
+
+/// The table row of the `local` pseudo-instance, split into columns.
+fn local_row(out: &Output) -> Vec<String> {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut lines = stdout.lines();
+    let header = lines.next().unwrap_or_default();
+    assert!(
+        header.starts_with("INSTANCE") && header.contains("LIVE"),
+        "{}",
+        text(out)
+    );
+    let row = lines
+        .find(|l| l.starts_with("local "))
+        .unwrap_or_else(|| panic!("no row for `local`: {}", text(out)));
+    row.split_whitespace().map(str::to_owned).collect()
+}
+
+#[test]
+fn deploy_status_and_rollback_through_the_local_transport() {
+    if let Some(why) = tests::uwsgi::unavailable() {
+        assert!(std::env::var_os("CI").is_none(), "{why}");
+        eprintln!("skipping: {why}");
+        return;
+    }
+    if !bins::have_wheelhouse() {
+        return;
+    }
+    let site = Site::new();
+    site.package_and_publish();
+
+    // A fresh server: uWSGI is started once the installer has made `current`.
+    let started = Instant::now();
+    let root = site.root.clone();
+    let options = UwsgiOptions {
+        http_port: Some(site.http_port),
+        stats_port: Some(site.stats_port),
+        ..UwsgiOptions::default()
+    };
+    let starter = std::thread::spawn(move || {
+        while fs::symlink_metadata(root.join("current")).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(180),
+                "no `current` appeared"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        UwsgiServer::start_with(&root, &options).unwrap()
+    });
+    let store = site.store_url();
+    let out = site.fleet(&["deploy", "--build", "Build000001", "--store", &store]);
+    let server = starter.join().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let row = local_row(&out);
+    assert_eq!(&row[..3], ["local", "Success", "0"], "{}", text(&out));
+    assert_eq!(row[4], "Build000001", "{}", text(&out));
+    assert_eq!(row[5], "success", "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    // The line it ran: every word quoted, the store it checked passed on.
+    assert!(
+        err.contains(&format!(
+            "'activate' '--build' 'Build000001' '--store' '{store}' '--json'"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("local: InProgress"), "{err}");
+    assert!(err.contains("deploy Build000001: local succeeded"), "{err}");
+    let page = server.request("/").unwrap();
+    assert_eq!(page.build_number(), Some("000001"), "{}", page.body);
+
+    // Deploying it again: the installer has nothing to do, and says so.
+    let out = site.fleet(&["deploy", "--build", "000001", "--store", &store]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let row = local_row(&out);
+    assert_eq!(row[4], "Build000001");
+    assert_eq!(row[5..].join(" "), "nothing to do", "{}", text(&out));
+
+    // status: the table, then the JSON summary with the installer's report inside.
+    let out = site.fleet(&["status"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let row = local_row(&out);
+    assert_eq!(row[4], "Build000001", "{}", text(&out));
+    assert!(
+        row[5..]
+            .join(" ")
+            .starts_with("success; last activate Build000001"),
+        "{}",
+        text(&out)
+    );
+    let out = site.fleet(&["status", "--json", "-v"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&out)));
+    assert_eq!(v["command"], "status");
+    assert_eq!(v["transport"], "local");
+    assert_eq!(v["exit_code"], 0);
+    let inst = &v["instances"][0];
+    assert_eq!(inst["instance"], "local");
+    assert_eq!(inst["status"], "Success");
+    assert_eq!(inst["live_build"], "000001");
+    assert_eq!(inst["report"]["command"], "status");
+    assert_eq!(inst["report"]["build"], "000001");
+    assert!(inst["stderr"]
+        .as_str()
+        .unwrap()
+        .contains("current: Build000001"));
+
+    // rollback with no earlier release: the installer refuses (bad input, exit 2), nothing
+    // changes, and builder exits with the installer's code, naming the reason.
+    let out = site.fleet(&["rollback"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let row = local_row(&out);
+    assert_eq!(&row[..3], ["local", "Failed", "2"], "{}", text(&out));
+    assert_eq!(row[4], "Build000001", "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("error: ") && err.contains("--to"), "{err}");
+    assert!(
+        err.contains("rollback: 1 of 1 instance did not succeed (local) — exit 2"),
+        "{err}"
+    );
+    assert_eq!(server.request("/").unwrap().build_number(), Some("000001"));
+    drop(server);
+}
+
+/// A stand-in installer that records its argv (one word per line, NUL-separated) and prints a
+/// report; its exit code is the report's.
+fn fake_installer(dir: &Path, exit: u8, outcome: &str) -> (PathBuf, PathBuf) {
+    let argv = dir.join("argv");
+    let script = dir.join("fake-installer");
+    fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nfor a in \"$0\" \"$@\"; do printf '%s\\0' \"$a\"; done > {argv:?}\necho 'human text on stdout too'\ncat <<'EOF'\n{{\n  \"command\": \"status\",\n  \"build\": \"000007\",\n  \"previous_build\": \"000006\",\n  \"outcome\": \"{outcome}\",\n  \"exit_code\": {exit},\n  \"error\": \"the reason\"\n}}\nEOF\necho 'something went wrong' >&2\nexit {exit}\n",
+        ),
+    )
+    .unwrap();
+    let mut perm = fs::metadata(&script).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+    fs::set_permissions(&script, perm).unwrap();
+    (script, argv)
+}
+
+#[test]
+fn the_command_line_is_inert_and_exit_codes_come_from_the_installer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (script, argv_file) = fake_installer(tmp.path(), 3, "rolled_back");
+    let pwned = tmp.path().join("pwned");
+    let config = format!(
+        "{}/it's $(touch {p}) `touch {p}` ${{HOME}} dir/installer.toml",
+        tmp.path().display(),
+        p = pwned.display()
+    );
+    let out = builder(tmp.path())
+        .args(["rollback", "--transport", "local", "--to", "Build000006"])
+        .arg("--installer")
+        .arg(&script)
+        .args(["--installer-config", &config, "--lock-timeout", "7"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(!pwned.exists(), "the shell interpreted a word");
+    let argv: Vec<String> = fs::read_to_string(&argv_file)
+        .unwrap()
+        .split('\0')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        argv,
+        [
+            script.display().to_string(),
+            "--config".into(),
+            config.clone(),
+            "rollback".into(),
+            "--to".into(),
+            "Build000006".into(),
+            "--lock-timeout".into(),
+            "7".into(),
+            "--json".into(),
+        ]
+    );
+    let row = local_row(&out);
+    assert_eq!(&row[..3], ["local", "Failed", "3"], "{}", text(&out));
+    // Rolled back by itself: the previous build is the one live.
+    assert_eq!(row[4], "Build000006");
+    assert_eq!(row[5..].join(" "), "rolled back: the reason");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("failed after the swap and rolled back")
+            && err.contains("something went wrong"),
+        "{err}"
+    );
+
+    // An installer that is not there: no report, exit 1.
+    let out = builder(tmp.path())
+        .args(["status", "--transport", "local", "--installer"])
+        .arg(tmp.path().join("no-such-installer"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let row = local_row(&out);
+    assert_eq!(&row[..3], ["local", "Failed", "127"], "{}", text(&out));
+    assert!(
+        row[5..].join(" ").starts_with("no installer report"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn bad_input_is_refused_before_anything_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (script, argv_file) = fake_installer(tmp.path(), 0, "success");
+    let store = tmp.path().join("store");
+    fs::create_dir_all(&store).unwrap();
+    let store_url = format!("file://{}", store.display());
+    let run = |args: &[&str]| -> Output {
+        builder(tmp.path())
+            .args(args)
+            .arg("--installer")
+            .arg(&script)
+            .output()
+            .unwrap()
+    };
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        // A build name that is not one.
+        (
+            vec![
+                "deploy",
+                "--build",
+                "Build00001",
+                "--transport",
+                "local",
+                "--store",
+                &store_url,
+            ],
+            "invalid build name",
+        ),
+        (
+            vec![
+                "deploy",
+                "--build",
+                "$(reboot)",
+                "--transport",
+                "local",
+                "--store",
+                &store_url,
+            ],
+            "invalid build name",
+        ),
+        // Not published in the store.
+        (
+            vec![
+                "deploy",
+                "--build",
+                "Build000001",
+                "--transport",
+                "local",
+                "--store",
+                &store_url,
+            ],
+            "is not published",
+        ),
+        // A store URL that is not one.
+        (
+            vec![
+                "deploy",
+                "--build",
+                "Build000001",
+                "--transport",
+                "local",
+                "--store",
+                "ftp://x/y",
+            ],
+            "invalid store URL",
+        ),
+        // Targets: malformed, mixed, missing, or given to the local transport.
+        (
+            vec![
+                "deploy",
+                "--build",
+                "Build000001",
+                "--targets",
+                "i-xyz",
+                "--store",
+                &store_url,
+            ],
+            "invalid target",
+        ),
+        (
+            vec!["status", "--targets", "i-0123456789abcdef0", "tag:Role=web"],
+            "mixes instance ids and tags",
+        ),
+        (vec!["status", "--targets", "tag:Role"], "invalid target"),
+        (vec!["rollback"], "no targets"),
+        (
+            vec![
+                "status",
+                "--transport",
+                "local",
+                "--targets",
+                "i-0123456789abcdef0",
+            ],
+            "drop `--targets`",
+        ),
+        // Rates and timeouts.
+        (
+            vec![
+                "status",
+                "--targets",
+                "i-01234567",
+                "--max-concurrency",
+                "0",
+            ],
+            "--max-concurrency",
+        ),
+        (
+            vec!["status", "--targets", "i-01234567", "--max-errors", "101%"],
+            "--max-errors",
+        ),
+        (
+            vec!["status", "--targets", "i-01234567", "--timeout", "5"],
+            "--timeout",
+        ),
+        (
+            vec![
+                "rollback",
+                "--targets",
+                "i-01234567",
+                "--to",
+                "Build0000001",
+            ],
+            "invalid build name",
+        ),
+        // A newline where the command line would carry it.
+        (
+            vec![
+                "status",
+                "--transport",
+                "local",
+                "--installer-config",
+                "a\nb",
+            ],
+            "control character",
+        ),
+        (
+            vec![
+                "status",
+                "--targets",
+                "i-01234567",
+                "--output-s3-bucket",
+                "Not_A_Bucket",
+            ],
+            "S3 bucket",
+        ),
+    ];
+    for (args, expect) in cases {
+        let out = run(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(expect),
+            "{args:?}: expected `{expect}`:\n{err}"
+        );
+        assert!(!argv_file.exists(), "{args:?} ran the installer");
+        assert!(
+            !err.contains("Ctrl-C cancels"),
+            "{args:?} sent a command:\n{err}"
+        );
+    }
+
+    // With SSM, the builder's own local default store is refused: the servers cannot read it.
+    let tmp2 = tempfile::tempdir().unwrap();
+    let repo = example::create(&tmp2.path().join("repo")).unwrap();
+    let out = builder(&repo.work)
+        .args([
+            "deploy",
+            "--build",
+            "Build000001",
+            "--targets",
+            "i-0123456789abcdef0",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("the servers cannot read it"),
+        "{}",
+        text(&out)
+    );
+}
