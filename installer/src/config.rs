@@ -38,6 +38,9 @@ pub struct InstallerConfig {
     /// moves its mtime forward by at least a second itself (uWSGI compares whole seconds, so a
     /// plain `touch` within the same second as the last one would be missed).
     pub reload_file: Option<PathBuf>,
+    /// Instead of `reload`: uWSGI's master FIFO (`master-fifo`); the installer writes `c`
+    /// (chain reload), which takes effect at once rather than at the next poll of a touch file.
+    pub reload_fifo: Option<PathBuf>,
     /// Seconds to wait for the lock held by another activation.
     pub lock_timeout_secs: u64,
     pub health: HealthConfig,
@@ -97,6 +100,7 @@ impl Default for InstallerConfig {
             settings_module: "binarycrate.settings.production".into(),
             reload: words("service uwsgi-emperor restart"),
             reload_file: None,
+            reload_fifo: None,
             lock_timeout_secs: 600,
             health: HealthConfig::default(),
             shared: SharedConfig::default(),

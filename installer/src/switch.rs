@@ -49,6 +49,9 @@ impl AppServer for Uwsgi<'_> {
                 .unwrap_or_default();
             *self.before.borrow_mut() = pids;
         }
+        if let Some(fifo) = &self.config.reload_fifo {
+            return chain_reload_via_fifo(fifo);
+        }
         match &self.config.reload_file {
             Some(file) => bump_mtime(file),
             None => procs::run(&self.config.reload, &self.config.root, &[]),
@@ -143,6 +146,39 @@ pub struct Server<'a> {
     pub config: &'a InstallerConfig,
     pub app: &'a dyn AppServer,
     pub journal: &'a Journal,
+}
+
+/// Asks uWSGI's master for a chain reload through its FIFO. When no master reads it (no FIFO,
+/// or nobody on the other end) uWSGI is not running: there is nothing to reload, it will load
+/// `current` when it starts, and the health check decides whether the site serves.
+pub fn chain_reload_via_fifo(fifo: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let opened = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(fifo);
+    let mut f = match opened {
+        Ok(f) => f,
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                || e.raw_os_error() == Some(rustix::io::Errno::NXIO.raw_os_error()) =>
+        {
+            eprintln!("    uWSGI is not running (no reader on `{}`): it will serve the new release when it starts", fifo.display());
+            return Ok(());
+        }
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("cannot open uWSGI's master FIFO `{}`", fifo.display()))
+        }
+    };
+    f.write_all(b"c")
+        .with_context(|| format!("cannot write to `{}`", fifo.display()))?;
+    eprintln!(
+        "    asked uWSGI for a chain reload through `{}`",
+        fifo.display()
+    );
+    Ok(())
 }
 
 /// Moves a file's mtime forward by at least one second (creating it if needed), so a watcher

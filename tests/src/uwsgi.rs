@@ -222,6 +222,8 @@ impl UwsgiServer {
             bail!("{why}");
         }
         let root = std::path::absolute(root)?;
+        // uWSGI creates its master FIFO in `.deploy/` (the installer makes that directory).
+        fs::create_dir_all(root.join(".deploy"))?;
         let template = fs::read_to_string(ini_fixture())
             .with_context(|| format!("cannot read {}", ini_fixture().display()))?;
         let loader = match &options.loader {

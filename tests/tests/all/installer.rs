@@ -84,7 +84,7 @@ impl Site {
                 r#"root = {root:?}
 store = "file://{store}"
 python = {python:?}
-reload_file = "{root}/.deploy/reload"
+reload_fifo = "{root}/.deploy/uwsgi.fifo"
 lock_timeout_secs = 2
 
 [health]
