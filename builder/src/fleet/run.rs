@@ -182,7 +182,12 @@ async fn drive<T: Transport>(transport: &T, plan: &Plan) -> anyhow::Result<ExitC
     if plan.verbose {
         eprint!("{}", summary.full_output());
     }
-    let table = summary.table();
+    // No table when no instance matched: the closing line says so.
+    let table = if summary.instances.is_empty() {
+        String::new()
+    } else {
+        summary.table()
+    };
     if plan.json {
         eprint!("\n{table}");
         println!(

@@ -122,7 +122,7 @@ impl InstanceResult {
                     .as_deref()
                     .filter(|d| *d != self.status.as_str())
                 {
-                    parts.push(d.to_owned());
+                    parts.push(explain_detail(d));
                 }
                 if matches!(self.status, Status::Success | Status::Failed) {
                     parts.push("no installer report".into());
@@ -152,8 +152,32 @@ fn outcome_name(o: Outcome) -> &'static str {
     }
 }
 
+/// SSM's `StatusDetails` in words, for the ones that need them.
+fn explain_detail(detail: &str) -> String {
+    let squashed: String = detail.chars().filter(|c| !c.is_whitespace()).collect();
+    match squashed.as_str() {
+        "Terminated" => "not run: too many servers failed (--max-errors) (Terminated)".into(),
+        "DeliveryTimedOut" => {
+            "not run: never delivered in time (agent offline, or waited too long for its turn; see --delivery-timeout)".into()
+        }
+        "ExecutionTimedOut" => "stopped: ran longer than --timeout".into(),
+        "Undeliverable" => "not run: the instance is not managed by SSM or was terminated (Undeliverable)".into(),
+        _ => detail.to_owned(),
+    }
+}
+
+/// The line of standard error that best says what went wrong: the first `error: …` line,
+/// else the last line that is not the SSM agent's own `failed to run commands: …`.
 fn last_line(text: &str) -> Option<&str> {
-    text.lines().map(str::trim).rev().find(|l| !l.is_empty())
+    let lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    lines
+        .clone()
+        .find(|l| l.starts_with("error: "))
+        .or_else(|| {
+            lines
+                .rev()
+                .find(|l| !l.starts_with("failed to run commands: "))
+        })
 }
 
 /// `41.2s`, `3m07s`, `-`.
@@ -314,7 +338,7 @@ impl FleetSummary {
             ));
             if let Some(d) = &i.detail {
                 if d != i.status.as_str() {
-                    out.push_str(&format!("  {d}\n"));
+                    out.push_str(&format!("  {}\n", explain_detail(d)));
                 }
             }
             if let Some(r) = &i.report {
@@ -614,6 +638,27 @@ i-00000000           TimedOut  -     41.2s     ?            TimedOut
         assert_eq!(
             summary(vec![code(4, Outcome::OperatorNeeded), timed_out()]).exit_code(),
             ExitCode::OperatorNeeded
+        );
+        let agent = run(
+            "g",
+            Status::Failed,
+            Some(2),
+            "",
+            "human text\nerror: configuration file `x` does not exist\n  caused by: y\nfailed to run commands: exit status 2\n",
+        );
+        let s = summary(vec![agent]);
+        assert_eq!(s.exit_code(), ExitCode::BadInput);
+        assert_eq!(
+            s.instances[0].result_text(&s.action),
+            "no installer report: error: configuration file `x` does not exist"
+        );
+        let mut terminated = run("z", Status::Cancelled, None, "", "");
+        terminated.state.detail = Some("Terminated".into());
+        let s = summary(vec![code(3, Outcome::RolledBack), terminated]);
+        assert_eq!(s.exit_code(), ExitCode::Failed);
+        assert_eq!(
+            s.instances[1].result_text(&s.action),
+            "not run: too many servers failed (--max-errors) (Terminated)"
         );
         let not_found = run(
             "n",

@@ -208,8 +208,12 @@ pub async fn watch<T: Transport>(
                     && known.keys().all(|k| outputs.contains_key(k));
                 let expected = options.expected.or(poll.target_count).filter(|n| *n > 0);
                 let finished = if count == 0 {
+                    // SSM resolves tags to instances shortly after the send: nothing listed and
+                    // the command finished (or still nothing after a while) means no match.
                     let none_targeted = poll.target_count.unwrap_or(0) == 0;
-                    (poll.command_done && none_targeted && start.elapsed() >= options.empty_grace)
+                    let waited = start.elapsed();
+                    (none_targeted && poll.command_done && waited >= options.empty_grace)
+                        || (poll.target_count == Some(0) && waited >= options.empty_grace * 6)
                         || cancelled_at.is_some()
                 } else {
                     all_done && expected.is_none_or(|n| count >= n)

@@ -1,15 +1,20 @@
-//! `builder deploy | rollback | status` with `--transport local`: the installer run on this
+//! `builder deploy | rollback | status`: with `--transport local`, the installer run on this
 //! machine exactly as SSM would run it (one quoted shell line), a real uWSGI serving the result,
 //! the table and the `--json` summary, exit codes taken from the installer, and every kind of bad
-//! input refused before anything runs.
+//! input refused before anything runs; then through the SSM stand-in (`tests::ssm`) to two
+//! "instances", each its own server root with its own uWSGI, over S3 on moto: a rolling deploy,
+//! status by tag, `--max-errors 0` stopping at a broken instance, and Ctrl-C cancelling.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeMap;
+
 use tests::bins;
 use tests::example::{self, ExampleRepo};
+use tests::ssm::{Instance, SsmServer};
 use tests::uwsgi::{UwsgiOptions, UwsgiServer};
 
 fn free_port() -> u16 {
@@ -43,24 +48,18 @@ fn builder(dir: &Path) -> Command {
     cmd
 }
 
-/// The example app with Build000001 published to a file store, a server root and its
-/// installer.toml.
-struct Site {
-    tmp: tempfile::TempDir,
-    repo: ExampleRepo,
+/// One server: its root (with `shared/production.py`), its installer.toml and uWSGI's ports.
+struct ServerRoot {
     root: PathBuf,
-    store: PathBuf,
     config: PathBuf,
     http_port: u16,
     stats_port: u16,
 }
 
-impl Site {
-    fn new() -> Self {
-        let tmp = tempfile::tempdir().unwrap();
-        let repo = example::create(&tmp.path().join("repo")).unwrap();
-        let root = tmp.path().join("srv");
-        let store = tmp.path().join("store");
+impl ServerRoot {
+    /// `dir/srv` and `dir/installer.toml`.
+    fn new(dir: &Path, repo: &ExampleRepo) -> Self {
+        let root = dir.join("srv");
         fs::create_dir_all(root.join("shared")).unwrap();
         let (http_port, stats_port) = (free_port(), free_port());
         let template = fs::read_to_string(repo.work.join(example::PRODUCTION_TEMPLATE)).unwrap();
@@ -72,7 +71,7 @@ impl Site {
             ),
         )
         .unwrap();
-        let config = tmp.path().join("installer.toml");
+        let config = dir.join("installer.toml");
         fs::write(
             &config,
             format!(
@@ -96,14 +95,66 @@ confirm_requests = 10
             ),
         )
         .unwrap();
-        Site {
-            tmp,
-            repo,
+        Self {
             root,
-            store,
             config,
             http_port,
             stats_port,
+        }
+    }
+
+    /// Starts uWSGI on this root once the installer has made `current` (a fresh machine).
+    fn uwsgi_once_current(&self) -> std::thread::JoinHandle<UwsgiServer> {
+        let started = Instant::now();
+        let root = self.root.clone();
+        let options = UwsgiOptions {
+            http_port: Some(self.http_port),
+            stats_port: Some(self.stats_port),
+            ..UwsgiOptions::default()
+        };
+        std::thread::spawn(move || {
+            while fs::symlink_metadata(root.join("current")).is_err() {
+                assert!(
+                    started.elapsed() < Duration::from_secs(300),
+                    "no `current` appeared in `{}`",
+                    root.display()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            UwsgiServer::start_with(&root, &options).unwrap()
+        })
+    }
+}
+
+/// Whether the real server side can run here (uWSGI and the wheelhouse in the test venv).
+fn ready() -> bool {
+    if let Some(why) = tests::uwsgi::unavailable() {
+        assert!(std::env::var_os("CI").is_none(), "{why}");
+        eprintln!("skipping: {why}");
+        return false;
+    }
+    bins::have_wheelhouse()
+}
+
+/// The example app with Build000001 packaged, and one server root.
+struct Site {
+    tmp: tempfile::TempDir,
+    repo: ExampleRepo,
+    server: ServerRoot,
+    store: PathBuf,
+}
+
+impl Site {
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = example::create(&tmp.path().join("repo")).unwrap();
+        let server = ServerRoot::new(tmp.path(), &repo);
+        let store = tmp.path().join("store");
+        Site {
+            tmp,
+            repo,
+            server,
+            store,
         }
     }
 
@@ -111,18 +162,24 @@ confirm_requests = 10
         format!("file://{}", self.store.display())
     }
 
-    fn package_and_publish(&self) {
+    /// Packages Build000001; the artifact's path.
+    fn package(&self) -> String {
         let out = bins::builder_offline(&self.repo.work)
             .args(["package", "--tag", example::TAG, "--out"])
             .arg(self.tmp.path().join("out"))
             .output()
             .unwrap();
         assert!(out.status.success(), "package: {}", text(&out));
-        let artifact = String::from_utf8(out.stdout).unwrap();
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        stdout.lines().last().unwrap().trim().to_owned()
+    }
+
+    fn package_and_publish(&self) {
+        let artifact = self.package();
         let out = Command::new(bins::builder())
             .current_dir(&self.repo.work)
             .arg("publish")
-            .arg(artifact.lines().last().unwrap().trim())
+            .arg(artifact)
             .args(["--store", &self.store_url()])
             .output()
             .unwrap();
@@ -136,59 +193,46 @@ confirm_requests = 10
             .args(["--transport", "local", "--installer"])
             .arg(bins::installer())
             .arg("--installer-config")
-            .arg(&self.config)
+            .arg(&self.server.config)
             .output()
             .unwrap()
     }
 }
 
-/// The table row of the `local` pseudo-instance, split into columns.
-fn local_row(out: &Output) -> Vec<String> {
+/// The table row of `instance`, split into columns; the table is on stdout, or on stderr with
+/// `--json`.
+fn row_of(out: &Output, instance: &str) -> Vec<String> {
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let mut lines = stdout.lines();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let table = if stdout.starts_with("INSTANCE") {
+        &stdout
+    } else {
+        &stderr
+    };
+    let mut lines = table.lines().skip_while(|l| !l.starts_with("INSTANCE "));
     let header = lines.next().unwrap_or_default();
-    assert!(
-        header.starts_with("INSTANCE") && header.contains("LIVE"),
-        "{}",
-        text(out)
-    );
+    assert!(header.contains("LIVE"), "no table: {}", text(out));
     let row = lines
-        .find(|l| l.starts_with("local "))
-        .unwrap_or_else(|| panic!("no row for `local`: {}", text(out)));
+        .take_while(|l| !l.trim().is_empty())
+        .find(|l| l.starts_with(&format!("{instance} ")))
+        .unwrap_or_else(|| panic!("no row for `{instance}`: {}", text(out)));
     row.split_whitespace().map(str::to_owned).collect()
+}
+
+fn local_row(out: &Output) -> Vec<String> {
+    row_of(out, "local")
 }
 
 #[test]
 fn deploy_status_and_rollback_through_the_local_transport() {
-    if let Some(why) = tests::uwsgi::unavailable() {
-        assert!(std::env::var_os("CI").is_none(), "{why}");
-        eprintln!("skipping: {why}");
-        return;
-    }
-    if !bins::have_wheelhouse() {
+    if !ready() {
         return;
     }
     let site = Site::new();
     site.package_and_publish();
 
     // A fresh server: uWSGI is started once the installer has made `current`.
-    let started = Instant::now();
-    let root = site.root.clone();
-    let options = UwsgiOptions {
-        http_port: Some(site.http_port),
-        stats_port: Some(site.stats_port),
-        ..UwsgiOptions::default()
-    };
-    let starter = std::thread::spawn(move || {
-        while fs::symlink_metadata(root.join("current")).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(180),
-                "no `current` appeared"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        UwsgiServer::start_with(&root, &options).unwrap()
-    });
+    let starter = site.server.uwsgi_once_current();
     let store = site.store_url();
     let out = site.fleet(&["deploy", "--build", "Build000001", "--store", &store]);
     let server = starter.join().unwrap();
@@ -530,4 +574,265 @@ fn bad_input_is_refused_before_anything_runs() {
         "{}",
         text(&out)
     );
+}
+
+const BUCKET: &str = "releases";
+const S3_STORE: &str = "s3://releases/apps";
+
+/// The line of the closing summary (the last non-empty line of stderr).
+fn closing(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[test]
+fn deploy_to_two_instances_through_the_ssm_stand_in() {
+    if !ready() {
+        return;
+    }
+    let site = Site::new();
+    let one = &site.server;
+    let two = ServerRoot::new(&site.tmp.path().join("two"), &site.repo);
+    let broken_dir = site.tmp.path().join("broken");
+    fs::create_dir_all(&broken_dir).unwrap();
+    // Each instance runs the installer in its own directory with its own configuration.
+    let fleet = |env: &[(String, String)]| -> BTreeMap<String, Instance> {
+        let instance = |dir: &Path, config: &Path, role: &str| {
+            env.iter()
+                .fold(Instance::new(dir), |i, (k, v)| i.env(k, v))
+                .env("BINARYCRATE_INSTALLER_CONFIG", config.display().to_string())
+                .tag("Role", role)
+        };
+        BTreeMap::from([
+            (
+                "i-00000001".to_owned(),
+                instance(site.tmp.path(), &one.config, "web"),
+            ),
+            (
+                "i-00000002".to_owned(),
+                instance(&site.tmp.path().join("two"), &two.config, "web"),
+            ),
+            (
+                "i-00000003".to_owned(),
+                instance(&broken_dir, &broken_dir.join("missing.toml"), "broken"),
+            ),
+        ])
+    };
+    let Some(ssm) = SsmServer::start_or_skip(&fleet(&[])) else {
+        return;
+    };
+    // The installer fetches from S3 on the same moto server, with its dummy credentials.
+    ssm.set_instances(&fleet(&ssm.env())).unwrap();
+    ssm.moto().create_bucket(BUCKET).unwrap();
+    let artifact = site.package();
+    let out = Command::new(bins::builder())
+        .current_dir(&site.repo.work)
+        .envs(ssm.env())
+        .arg("publish")
+        .arg(&artifact)
+        .args(["--store", S3_STORE, "--s3-endpoint", &ssm.endpoint()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "publish: {}", text(&out));
+    let fleet_builder = |args: &[&str]| -> Command {
+        let mut cmd = builder(&site.repo.work);
+        cmd.envs(ssm.env())
+            .args(args)
+            .arg("--installer")
+            .arg(bins::installer());
+        cmd
+    };
+
+    // A rolling deploy to both: one after the other.
+    let starters = [one.uwsgi_once_current(), two.uwsgi_once_current()];
+    let out = fleet_builder(&[
+        "deploy",
+        "--build",
+        "Build000001",
+        "--targets",
+        "i-00000001",
+        "i-00000002",
+        "--max-concurrency",
+        "1",
+        "--store",
+        S3_STORE,
+        "--s3-endpoint",
+        &ssm.endpoint(),
+        "--json",
+    ])
+    .output()
+    .unwrap();
+    let servers = starters.map(|s| s.join().unwrap());
+    eprintln!("{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    for id in ["i-00000001", "i-00000002"] {
+        let row = row_of(&out, id);
+        assert_eq!(&row[1..3], ["Success", "0"], "{}", text(&out));
+        assert_eq!(row[4], "Build000001", "{}", text(&out));
+        assert_eq!(row[5], "success", "{}", text(&out));
+    }
+    for server in &servers {
+        let page = server.request("/").unwrap();
+        assert_eq!(page.build_number(), Some("000001"), "{}", page.body);
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&out)));
+    assert_eq!(v["transport"], "ssm");
+    assert_eq!(v["instances"][1]["report"]["command"], "activate");
+    assert_eq!(v["instances"][1]["live_build"], "000001");
+    let command_id = v["command_id"].as_str().unwrap();
+    let sent = ssm
+        .block_on(ssm.client().list_commands().command_id(command_id).send())
+        .unwrap();
+    let command = &sent.commands()[0];
+    assert_eq!(command.document_name(), Some("AWS-RunShellScript"));
+    assert_eq!(
+        command.comment(),
+        Some("builder deploy binarycrate Build000001")
+    );
+    assert_eq!(command.max_concurrency(), Some("1"));
+    assert_eq!(command.max_errors(), Some("0"));
+    let line = &command.parameters().unwrap()["commands"];
+    assert_eq!(
+        line,
+        &[format!(
+            "'{}' 'activate' '--build' 'Build000001' '--store' '{S3_STORE}' '--s3-endpoint' '{}' '--json'",
+            bins::installer().display(),
+            ssm.endpoint()
+        )]
+    );
+    // One after the other: the second started after the first had finished.
+    let invocations = ssm.invocations(command_id).unwrap();
+    let times = |id: &str| {
+        let inv = invocations
+            .iter()
+            .find(|i| i.instance_id() == Some(id))
+            .unwrap();
+        let p = &inv.command_plugins()[0];
+        (
+            p.response_start_date_time().unwrap().as_secs_f64(),
+            p.response_finish_date_time().unwrap().as_secs_f64(),
+        )
+    };
+    let (first, second) = (times("i-00000001"), times("i-00000002"));
+    assert!(second.0 >= first.1, "{first:?} {second:?}");
+
+    // status by tag: which build is live where.
+    let out = fleet_builder(&["status", "--targets", "tag:Role=web"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    for id in ["i-00000001", "i-00000002"] {
+        assert_eq!(row_of(&out, id)[4], "Build000001", "{}", text(&out));
+    }
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .all(|l| !l.starts_with("i-00000003")),
+        "{}",
+        text(&out)
+    );
+
+    // Tags that match no instance: nothing runs, exit 1.
+    let out = fleet_builder(&["status", "--targets", "tag:Role=nothing"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        closing(&out).contains("no instance matched the targets (tag:Role=nothing)"),
+        "{}",
+        text(&out)
+    );
+
+    // A broken instance first with --max-errors 0: it fails with the installer's exit 2, the
+    // others are never run, and builder names each and exits 1.
+    let out = fleet_builder(&[
+        "status",
+        "--targets",
+        "i-00000003",
+        "i-00000001",
+        "i-00000002",
+        "--max-concurrency",
+        "1",
+        "--max-errors",
+        "0",
+    ])
+    .output()
+    .unwrap();
+    eprintln!("{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let broken = row_of(&out, "i-00000003");
+    assert_eq!(&broken[1..3], ["Failed", "2"], "{}", text(&out));
+    for id in ["i-00000001", "i-00000002"] {
+        let row = row_of(&out, id);
+        assert_eq!(row[1], "Cancelled", "{}", text(&out));
+        assert!(row.join(" ").contains("--max-errors"), "{}", text(&out));
+    }
+    assert!(
+        closing(&out).contains("3 of 3 instances did not succeed"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        broken.join(" ").contains("missing.toml` does not exist"),
+        "the reason is shown: {}",
+        text(&out)
+    );
+
+    // Ctrl-C while both run: the command is cancelled, and builder reports and exits 1.
+    let slow = site.tmp.path().join("slow-installer");
+    fs::write(&slow, "#!/bin/sh\ntouch \"$PWD/started\"\nexec sleep 120\n").unwrap();
+    let mut perm = fs::metadata(&slow).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+    fs::set_permissions(&slow, perm).unwrap();
+    let markers = [
+        site.tmp.path().join("started"),
+        site.tmp.path().join("two/started"),
+    ];
+    let mut child = builder(&site.repo.work)
+        .envs(ssm.env())
+        .args(["status", "--targets", "tag:Role=web", "--installer"])
+        .arg(&slow)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while !markers.iter().all(|m| m.exists()) {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the slow installers never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let t = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("builder did not finish after Ctrl-C");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    eprintln!("{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    for id in ["i-00000001", "i-00000002"] {
+        assert_eq!(row_of(&out, id)[1], "Cancelled", "{}", text(&out));
+    }
+    assert!(
+        closing(&out).contains("interrupted and cancelled"),
+        "{}",
+        text(&out)
+    );
+    drop(servers);
 }
