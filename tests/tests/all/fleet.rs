@@ -836,3 +836,211 @@ fn deploy_to_two_instances_through_the_ssm_stand_in() {
     );
     drop(servers);
 }
+
+/// Commits `change` on the working copy's `develop`, then `builder prepare --push`: the tag.
+fn prepare_next(repo: &ExampleRepo, change: impl FnOnce(&Path)) -> String {
+    change(&repo.work);
+    example::git(&repo.work, &["add", "-A"]).unwrap();
+    example::git(
+        &repo.work,
+        &[
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            "a change for the next build",
+        ],
+    )
+    .unwrap();
+    let out = bins::builder_offline(&repo.work)
+        .args(["prepare", "--push"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "prepare: {}", text(&out));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+/// `builder package` then `builder publish` to S3 on the stand-in's moto.
+fn package_and_publish_s3(repo: &ExampleRepo, ssm: &SsmServer, tag: &str, out_dir: &Path) {
+    let out = bins::builder_offline(&repo.work)
+        .args(["package", "--tag", tag, "--out"])
+        .arg(out_dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "package {tag}: {}", text(&out));
+    let artifact = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .to_owned();
+    let out = builder(&repo.work)
+        .envs(ssm.env())
+        .arg("publish")
+        .arg(&artifact)
+        .args(["--store", S3_STORE, "--s3-endpoint", &ssm.endpoint()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "publish {tag}: {}", text(&out));
+}
+
+/// The whole pipeline across two instances: prepare → package → publish to S3 → rolling deploy
+/// → an upgrade with a migration → fleet rollback → a build whose health check fails, which the
+/// first instance rolls back by itself while `--max-errors 0` keeps it off the second.
+#[test]
+fn the_pipeline_end_to_end_on_two_instances() {
+    if !ready() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = example::create(&tmp.path().join("repo")).unwrap();
+    let one = ServerRoot::new(&tmp.path().join("one"), &repo);
+    let two = ServerRoot::new(&tmp.path().join("two"), &repo);
+    let fleet = |env: &[(String, String)]| -> BTreeMap<String, Instance> {
+        let instance = |s: &ServerRoot| {
+            env.iter()
+                .fold(Instance::new(s.root.parent().unwrap()), |i, (k, v)| {
+                    i.env(k, v)
+                })
+                .env(
+                    "BINARYCRATE_INSTALLER_CONFIG",
+                    s.config.display().to_string(),
+                )
+        };
+        BTreeMap::from([
+            ("i-00000001".to_owned(), instance(&one)),
+            ("i-00000002".to_owned(), instance(&two)),
+        ])
+    };
+    let Some(ssm) = SsmServer::start_or_skip(&fleet(&[])) else {
+        return;
+    };
+    ssm.set_instances(&fleet(&ssm.env())).unwrap();
+    ssm.moto().create_bucket(BUCKET).unwrap();
+    let endpoint = ssm.endpoint();
+    let run = |args: &[&str]| -> Output {
+        builder(&repo.work)
+            .envs(ssm.env())
+            .args(args)
+            .args([
+                "--targets",
+                "i-00000001",
+                "i-00000002",
+                "--max-concurrency",
+                "1",
+                "--max-errors",
+                "0",
+            ])
+            .arg("--installer")
+            .arg(bins::installer())
+            .args(if args[0] == "deploy" {
+                vec!["--store", S3_STORE, "--s3-endpoint", endpoint.as_str()]
+            } else {
+                vec![]
+            })
+            .output()
+            .unwrap()
+    };
+
+    let b2 = prepare_next(&repo, |_| {});
+    assert_eq!(b2, "Build000002");
+    package_and_publish_s3(&repo, &ssm, &b2, &tmp.path().join("out2"));
+    let starters = [one.uwsgi_once_current(), two.uwsgi_once_current()];
+    let out = run(&["deploy", "--build", &b2]);
+    let servers = starters.map(|s| s.join().unwrap());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let serving = |build: &str| {
+        for s in &servers {
+            for _ in 0..5 {
+                let page = s.request("/").unwrap();
+                assert_eq!(page.build_number(), Some(build), "{}", page.body);
+            }
+        }
+    };
+    serving("000002");
+
+    // Build 3 adds a migration; both instances apply it and serve it.
+    let b3 = prepare_next(&repo, |w| {
+        let models = w.join("binarycrate/dashboard/models.py");
+        fs::write(
+            &models,
+            fs::read_to_string(&models).unwrap().replace(
+                "    created = ",
+                "    stars = models.IntegerField(default=0)\n    created = ",
+            ),
+        )
+        .unwrap();
+        fs::write(
+            w.join("binarycrate/dashboard/migrations/0002_project_stars.py"),
+            "from django.db import migrations, models\n\n\nclass Migration(migrations.Migration):\n    dependencies = [('dashboard', '0001_initial')]\n    operations = [migrations.AddField(model_name='project', name='stars', field=models.IntegerField(default=0))]\n",
+        )
+        .unwrap();
+    });
+    package_and_publish_s3(&repo, &ssm, &b3, &tmp.path().join("out3"));
+    let out = run(&["deploy", "--build", &b3]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    serving("000003");
+    for s in [&one, &two] {
+        let shown = Command::new(s.root.join("current/venv/bin/python"))
+            .current_dir(s.root.join("current"))
+            .env("DJANGO_SETTINGS_MODULE", "binarycrate.settings.production")
+            .args(["binarycrate/manage.py", "showmigrations", "dashboard"])
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&shown.stdout).contains("[X] 0002_project_stars"),
+            "{}",
+            String::from_utf8_lossy(&shown.stdout)
+        );
+    }
+
+    // The fleet goes back to build 2.
+    let out = run(&["rollback"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    for id in ["i-00000001", "i-00000002"] {
+        assert_eq!(row_of(&out, id)[4], "Build000002", "{}", text(&out));
+    }
+    serving("000002");
+
+    // Build 4 does not show its build number: the first instance rolls itself back (exit 3),
+    // and with --max-errors 0 the second never runs.
+    let b4 = prepare_next(&repo, |w| {
+        let t = w.join("binarycrate/dashboard/templates/dashboard/index.html");
+        fs::write(
+            &t,
+            fs::read_to_string(&t).unwrap().replace(
+                "<!-- Build number = {{ build_number }} -->",
+                "<!-- broken -->",
+            ),
+        )
+        .unwrap();
+    });
+    package_and_publish_s3(&repo, &ssm, &b4, &tmp.path().join("out4"));
+    let out = run(&["deploy", "--build", &b4]);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    let first = row_of(&out, "i-00000001");
+    assert_eq!(&first[1..3], ["Failed", "3"], "{}", text(&out));
+    let second = row_of(&out, "i-00000002");
+    assert_ne!(second[1], "Success", "{}", text(&out));
+    let all = text(&out);
+    assert!(
+        all.contains("i-00000001") && all.contains("health check"),
+        "the reason is named: {all}"
+    );
+    serving("000002");
+    assert_eq!(
+        fs::read_link(two.root.join("current")).unwrap(),
+        Path::new("releases/Build000002")
+    );
+    assert!(
+        !two.root.join("releases").join(&b4).exists(),
+        "the second instance was never touched"
+    );
+}
