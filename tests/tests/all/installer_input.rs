@@ -184,3 +184,144 @@ fn refusals_change_nothing_and_say_what_to_do() {
     assert_eq!(r.details["reboot_required"], true);
     assert!(r.warnings.iter().any(|w| w.contains("--reboot")));
 }
+
+/// A loopback page that says whichever build `current` points at, like the real app would.
+fn fake_site(root: &Path) -> (u16, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (root, flag) = (root.to_owned(), stop.clone());
+    std::thread::spawn(move || {
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((mut s, _)) => {
+                    s.set_nonblocking(false).unwrap();
+                    let mut buf = [0u8; 1024];
+                    let _ = s.read(&mut buf);
+                    let current = fs::read_link(root.join("current"))
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default();
+                    let digits = current.trim_start_matches("releases/Build");
+                    let _ = write!(s, "HTTP/1.0 200 OK\r\n\r\n<!-- Build number = {digits} -->");
+                }
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+            }
+        }
+    });
+    (port, stop)
+}
+
+/// kill -9 of the installer in the venv phase and again between swap and reload: each time,
+/// running the same command again completes the activation.
+#[test]
+fn an_activation_killed_mid_way_completes_when_run_again() {
+    if !bins::have_wheelhouse() {
+        return;
+    }
+    let (tmp, repo) = example::create_temp().unwrap();
+    let store = tmp.path().join("store");
+    let packaged = bins::builder_offline(&repo.work)
+        .args(["package", "--tag", "Build000001", "--out"])
+        .arg(tmp.path().join("out"))
+        .output()
+        .unwrap();
+    assert!(
+        packaged.status.success(),
+        "{}",
+        String::from_utf8_lossy(&packaged.stderr)
+    );
+    let artifact = String::from_utf8(packaged.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned();
+    let published = Command::new(bins::builder())
+        .current_dir(&repo.work)
+        .arg("publish")
+        .arg(&artifact)
+        .arg("--store")
+        .arg(&store)
+        .output()
+        .unwrap();
+    assert!(published.status.success());
+
+    let root = tmp.path().join("srv");
+    fs::create_dir_all(root.join("shared")).unwrap();
+    fs::write(root.join("shared/production.py"), format!("from .base import *\nSECRET_KEY = 'x' * 50\nDATABASES = {{'default': {{'ENGINE': 'django.db.backends.sqlite3', 'NAME': {:?}}}}}\n", root.join("shared/db.sqlite3").display().to_string())).unwrap();
+    let (port, stop) = fake_site(&root);
+    let python = tests::moto::venv_dir().join("bin/python");
+    // A "python" and a "reload" that kill the installer (their parent) with SIGKILL.
+    let killer = tmp.path().join("kill-parent");
+    fs::write(&killer, "#!/bin/sh\nkill -9 $PPID\nsleep 5\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&killer, fs::Permissions::from_mode(0o755)).unwrap();
+    let config = |python: &Path, reload: &Path| {
+        let path = tmp.path().join("installer.toml");
+        fs::write(
+            &path,
+            format!(
+                "root = {:?}\nstore = \"file://{}\"\npython = {:?}\nreload = [{:?}]\n[health]\nurl = \"http://127.0.0.1:{port}/\"\ntimeout_secs = 20\nconfirm_requests = 3\n",
+                root.display().to_string(),
+                store.display(),
+                python.display().to_string(),
+                reload.display().to_string()
+            ),
+        )
+        .unwrap();
+        path
+    };
+
+    // Killed while building the venv: nothing live changed, and no half-built venv is trusted.
+    let cfg = config(&killer, Path::new("/bin/true"));
+    let out = installer(&cfg, &["activate", "--build", "Build000001"]);
+    assert_eq!(
+        out.status.code(),
+        None,
+        "killed by a signal: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(fs::symlink_metadata(root.join("current")).is_err());
+    // Killed between the swap and the reload.
+    let cfg = config(&python, &killer);
+    let out = installer(&cfg, &["activate", "--build", "Build000001"]);
+    assert_eq!(
+        out.status.code(),
+        None,
+        "killed by a signal: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        fs::read_link(root.join("current")).unwrap(),
+        Path::new("releases/Build000001")
+    );
+    // The same command again completes it (reload, health check, journal), reusing the work done.
+    let cfg = config(&python, Path::new("/bin/true"));
+    let out = installer(&cfg, &["activate", "--build", "Build000001", "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Report = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r.outcome, common::report::Outcome::Success);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("reusing the complete venv") && err.contains("already this release"),
+        "{err}"
+    );
+    // And now it is simply live.
+    let again = installer(&cfg, &["activate", "--build", "Build000001"]);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("nothing to do"));
+    let verify = installer(&cfg, &["verify"]);
+    assert_eq!(
+        verify.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+}
