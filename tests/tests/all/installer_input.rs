@@ -56,17 +56,12 @@ fn walkdir_like(root: &Path) -> Vec<(String, Vec<u8>)> {
     out
 }
 
-#[test]
-fn refusals_change_nothing_and_say_what_to_do() {
-    if !bins::have_wheelhouse() {
-        return;
-    }
-    let (tmp, repo) = example::create_temp().unwrap();
-    let store = tmp.path().join("store");
-    let out_dir = tmp.path().join("out");
+/// Packages the example's Build000001 and publishes it to a file store in `dir`; the store.
+fn publish_build1(dir: &Path, repo: &example::ExampleRepo) -> std::path::PathBuf {
+    let store = dir.join("store");
     let packaged = bins::builder_offline(&repo.work)
         .args(["package", "--tag", "Build000001", "--out"])
-        .arg(&out_dir)
+        .arg(dir.join("out"))
         .output()
         .unwrap();
     assert!(
@@ -93,6 +88,16 @@ fn refusals_change_nothing_and_say_what_to_do() {
         "{}",
         String::from_utf8_lossy(&published.stderr)
     );
+    store
+}
+
+#[test]
+fn refusals_change_nothing_and_say_what_to_do() {
+    if !bins::have_wheelhouse() {
+        return;
+    }
+    let (tmp, repo) = example::create_temp().unwrap();
+    let store = publish_build1(tmp.path(), &repo);
 
     let root = tmp.path().join("srv");
     fs::create_dir_all(&root).unwrap();
@@ -221,32 +226,7 @@ fn an_activation_killed_mid_way_completes_when_run_again() {
         return;
     }
     let (tmp, repo) = example::create_temp().unwrap();
-    let store = tmp.path().join("store");
-    let packaged = bins::builder_offline(&repo.work)
-        .args(["package", "--tag", "Build000001", "--out"])
-        .arg(tmp.path().join("out"))
-        .output()
-        .unwrap();
-    assert!(
-        packaged.status.success(),
-        "{}",
-        String::from_utf8_lossy(&packaged.stderr)
-    );
-    let artifact = String::from_utf8(packaged.stdout)
-        .unwrap()
-        .lines()
-        .last()
-        .unwrap()
-        .to_owned();
-    let published = Command::new(bins::builder())
-        .current_dir(&repo.work)
-        .arg("publish")
-        .arg(&artifact)
-        .arg("--store")
-        .arg(&store)
-        .output()
-        .unwrap();
-    assert!(published.status.success());
+    let store = publish_build1(tmp.path(), &repo);
 
     let root = tmp.path().join("srv");
     fs::create_dir_all(root.join("shared")).unwrap();
