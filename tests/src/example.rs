@@ -532,6 +532,48 @@ fn hash_tree(root: &Path, rel: &Path, out: &mut String) -> anyhow::Result<()> {
     Ok(())
 }
 
+impl ExampleRepo {
+    /// Applies `change` to the working copy, sets `BUILD_NUMBER = 'number'` in `build_number.py`,
+    /// commits everything (ignored files too: a test may commit what the app's `.gitignore`
+    /// keeps out, like a secret) and creates the annotated tag `Build<number>` — a tag made by
+    /// hand, not by `builder prepare`.
+    pub fn commit_and_tag(&self, number: &str, change: impl FnOnce(&Path)) -> anyhow::Result<()> {
+        change(&self.work);
+        let bn = self.work.join(BUILD_NUMBER_FILE);
+        let text: String = std::fs::read_to_string(&bn)?
+            .lines()
+            .map(|l| {
+                if l.starts_with("BUILD_NUMBER") {
+                    format!("BUILD_NUMBER = '{number}'\n")
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        std::fs::write(&bn, text)?;
+        git(&self.work, &["add", "-A", "-f"])?;
+        git(
+            &self.work,
+            &["commit", "-q", "-m", &format!("test build {number}")],
+        )?;
+        git(
+            &self.work,
+            &["tag", "-a", &format!("Build{number}"), "-m", "test"],
+        )?;
+        Ok(())
+    }
+}
+
+/// A server's `shared/production.py` as an operator would write it from this repository's
+/// template: a secret key, loopback hosts, and the SQLite database in `<root>/shared/`.
+pub fn production_settings(repo: &ExampleRepo, root: &Path) -> anyhow::Result<String> {
+    let template = std::fs::read_to_string(repo.work.join(PRODUCTION_TEMPLATE))?;
+    Ok(format!(
+        "{template}\nSECRET_KEY = 'test-secret-key-test-secret-key-test-secret-key'\nALLOWED_HOSTS = ['127.0.0.1', 'localhost']\nDATABASES['default']['NAME'] = {:?}\n",
+        root.join("shared/db.sqlite3").display().to_string()
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

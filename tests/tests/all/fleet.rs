@@ -62,13 +62,9 @@ impl ServerRoot {
         let root = dir.join("srv");
         fs::create_dir_all(root.join("shared")).unwrap();
         let (http_port, stats_port) = (free_port(), free_port());
-        let template = fs::read_to_string(repo.work.join(example::PRODUCTION_TEMPLATE)).unwrap();
         fs::write(
             root.join("shared/production.py"),
-            format!(
-                "{template}\nSECRET_KEY = 'fleet-test-secret-key-fleet-test-secret-key'\nALLOWED_HOSTS = ['127.0.0.1', 'localhost']\nDATABASES['default']['NAME'] = {:?}\n",
-                root.join("shared/db.sqlite3").display().to_string()
-            ),
+            example::production_settings(repo, &root).unwrap(),
         )
         .unwrap();
         let config = dir.join("installer.toml");

@@ -70,12 +70,11 @@ impl Site {
         fs::create_dir_all(root.join("shared")).unwrap();
         let (http_port, stats_port) = (free_port(), free_port());
         // The operator's production.py: the template, filled in, with the database in shared/.
-        let template = fs::read_to_string(repo.work.join(example::PRODUCTION_TEMPLATE)).unwrap();
-        let production = format!(
-            "{template}\nSECRET_KEY = 'test-secret-key-test-secret-key-test-secret-key'\nALLOWED_HOSTS = ['127.0.0.1', 'localhost']\nDATABASES['default']['NAME'] = {:?}\n",
-            root.join("shared/db.sqlite3").display().to_string()
-        );
-        fs::write(root.join("shared/production.py"), production).unwrap();
+        fs::write(
+            root.join("shared/production.py"),
+            example::production_settings(&repo, &root).unwrap(),
+        )
+        .unwrap();
         let venv_python = tests::moto::venv_dir().join("bin/python");
         let config = tmp.path().join("installer.toml");
         fs::write(
@@ -113,37 +112,9 @@ confirm_requests = 10
     /// Commits a change with `build_number.py` saying `number`, tags, packages and publishes it.
     fn release(&self, number: &str, change: impl FnOnce(&Path)) {
         if number != example::BUILD_NUMBER {
-            self.commit_and_tag(number, change);
+            self.repo.commit_and_tag(number, change).unwrap();
         }
         self.package_and_publish(number);
-    }
-
-    fn commit_and_tag(&self, number: &str, change: impl FnOnce(&Path)) {
-        change(&self.repo.work);
-        let bn = self.repo.work.join(example::BUILD_NUMBER_FILE);
-        let text: String = fs::read_to_string(&bn)
-            .unwrap()
-            .lines()
-            .map(|l| {
-                if l.starts_with("BUILD_NUMBER") {
-                    format!("BUILD_NUMBER = '{number}'\n")
-                } else {
-                    format!("{l}\n")
-                }
-            })
-            .collect();
-        fs::write(&bn, text).unwrap();
-        example::git(&self.repo.work, &["add", "-A"]).unwrap();
-        example::git(
-            &self.repo.work,
-            &["commit", "-q", "-m", &format!("build {number}")],
-        )
-        .unwrap();
-        example::git(
-            &self.repo.work,
-            &["tag", "-a", &format!("Build{number}"), "-m", "test"],
-        )
-        .unwrap();
     }
 
     fn package_and_publish(&self, number: &str) {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use tests::bins;
-use tests::example::{self, ExampleRepo};
+use tests::example;
 
 /// The Python side (wheelhouse) is there, or the test is skipped with a reason (never in CI).
 fn wheelhouse() -> Option<PathBuf> {
@@ -48,35 +48,6 @@ fn unpack(artifact: &Path, dest: &Path) {
         .output()
         .unwrap();
     ok(out, "installer unpack");
-}
-
-/// Commits everything in the working copy and tags it, with `build_number.py` saying `number`.
-fn commit_and_tag(repo: &ExampleRepo, number: &str, change: impl FnOnce(&Path)) {
-    change(&repo.work);
-    let bn = repo.work.join(example::BUILD_NUMBER_FILE);
-    let text: String = fs::read_to_string(&bn)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            if l.starts_with("BUILD_NUMBER") {
-                format!("BUILD_NUMBER = '{number}'\n")
-            } else {
-                format!("{l}\n")
-            }
-        })
-        .collect();
-    fs::write(&bn, text).unwrap();
-    example::git(&repo.work, &["add", "-A", "-f"]).unwrap();
-    example::git(
-        &repo.work,
-        &["commit", "-q", "-m", &format!("test build {number}")],
-    )
-    .unwrap();
-    example::git(
-        &repo.work,
-        &["tag", "-a", &format!("Build{number}"), "-m", "test"],
-    )
-    .unwrap();
 }
 
 fn entries(dir: &Path) -> Vec<String> {
@@ -255,13 +226,14 @@ fn secrets_failing_steps_and_mismatched_build_numbers_leave_no_artifact() {
     let (tmp, repo) = example::create_temp().unwrap();
 
     // A secret committed to the tag.
-    commit_and_tag(&repo, "000002", |w| {
+    repo.commit_and_tag("000002", |w| {
         fs::write(
             w.join(example::PRODUCTION_SETTINGS),
             "SECRET_KEY = 'hunter2'\n",
         )
         .unwrap()
-    });
+    })
+    .unwrap();
     let out_dir = tmp.path().join("out2");
     let out = package(&wh, &repo.work, "Build000002", &out_dir);
     assert_eq!(
@@ -278,7 +250,7 @@ fn secrets_failing_steps_and_mismatched_build_numbers_leave_no_artifact() {
     assert!(entries(&out_dir).is_empty());
 
     // A build step that fails: its name and output are shown, nothing is written.
-    commit_and_tag(&repo, "000003", |w| {
+    repo.commit_and_tag("000003", |w| {
         fs::remove_file(w.join(example::PRODUCTION_SETTINGS)).unwrap();
         let bundler = w.join(example::MODULE_BUNDLER);
         let text = fs::read_to_string(&bundler).unwrap();
@@ -289,7 +261,8 @@ fn secrets_failing_steps_and_mismatched_build_numbers_leave_no_artifact() {
         );
         assert_ne!(broken, text, "the bundler's `import sys` line moved");
         fs::write(&bundler, broken).unwrap();
-    });
+    })
+    .unwrap();
     let out_dir = tmp.path().join("out3");
     let out = package(&wh, &repo.work, "Build000003", &out_dir);
     assert_eq!(out.status.code(), Some(1));
@@ -301,7 +274,7 @@ fn secrets_failing_steps_and_mismatched_build_numbers_leave_no_artifact() {
     assert!(entries(&out_dir).is_empty());
 
     // A front end that carries another build number than the back end.
-    commit_and_tag(&repo, "000004", |w| {
+    repo.commit_and_tag("000004", |w| {
         example::git(
             w,
             &["checkout", "Build000001", "--", example::MODULE_BUNDLER],
@@ -318,7 +291,8 @@ fn secrets_failing_steps_and_mismatched_build_numbers_leave_no_artifact() {
             format!("{toml}build_number_copy = \"front-end/build_number_elsewhere.py\"\n"),
         )
         .unwrap();
-    });
+    })
+    .unwrap();
     let out_dir = tmp.path().join("out4");
     let out = package(&wh, &repo.work, "Build000004", &out_dir);
     let err = String::from_utf8_lossy(&out.stderr);
@@ -336,13 +310,14 @@ fn secrets_failing_steps_and_mismatched_build_numbers_leave_no_artifact() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("says 000004, not 000009"));
 
     // Bad configuration in the tag names the key.
-    commit_and_tag(&repo, "000005", |w| {
+    repo.commit_and_tag("000005", |w| {
         fs::write(
             w.join("deploy.toml"),
             "app = \"binarycrate\"\n[python]\ninterpeter = \"python3\"\n",
         )
         .unwrap();
-    });
+    })
+    .unwrap();
     let out = package(&wh, &repo.work, "Build000005", &tmp.path().join("out5"));
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
