@@ -207,6 +207,9 @@ pub fn exit_code_for(err: &(dyn std::error::Error + 'static)) -> crate::report::
                         | StoreError::Conflict { .. }
                         | StoreError::Corrupt { .. }
                         | StoreError::NotFound { .. }
+                        // Transparent: its source is the manifest error's source, not the
+                        // manifest error, so the walk below would never see it.
+                        | StoreError::Manifest(_)
                 )
             });
         if bad {
@@ -237,4 +240,27 @@ pub struct Locked {
     pub pid: String,
     pub command: String,
     pub waited_secs: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::ExitCode;
+
+    #[test]
+    fn a_bad_sidecar_from_the_store_is_bad_input() {
+        // As `ArtifactStore::fetch_sidecar` returns it for a sidecar from a newer builder.
+        let future = StoreError::Manifest(ManifestError::UnsupportedSchema {
+            path: "release.json".into(),
+            found: 2,
+            supported: 1,
+        });
+        assert_eq!(exit_code_for(&future), ExitCode::BadInput);
+        let io = StoreError::Fs(FsError::new(
+            "cannot write",
+            "/x",
+            io::Error::from(io::ErrorKind::StorageFull),
+        ));
+        assert_eq!(exit_code_for(&io), ExitCode::Failed);
+    }
 }

@@ -1,6 +1,7 @@
 //! The journal: one JSON line per event of every activation and rollback, appended and fsynced,
 //! so "which release was live before" is read from history, never guessed from mtimes.
 
+use std::cell::RefCell;
 use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -20,6 +21,9 @@ pub enum Event {
     /// The build is live and proven healthy.
     Live,
     Finished,
+    /// Bad input refused before anything changed: the only trace such a run leaves. Not an
+    /// activation: nothing went live, failed or was rolled back.
+    Refused,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -73,17 +77,67 @@ impl Record {
 #[derive(Debug, Clone)]
 pub struct Journal {
     path: PathBuf,
+    /// While a run is still checking its input, its records wait here: a refusal replaces them
+    /// with one `refused` record (see [`Journal::hold`]).
+    held: RefCell<Option<Vec<Record>>>,
 }
 
 impl Journal {
     pub fn new(path: &Path) -> Self {
         Self {
             path: path.to_owned(),
+            held: RefCell::new(None),
         }
     }
 
-    /// Appends one record durably. A torn last line (crash mid-write) is skipped by `read`.
+    /// From now on [`Journal::append`] keeps records in memory until [`Journal::release`]
+    /// writes them or [`Journal::refuse`] drops them, so a run refused for bad input leaves
+    /// one record, not a `started` with no end.
+    pub fn hold(&self) {
+        self.held.borrow_mut().get_or_insert_with(Vec::new);
+    }
+
+    /// Whether records are being held back.
+    pub fn holding(&self) -> bool {
+        self.held.borrow().is_some()
+    }
+
+    /// Writes the held records, in order, and appends directly again.
+    pub fn release(&self) -> anyhow::Result<()> {
+        let held = self.held.borrow_mut().take();
+        for record in held.into_iter().flatten() {
+            self.write(&record)?;
+        }
+        Ok(())
+    }
+
+    /// Drops the held records and appends one `refused` record in their place.
+    pub fn refuse(
+        &self,
+        command: &str,
+        build: Option<BuildNumber>,
+        previous: Option<BuildNumber>,
+        detail: String,
+    ) -> anyhow::Result<()> {
+        self.held.borrow_mut().take();
+        let mut r = Record::new(command, Event::Refused, build);
+        r.previous = previous;
+        r.outcome = Some(Outcome::BadInput);
+        r.detail = Some(detail);
+        self.write(&r)
+    }
+
+    /// Appends one record durably (or holds it, see [`Journal::hold`]). A torn last line
+    /// (crash mid-write) is skipped by `read`.
     pub fn append(&self, record: &Record) -> anyhow::Result<()> {
+        if let Some(held) = self.held.borrow_mut().as_mut() {
+            held.push(record.clone());
+            return Ok(());
+        }
+        self.write(record)
+    }
+
+    fn write(&self, record: &Record) -> anyhow::Result<()> {
         let mut line = serde_json::to_string(record)?;
         line.push('\n');
         let mut f = OpenOptions::new()
@@ -197,6 +251,46 @@ mod tests {
         assert_eq!(
             j.last_finished(b(3)).unwrap().unwrap().outcome,
             Some(Outcome::RolledBack)
+        );
+    }
+
+    #[test]
+    fn held_records_are_written_on_release_or_replaced_by_one_refusal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.jsonl");
+        let j = Journal::new(&path);
+        j.append(&Record::new("activate", Event::Live, Some(b(1))))
+            .unwrap();
+        let before = std::fs::read(&path).unwrap();
+
+        j.hold();
+        j.append(&Record::new("activate", Event::Started, Some(b(2))))
+            .unwrap();
+        j.append(&Record::new("activate", Event::Phase, Some(b(2))))
+            .unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), before, "held, not written");
+        j.refuse("activate", Some(b(2)), Some(b(1)), "bad".into())
+            .unwrap();
+        let records = j.read().unwrap();
+        assert_eq!(records.len(), 2);
+        assert_eq!(records[1].event, Event::Refused);
+        assert_eq!(records[1].outcome, Some(Outcome::BadInput));
+        // A refusal is no activation: history and "previous good" ignore it.
+        assert_eq!(j.previous_good(Some(b(2))).unwrap(), Some(b(1)));
+        assert_eq!(j.last_finished(b(2)).unwrap(), None);
+
+        j.hold();
+        j.append(&Record::new("activate", Event::Started, Some(b(3))))
+            .unwrap();
+        assert!(j.holding());
+        j.release().unwrap();
+        assert!(!j.holding());
+        j.append(&Record::new("activate", Event::Live, Some(b(3))))
+            .unwrap();
+        let events: Vec<Event> = j.read().unwrap().iter().map(|r| r.event).collect();
+        assert_eq!(
+            events,
+            [Event::Live, Event::Refused, Event::Started, Event::Live]
         );
     }
 }

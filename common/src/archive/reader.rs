@@ -87,6 +87,7 @@ pub fn unpack(
             actual: size,
         });
     }
+    check_declared_size(sidecar, size, options)?;
     let tmp = atomic::temp_sibling(dest, "unpack");
     fs::create_dir(&tmp).map_err(|e| FsError::new("cannot create directory", &tmp, e))?;
     let result = unpack_into(file, size, sidecar, &tmp, options).and_then(|summary| {
@@ -106,6 +107,48 @@ pub fn unpack(
     result
 }
 
+/// Most bytes the decompressed stream may hold. Everything decompressed counts: headers and
+/// padding too, so a bomb made of huge long-name entries or zero padding is caught as well as
+/// one made of file content.
+fn stream_limit(compressed_size: u64, options: &UnpackOptions) -> u64 {
+    options
+        .max_ratio
+        .saturating_mul(compressed_size.max(1))
+        .min(
+            options
+                .max_unpacked_bytes
+                .saturating_add(options.max_unpacked_bytes / 8 + (64 << 20)),
+        )
+}
+
+/// Refuses a bomb before a byte is inflated. Every file byte the manifest lists must come out
+/// of the stream, so a manifest that declares more than the limits allow would be refused
+/// midway anyway — after writing up to the limit to disk.
+fn check_declared_size(
+    sidecar: &Sidecar,
+    compressed_size: u64,
+    options: &UnpackOptions,
+) -> Result<(), UnpackError> {
+    let mut total: u64 = 0;
+    for (name, entry) in &sidecar.manifest.files {
+        if let FileEntry::File { size, .. } = entry {
+            total = total.saturating_add(*size);
+            if total > options.max_unpacked_bytes {
+                return Err(UnpackError::TooLarge {
+                    entry: name.clone(),
+                    limit: options.max_unpacked_bytes,
+                });
+            }
+        }
+    }
+    if total > stream_limit(compressed_size, options) {
+        return Err(UnpackError::RatioTooHigh {
+            limit: options.max_ratio,
+        });
+    }
+    Ok(())
+}
+
 /// What the inflating thread reports when it is done.
 struct StreamEnd {
     hash: Blake3Hash,
@@ -120,16 +163,7 @@ fn unpack_into(
     options: &UnpackOptions,
 ) -> Result<Unpacked, UnpackError> {
     let expected = sidecar.archive.as_ref().expect("checked by unpack");
-    // Everything decompressed counts: headers and padding too, so a bomb made of huge long-name
-    // entries or zero padding is caught as well as one made of file content.
-    let stream_limit = options
-        .max_ratio
-        .saturating_mul(compressed_size.max(1))
-        .min(
-            options
-                .max_unpacked_bytes
-                .saturating_add(options.max_unpacked_bytes / 8 + (64 << 20)),
-        );
+    let stream_limit = stream_limit(compressed_size, options);
     let (tx, rx) = mpsc::sync_channel::<Result<Vec<u8>, UnpackError>>(8);
     let max_ratio = options.max_ratio;
     let inflater = thread::spawn(move || -> Option<StreamEnd> {

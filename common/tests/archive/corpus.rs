@@ -837,6 +837,41 @@ fn cases() -> Vec<Case> {
         max_ratio: 50,
     };
     v.push(bomb);
+    // A manifest that declares more than the archive may expand to is refused before a byte is
+    // inflated: the "archive" here is not even gzip, so any attempt to read it would fail as
+    // corrupt instead.
+    {
+        let not_gzip = noise(64 << 10);
+        let mut m = base_manifest();
+        m.files.insert(
+            "huge.bin".into(),
+            FileEntry::File {
+                size: 1 << 30,
+                mode: Mode::FILE,
+                blake3: Blake3Hash::of(b""),
+            },
+        );
+        v.push(case(
+            "bomb declared in the manifest, refused before inflating",
+            (not_gzip.clone(), sidecar_for(&m, &not_gzip)),
+            |e| matches!(e, E::RatioTooHigh { limit: 200 }),
+            &["200:1"],
+        ));
+        m.files.insert(
+            "huger.bin".into(),
+            FileEntry::File {
+                size: 8 << 30,
+                mode: Mode::FILE,
+                blake3: Blake3Hash::of(b""),
+            },
+        );
+        v.push(case(
+            "manifest declaring more than the size limit, refused before inflating",
+            (not_gzip.clone(), sidecar_for(&m, &not_gzip)),
+            |e| matches!(e, E::TooLarge { entry, .. } if entry == "huger.bin"),
+            &["huger.bin", "8589934592"],
+        ));
+    }
 
     // --- the sidecar and the destination ---------------------------------------------------
     {

@@ -64,11 +64,68 @@ pub fn activate(
     server: &dyn AppServer,
     report: &mut Report,
 ) -> anyhow::Result<Outcome> {
+    let layout = Layout::new(&config.root);
+    let journal = Journal::new(&layout.journal());
+    let cache = layout.cache_for(args.build);
+    let cache_was_there = cache.exists();
+    // Until the release is verified and in place its records wait: a refusal leaves one.
+    journal.hold();
+    let result = activate_checked(args, config, server, report, &journal);
+    if !journal.holding() {
+        return result;
+    }
+    match &result {
+        Err(e) if exit_code_for(e.as_ref()) == ExitCode::BadInput => refused(
+            &layout,
+            &journal,
+            args.build,
+            e,
+            (!cache_was_there).then_some(&cache),
+        ),
+        _ => journal.release()?,
+    }
+    result
+}
+
+/// Bad input refused before anything changed: no download of it stays in the cache, and the
+/// journal gets one `refused` record instead of the run's held ones.
+fn refused(
+    layout: &Layout,
+    journal: &Journal,
+    build: BuildNumber,
+    error: &anyhow::Error,
+    created_cache: Option<&std::path::PathBuf>,
+) {
+    // Under the lock again, so a run that took it meanwhile keeps its own downloads.
+    let lock = lock::acquire(
+        &layout.lock_file(),
+        Duration::ZERO,
+        &format!("installer activate --build {build:#} (refused)"),
+    );
+    if let (Ok(_), Some(cache)) = (&lock, created_cache) {
+        if cache.exists() {
+            if let Err(e) = atomic::remove_tree(cache) {
+                eprintln!("warning: cannot remove `{}`: {e:#}", cache.display());
+            }
+        }
+    }
+    let current = layout.current_build().ok().flatten();
+    if let Err(e) = journal.refuse("activate", Some(build), current, format!("{error:#}")) {
+        eprintln!("warning: cannot write the journal: {e:#}");
+    }
+}
+
+fn activate_checked(
+    args: &ActivateArgs,
+    config: &InstallerConfig,
+    server: &dyn AppServer,
+    report: &mut Report,
+    journal: &Journal,
+) -> anyhow::Result<Outcome> {
     const CMD: &str = "activate";
     let build = args.build;
     let layout = Layout::new(&config.root);
     layout.ensure()?;
-    let journal = Journal::new(&layout.journal());
 
     let t = Instant::now();
     let timeout = Duration::from_secs(args.lock_timeout.unwrap_or(config.lock_timeout_secs));
@@ -141,7 +198,7 @@ pub fn activate(
     } else {
         Some(fetch_cached(&store, &layout, config, build, &sidecar)?)
     };
-    phase_done(&journal, report, CMD, build, "fetch", t, true);
+    phase_done(journal, report, CMD, build, "fetch", t, true);
 
     // Phase: unpack (verified entry by entry, renamed into place only when complete).
     let t = Instant::now();
@@ -155,7 +212,9 @@ pub fn activate(
             release_dir.display()
         );
     }
-    phase_done(&journal, report, CMD, build, "unpack", t, true);
+    phase_done(journal, report, CMD, build, "unpack", t, true);
+    // Verified and in place: from here on every record goes straight to the journal.
+    journal.release()?;
 
     // Phase: link shared files and static, after the template check.
     let t = Instant::now();
@@ -179,7 +238,7 @@ pub fn activate(
     if let Some(hash) = release::link_static(&layout, config, build)? {
         report.details.insert("version_hash".into(), hash.into());
     }
-    phase_done(&journal, report, CMD, build, "link", t, true);
+    phase_done(journal, report, CMD, build, "link", t, true);
 
     // Phase: venv from the release's own wheels.
     let t = Instant::now();
@@ -190,7 +249,7 @@ pub fn activate(
     if !built {
         eprintln!("    reusing the complete venv");
     }
-    phase_done(&journal, report, CMD, build, "venv", t, true);
+    phase_done(journal, report, CMD, build, "venv", t, true);
 
     // Phase: migrate with the new code, before the swap.
     let t = Instant::now();
@@ -200,9 +259,9 @@ pub fn activate(
         &release_dir,
         &[("DJANGO_SETTINGS_MODULE", &config.settings_module)],
     ) {
-        phase_done(&journal, report, CMD, build, "migrate", t, false);
+        phase_done(journal, report, CMD, build, "migrate", t, false);
         finished(
-            &journal,
+            journal,
             CMD,
             build,
             current,
@@ -213,13 +272,13 @@ pub fn activate(
             "migrate failed; `current` was not changed and the previous release is still serving",
         ));
     }
-    phase_done(&journal, report, CMD, build, "migrate", t, true);
+    phase_done(journal, report, CMD, build, "migrate", t, true);
 
     let live = Server {
         layout: &layout,
         config,
         app: server,
-        journal: &journal,
+        journal,
     };
     let switched = switch(&live, report, CMD, build, previous)?;
     conclude(&live, report, CMD, build, current, switched)

@@ -57,7 +57,7 @@ fn walkdir_like(root: &Path) -> Vec<(String, Vec<u8>)> {
 }
 
 /// Packages the example's Build000001 and publishes it to a file store in `dir`; the store.
-fn publish_build1(dir: &Path, repo: &example::ExampleRepo) -> std::path::PathBuf {
+pub(crate) fn publish_build1(dir: &Path, repo: &example::ExampleRepo) -> std::path::PathBuf {
     let store = dir.join("store");
     let packaged = bins::builder_offline(&repo.work)
         .args(["package", "--tag", "Build000001", "--out"])
@@ -191,7 +191,7 @@ fn refusals_change_nothing_and_say_what_to_do() {
 }
 
 /// A loopback page that says whichever build `current` points at, like the real app would.
-fn fake_site(root: &Path) -> (u16, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+pub(crate) fn fake_site(root: &Path) -> (u16, std::sync::Arc<std::sync::atomic::AtomicBool>) {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
