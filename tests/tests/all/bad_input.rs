@@ -975,6 +975,23 @@ fn config_cases(site: &Site, build: BuildNumber) -> Vec<Case> {
             true,
         ),
         (
+            "S3 bucket name that is not one",
+            config_text(&root, "s3://Releases_2026/binarycrate", "", ""),
+            &["invalid store URL `s3://Releases_2026/binarycrate`: bucket name `Releases_2026`"],
+            true,
+        ),
+        (
+            "S3 endpoint that is not a URL",
+            config_text(
+                &root,
+                &format!("s3://{BUCKET}/{S3_PREFIX}"),
+                "s3_endpoint = \"127.0.0.1:9000\"",
+                "",
+            ),
+            &["S3 endpoint `127.0.0.1:9000` must be an `http://` or `https://` URL"],
+            true,
+        ),
+        (
             "string where a number belongs",
             config_text(&root, &store, "", "[health]\ntimeout_secs = \"sixty\"\n"),
             &[
