@@ -82,7 +82,11 @@ pub fn activate(
             e,
             (!cache_was_there).then_some(&cache),
         ),
-        _ => journal.release()?,
+        _ => {
+            if let Err(e) = journal.release() {
+                eprintln!("warning: cannot write the journal: {e:#}");
+            }
+        }
     }
     result
 }

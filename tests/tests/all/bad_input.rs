@@ -1293,7 +1293,13 @@ fn bad_input_through_the_whole_path_is_refused_and_changes_nothing() {
     let (mut rejected, mut unchanged) = (0, 0);
     let mut failures = Vec::new();
     for case in &mut cases {
-        let out = case.cmd.output().unwrap();
+        let out = case.cmd.output().unwrap_or_else(|e| {
+            panic!(
+                "{}: cannot run `{}`: {e}",
+                case.name,
+                case.cmd.get_program().to_string_lossy()
+            )
+        });
         let after = State::of(&site.root);
         let err = String::from_utf8_lossy(&out.stderr);
         let mut problems = Vec::new();
