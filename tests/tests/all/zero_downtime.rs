@@ -619,7 +619,13 @@ confirm_requests = 10
     let mut probe = Client::new(nginx.port(), false);
     let page = probe.get("/").unwrap();
     assert_eq!(check_page(&page, &builds), Ok(0), "{}", nginx.log_tail());
-    check_static(&probe.get(&builds[0].css_path()).unwrap(), &builds[0]).unwrap();
+    assert_eq!(page.header("cache-control"), Some("no-cache"));
+    let css = probe.get(&builds[0].css_path()).unwrap();
+    check_static(&css, &builds[0]).unwrap();
+    assert_eq!(
+        css.header("cache-control"),
+        Some("public, max-age=31536000, immutable")
+    );
     eprintln!(
         "zero-downtime: nginx {} (pid {}) -> uWSGI {} (2 workers, unix socket {})",
         nginx.url(),
