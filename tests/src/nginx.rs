@@ -113,7 +113,10 @@ pub fn render_site(
     if root.contains(char::is_whitespace)
         || uwsgi_socket.to_string_lossy().contains(char::is_whitespace)
     {
-        bail!("nginx paths with whitespace are not supported here: `{root}`");
+        bail!(
+            "nginx paths with whitespace are not supported here: `{root}`, `{}`",
+            uwsgi_socket.display()
+        );
     }
     Ok(template
         .replace(TEMPLATE_LISTEN, &format!("listen 127.0.0.1:{port};"))

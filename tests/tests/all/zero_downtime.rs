@@ -87,6 +87,12 @@ impl Response {
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
+
+    /// The server closes the connection after this answer (`Connection: close`).
+    fn closes(&self) -> bool {
+        self.header("connection")
+            .is_some_and(|c| c.eq_ignore_ascii_case("close"))
+    }
 }
 
 /// A plain HTTP/1.1 client for one loopback port: with `keep_alive` it reuses its connection
@@ -111,13 +117,8 @@ impl Client {
     fn get(&mut self, path: &str) -> Result<Response, String> {
         let reused = self.conn.is_some();
         let result = self.exchange(path);
-        match &result {
-            Ok(r)
-                if self.keep_alive
-                    && !r
-                        .header("connection")
-                        .is_some_and(|c| c.eq_ignore_ascii_case("close")) => {}
-            _ => self.conn = None,
+        if !(self.keep_alive && result.as_ref().is_ok_and(|r| !r.closes())) {
+            self.conn = None;
         }
         result.map_err(|e| {
             let how = if reused { "reused" } else { "new" };
@@ -297,12 +298,11 @@ struct Load<'a> {
 }
 
 impl Load<'_> {
-    /// Claims one request, or `None` when the load must end (stopped, out of count or time).
-    fn claim(&self) -> Option<()> {
-        if self.stop.load(Ordering::Relaxed) || Instant::now() >= self.deadline {
-            return None;
-        }
-        (self.started.fetch_add(1, Ordering::SeqCst) < MAX_REQUESTS).then_some(())
+    /// Claims one request; false when the load must end (stopped, out of count or time).
+    fn claim(&self) -> bool {
+        !self.stop.load(Ordering::Relaxed)
+            && Instant::now() < self.deadline
+            && self.started.fetch_add(1, Ordering::SeqCst) < MAX_REQUESTS
     }
 
     /// One client: a page, then the static file it links (as a browser would), and every third
@@ -332,7 +332,7 @@ impl Load<'_> {
             });
         };
         for round in 0.. {
-            if self.claim().is_none() {
+            if !self.claim() {
                 break;
             }
             let started = Instant::now();
@@ -347,7 +347,7 @@ impl Load<'_> {
                 if index == 1 {
                     self.new_seen.store(true, Ordering::Relaxed);
                 }
-                if self.claim().is_none() {
+                if !self.claim() {
                     break;
                 }
                 fetch_static(&mut client, &mut samples, index);
@@ -357,7 +357,7 @@ impl Load<'_> {
                     if index == 1 && !self.new_seen.load(Ordering::Relaxed) {
                         continue;
                     }
-                    if self.claim().is_none() {
+                    if !self.claim() {
                         return samples;
                     }
                     fetch_static(&mut client, &mut samples, index);
@@ -408,6 +408,12 @@ fn required_build(t: Instant, tl: &Timeline) -> Option<usize> {
     } else {
         Some(0)
     }
+}
+
+/// Written straight to stderr, past the test harness's output capture, so that the figures
+/// also show in `scripts/test`'s log.
+fn show(text: &str) {
+    let _ = writeln!(std::io::stderr(), "{text}");
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -626,13 +632,13 @@ confirm_requests = 10
         css.header("cache-control"),
         Some("public, max-age=31536000, immutable")
     );
-    eprintln!(
+    show(&format!(
         "zero-downtime: nginx {} (pid {}) -> uWSGI {} (2 workers, unix socket {})",
         nginx.url(),
         nginx.pid(),
         uwsgi.pid(),
         socket.display()
-    );
+    ));
 
     let load = Load {
         port: nginx.port(),
@@ -736,13 +742,13 @@ confirm_requests = 10
     };
     let mixed = |from: Instant, to: Instant, first: usize, last: usize| {
         let first_of = pages_ok(from, to, first).map(|s| s.started).next();
-        let last_of = pages_ok(from, to, last).map(|s| s.started).last();
+        let last_of = pages_ok(from, to, last).map(|s| s.started).next_back();
         match (first_of, last_of) {
             (Some(a), Some(b)) if b > a => format!("{:.2}s", (b - a).as_secs_f64()),
             _ => "0s".to_owned(),
         }
     };
-    eprintln!(
+    show(&format!(
         "zero-downtime: {} clients ({} keep-alive) for {:.1}s; pages {} (p50 {}, p99 {}, max {}), static files {} (p50 {}, p99 {}, max {})",
         CLIENTS,
         CLIENTS.div_ceil(2),
@@ -755,33 +761,33 @@ confirm_requests = 10
         ms(percentile(&statics, 0.5)),
         ms(percentile(&statics, 0.99)),
         ms(statics.last().copied().unwrap_or_default()),
-    );
-    eprintln!(
+    ));
+    show(&format!(
         "zero-downtime: activate Build000002 {:.2}s, swap to healthy {}ms ({}); both builds answered for {} of it",
         (tl.activate.1 - tl.activate.0).as_secs_f64(),
         switch_ms(&act),
         phases(&act),
         mixed(tl.activate.0, tl.activate.1, 1, 0),
-    );
-    eprintln!(
+    ));
+    show(&format!(
         "zero-downtime: rollback {:.2}s, swap to healthy {}ms ({}); both builds answered for {} of it",
         (tl.rollback.1 - tl.rollback.0).as_secs_f64(),
         switch_ms(&rb),
         phases(&rb),
         mixed(tl.rollback.0, tl.rollback.1, 0, 1),
-    );
-    eprintln!(
+    ));
+    show(&format!(
         "zero-downtime: pages before activate {}, during {}, between {}, during rollback {}, after {}",
         in_window[0], in_window[1], in_window[2], in_window[3], in_window[4]
-    );
+    ));
     for f in failures.iter().take(20) {
-        eprintln!("zero-downtime: FAILED {f}");
+        show(&format!("zero-downtime: FAILED {f}"));
     }
-    println!(
+    show(&format!(
         "zero-downtime: requests={} failed={} old={old} new={new}",
         samples.len(),
         failures.len()
-    );
+    ));
 
     assert!(
         failures.is_empty(),
