@@ -25,14 +25,17 @@ use tests::uwsgi::{UwsgiOptions, UwsgiServer};
 
 /// Concurrent clients: half keep their connection to nginx alive, half open one per request.
 const CLIENTS: usize = 6;
-/// The load stops by itself after this many requests...
-const MAX_REQUESTS: usize = 40_000;
+/// The load stops by itself after this many requests (an activation slowed down by a busy
+/// machine may take a minute: about 60,000 requests at this pace)...
+const MAX_REQUESTS: usize = 200_000;
 /// ... or after this long, whichever comes first.
 const MAX_DURATION: Duration = Duration::from_secs(300);
 /// At least this many requests in all.
 const MIN_REQUESTS: usize = 2_000;
 /// Requests started before `activate` begins, and after each command exits.
 const AROUND_EACH: usize = 400;
+/// Each client's pause between rounds, which leaves the installer some CPU.
+const ROUND_PAUSE: Duration = Duration::from_millis(5);
 /// One request's limit; a slower answer is a failure.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// The static file every page references and the clients fetch.
@@ -363,6 +366,7 @@ impl Load<'_> {
                     fetch_static(&mut client, &mut samples, index);
                 }
             }
+            std::thread::sleep(ROUND_PAUSE);
         }
         samples
     }
