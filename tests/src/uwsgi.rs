@@ -3,7 +3,8 @@
 //! The server is pyuwsgi's `uwsgi` from the test virtualenv (`scripts/python-env`), configured
 //! from `tests/fixtures/server/uwsgi.ini` — the production file the README shows — with only
 //! what a test needs changed (see [`render_ini`]): `root`, an HTTP socket on `127.0.0.1` with a
-//! port the kernel picks instead of the unix socket for nginx, the stats server on a kernel-picked
+//! port the kernel picks instead of the unix socket for nginx (or besides it, moved into the
+//! test's directory, when nginx runs in front: `crate::nginx`), the stats server on a kernel-picked
 //! loopback port, the number of workers, and the loader, which is `<root>/loader.py` when the
 //! root has one (the installer puts it there) and `installer/src/loader.py` otherwise.
 //!
@@ -107,6 +108,9 @@ pub struct UwsgiOptions {
     /// server starts, like the installer's, must name them).
     pub http_port: Option<u16>,
     pub stats_port: Option<u16>,
+    /// Keep the production `socket` (the uwsgi protocol, for nginx's `uwsgi_pass`) and its
+    /// `chmod-socket`, at this path, besides the test's HTTP socket.
+    pub uwsgi_socket: Option<PathBuf>,
 }
 
 impl Default for UwsgiOptions {
@@ -118,6 +122,7 @@ impl Default for UwsgiOptions {
             start_timeout: START_TIMEOUT,
             http_port: None,
             stats_port: None,
+            uwsgi_socket: None,
         }
     }
 }
@@ -529,7 +534,8 @@ impl Drop for UwsgiServer {
 }
 
 /// The test configuration made from the production one: `root` set, the unix socket and its
-/// mode replaced by `http-socket = 127.0.0.1:0`, the stats server on `127.0.0.1:0`, the workers
+/// mode replaced by `http-socket = 127.0.0.1:0` (or, with `options.uwsgi_socket`, the unix
+/// socket moved there and the HTTP socket added), the stats server on `127.0.0.1:0`, the workers
 /// and the loader from `options`. Every line it changes must be in the template, so the
 /// template cannot drift from what is tested.
 pub fn render_ini(
@@ -558,7 +564,14 @@ pub fn render_ini(
             "processes" => Some(options.processes.to_string()),
             "stats" => Some(format!("127.0.0.1:{}", options.stats_port.unwrap_or(0))),
             "wsgi-file" => Some(loader.display().to_string()),
-            "socket" => Some(String::new()),
+            "socket" => Some(
+                options
+                    .uwsgi_socket
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+            ),
+            "chmod-socket" if options.uwsgi_socket.is_some() => None,
             "chmod-socket" => Some(String::new()),
             _ => None,
         };
@@ -945,6 +958,24 @@ mod tests {
             Path::new("/l")
         )
         .is_err());
+    }
+
+    #[test]
+    fn the_unix_socket_for_nginx_is_kept_when_asked_for() {
+        let template = fs::read_to_string(ini_fixture()).unwrap();
+        let options = UwsgiOptions {
+            uwsgi_socket: Some(PathBuf::from("/t/run/uwsgi.sock")),
+            ..UwsgiOptions::default()
+        };
+        let ini = render_ini(&template, Path::new("/r"), &options, Path::new("/l")).unwrap();
+        let lines: Vec<&str> = ini.lines().collect();
+        for want in [
+            "socket = /t/run/uwsgi.sock",
+            "chmod-socket = 660",
+            "http-socket = 127.0.0.1:0",
+        ] {
+            assert!(lines.contains(&want), "{want:?} missing from\n{ini}");
+        }
     }
 
     #[test]

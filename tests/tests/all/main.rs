@@ -11,3 +11,4 @@ mod ssm;
 mod store_file;
 mod store_s3;
 mod uwsgi;
+mod zero_downtime;
