@@ -508,7 +508,10 @@ mod tests {
             ("[package]\nexclude = ['a[']", "package.exclude"),
             ("[frontend]\nenabled = 'yes'", "enabled"),
             ("[signing]\nsecret_key = ''", "signing.secret_key"),
-            ("[signing]\npassword_env = 'MY-PASS'", "signing.password_env"),
+            (
+                "[signing]\npassword_env = 'MY-PASS'",
+                "signing.password_env",
+            ),
             ("[signing]\nkey = 'a.key'", "key"),
         ] {
             let err = DeployConfig::parse(text, "deploy.toml")

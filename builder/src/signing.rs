@@ -69,9 +69,7 @@ impl SigningKey {
                     path.display()
                 )))
             }
-            Err(e) => {
-                return Err(e).with_context(|| format!("cannot read `{}`", path.display()))
-            }
+            Err(e) => return Err(e).with_context(|| format!("cannot read `{}`", path.display())),
         };
         let not_a_key = |why: &str| {
             BadInput(format!(
@@ -87,8 +85,8 @@ impl SigningKey {
             return Err(not_a_key("wrong length or algorithm").into());
         }
         let encrypted = raw[2..4] != [0, 0];
-        let boxed = minisign::SecretKeyBox::from_string(&text)
-            .map_err(|e| not_a_key(&e.to_string()))?;
+        let boxed =
+            minisign::SecretKeyBox::from_string(&text).map_err(|e| not_a_key(&e.to_string()))?;
         let sk = match (encrypted, password) {
             (false, _) => boxed
                 .into_unencrypted_secret_key()
@@ -109,8 +107,8 @@ impl SigningKey {
         keynum.copy_from_slice(&bytes[SK_KEYNUM]);
         let ed25519 = ed25519_compact::SecretKey::from_slice(&bytes[SK_ED25519])
             .map_err(|_| not_a_key("bad Ed25519 key"))?;
-        let public = minisign::PublicKey::from_secret_key(&sk)
-            .map_err(|e| not_a_key(&e.to_string()))?;
+        let public =
+            minisign::PublicKey::from_secret_key(&sk).map_err(|e| not_a_key(&e.to_string()))?;
         // A damaged file could hold a seed that does not belong to its public half; signatures
         // made with it would never verify on the servers.
         let seed = ed25519_compact::Seed::from_slice(&bytes[SK_ED25519][..32])
@@ -309,7 +307,10 @@ pub fn generate(
         .context("cannot encode the public key")?
         .to_bytes();
     // Secret first: a public key without its secret half would be trusted for nothing.
-    for (path, data, mode) in [(&secret_path, &secret, 0o600), (&public_path, &public, 0o644)] {
+    for (path, data, mode) in [
+        (&secret_path, &secret, 0o600),
+        (&public_path, &public, 0o644),
+    ] {
         if !atomic::write_file_mode(path, data, mode, force)? {
             bail!(BadInput(format!(
                 "`{}` appeared while the key was being written: nothing replaced; run again",
@@ -348,7 +349,9 @@ mod tests {
         let pk = minisign::PublicKey::from_file(&g.public_path).unwrap();
         let sig = minisign::SignatureBox::from_string(&text).unwrap();
         minisign::verify(&pk, &sig, Cursor::new(&data[..]), true, false, false).unwrap();
-        assert!(minisign::verify(&pk, &sig, Cursor::new(&b"other"[..]), true, false, false).is_err());
+        assert!(
+            minisign::verify(&pk, &sig, Cursor::new(&b"other"[..]), true, false, false).is_err()
+        );
         assert!(key.sign(data, "two\nlines").is_err());
     }
 
@@ -357,11 +360,19 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let g = generate(dir.path(), "ci", None, false).unwrap();
-        let mode = std::fs::metadata(&g.secret_path).unwrap().permissions().mode();
+        let mode = std::fs::metadata(&g.secret_path)
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let before = std::fs::read(&g.secret_path).unwrap();
-        let err = generate(dir.path(), "ci", None, false).unwrap_err().to_string();
-        assert!(err.contains("already exists") && err.contains("--force"), "{err}");
+        let err = generate(dir.path(), "ci", None, false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("already exists") && err.contains("--force"),
+            "{err}"
+        );
         assert_eq!(std::fs::read(&g.secret_path).unwrap(), before);
         let again = generate(dir.path(), "ci", None, true).unwrap();
         assert_ne!(again.key_id, g.key_id);
@@ -373,9 +384,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("none.key");
         let err = SigningKey::load(&missing, None).unwrap_err().to_string();
-        assert!(err.contains("none.key") && err.contains("builder keygen"), "{err}");
+        assert!(
+            err.contains("none.key") && err.contains("builder keygen"),
+            "{err}"
+        );
         let g = generate(dir.path(), "k", None, false).unwrap();
-        let err = SigningKey::load(&g.public_path, None).unwrap_err().to_string();
+        let err = SigningKey::load(&g.public_path, None)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not a minisign secret key"), "{err}");
     }
 
@@ -384,8 +400,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let g = generate(dir.path(), "p", Some("correct horse".into()), false).unwrap();
         assert!(g.encrypted);
-        let err = SigningKey::load(&g.secret_path, None).unwrap_err().to_string();
-        assert!(err.contains("password-protected") && err.contains(DEFAULT_PASSWORD_ENV), "{err}");
+        let err = SigningKey::load(&g.secret_path, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("password-protected") && err.contains(DEFAULT_PASSWORD_ENV),
+            "{err}"
+        );
         let err = SigningKey::load(&g.secret_path, Some("wrong".into()))
             .unwrap_err()
             .to_string();

@@ -66,7 +66,12 @@ pub fn write_file_with(
 /// never readable by others, not even for a moment. An existing file is replaced only when
 /// `replace`; otherwise it is left alone and `false` is returned (also when another writer
 /// created it meanwhile).
-pub fn write_file_mode(path: &Path, data: &[u8], mode: u32, replace: bool) -> Result<bool, FsError> {
+pub fn write_file_mode(
+    path: &Path,
+    data: &[u8],
+    mode: u32,
+    replace: bool,
+) -> Result<bool, FsError> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     if !replace && fs::symlink_metadata(path).is_ok() {
         return Ok(false);
@@ -190,13 +195,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("secret.key");
         assert!(write_file_mode(&p, b"one", 0o600, false).unwrap());
-        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o7777, 0o600);
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o7777,
+            0o600
+        );
         assert!(!write_file_mode(&p, b"two", 0o600, false).unwrap());
         assert_eq!(fs::read(&p).unwrap(), b"one");
         assert!(write_file_mode(&p, b"three", 0o644, true).unwrap());
         assert_eq!(fs::read(&p).unwrap(), b"three");
-        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o7777, 0o644);
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary left");
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o7777,
+            0o644
+        );
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temporary left"
+        );
     }
 
     #[test]

@@ -279,8 +279,14 @@ mod tests {
             ("[health]\nurl = 'https://x/'", "health.url"),
             ("[shared.files]\n'../x' = 'production.py'", "shared.files"),
             ("lock_timeout_secs = -1", "lock_timeout_secs"),
-            ("[signing]\nrequire_signature = true", "signing.require_signature"),
-            ("[signing]\npublic_keys = ['RWnotakey']", "signing.public_keys[0]"),
+            (
+                "[signing]\nrequire_signature = true",
+                "signing.require_signature",
+            ),
+            (
+                "[signing]\npublic_keys = ['RWnotakey']",
+                "signing.public_keys[0]",
+            ),
             ("[signing]\npublic_key = 'x'", "public_key"),
         ] {
             let err = InstallerConfig::parse(text, "installer.toml")

@@ -125,9 +125,8 @@ impl Policy {
             });
         }
         for p in &c.public_key_files {
-            let (id, key) = read_public_key_file(p).map_err(|e| {
-                BadInput(format!("key `signing.public_key_files`: {e}"))
-            })?;
+            let (id, key) = read_public_key_file(p)
+                .map_err(|e| BadInput(format!("key `signing.public_key_files`: {e}")))?;
             keys.push(TrustedKey {
                 id,
                 origin: format!("`{}`", p.display()),
@@ -210,8 +209,7 @@ pub fn verify(
         ))
     };
     let text = std::str::from_utf8(signature).map_err(|_| malformed("not text"))?;
-    let parsed =
-        minisign_verify::Signature::decode(text).map_err(|e| malformed(&e.to_string()))?;
+    let parsed = minisign_verify::Signature::decode(text).map_err(|e| malformed(&e.to_string()))?;
     let signer = text
         .lines()
         .nth(1)
@@ -322,7 +320,12 @@ mod tests {
         let (id, _) = parse_public_key(&line).unwrap();
         assert_eq!(id, key_id_of(pair.pk.keynum()));
         assert_eq!(id.len(), 16);
-        for bad in ["", "RWQ", "not base64!", "untrusted comment: minisign public key"] {
+        for bad in [
+            "",
+            "RWQ",
+            "not base64!",
+            "untrusted comment: minisign public key",
+        ] {
             let err = parse_public_key(bad).unwrap_err();
             assert!(err.contains("not a minisign public key"), "{bad}: {err}");
         }
@@ -342,7 +345,10 @@ mod tests {
             require_signature: Some(true),
             ..Default::default()
         };
-        assert!(c.validate().unwrap_err().contains("signing.require_signature"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .contains("signing.require_signature"));
         let c = SigningConfig {
             public_keys: vec![a, "RWbad".into()],
             ..Default::default()
@@ -392,7 +398,11 @@ mod tests {
         );
         let signature = sign(&a, sidecar);
         let err = verify(&only_a, build(), b"{\"manifest\": 8}\n", Some(&signature)).unwrap_err();
-        assert!(err.0.contains("does not match") && err.0.contains(&id_a), "{}", err.0);
+        assert!(
+            err.0.contains("does not match") && err.0.contains(&id_a),
+            "{}",
+            err.0
+        );
         // A trusted comment changed after signing breaks the second signature.
         let forged = String::from_utf8(signature)
             .unwrap()

@@ -47,7 +47,9 @@ pub fn run(args: &KeygenArgs) -> anyhow::Result<ExitCode> {
         secret.display()
     );
     println!();
-    println!("Trust it on every server, in installer.toml (keep the old key there while rotating):");
+    println!(
+        "Trust it on every server, in installer.toml (keep the old key there while rotating):"
+    );
     println!("  [signing]");
     println!("  public_keys = [\"{}\"]", g.public_key);
     println!();

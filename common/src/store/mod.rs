@@ -86,9 +86,13 @@ pub struct SignedPublish {
 pub enum SignatureUpload {
     /// No signature was given: the release is published unsigned (or keeps the one it has).
     Unsigned,
-    Uploaded { key: String },
+    Uploaded {
+        key: String,
+    },
     /// The identical signature was already there.
-    AlreadyThere { key: String },
+    AlreadyThere {
+        key: String,
+    },
 }
 
 /// Signatures are a few hundred bytes; anything much larger is not one, and is not read whole.
@@ -413,12 +417,19 @@ impl ArtifactStore {
     /// Downloads the artifact a sidecar (already fetched and checked, e.g. its signature)
     /// names into `dest_dir`, verified against that sidecar — not against whatever the store
     /// holds by then — before it appears under its final name.
-    pub fn fetch_artifact(&self, sidecar: &Sidecar, dest_dir: &Path) -> Result<PathBuf, StoreError> {
+    pub fn fetch_artifact(
+        &self,
+        sidecar: &Sidecar,
+        dest_dir: &Path,
+    ) -> Result<PathBuf, StoreError> {
         let (app, build) = (sidecar.manifest.app.as_str(), sidecar.manifest.build);
-        let archive = sidecar.archive.clone().ok_or_else(|| ManifestError::Invalid {
-            path: RELEASE_JSON.into(),
-            message: "the sidecar has no archive section".into(),
-        })?;
+        let archive = sidecar
+            .archive
+            .clone()
+            .ok_or_else(|| ManifestError::Invalid {
+                path: RELEASE_JSON.into(),
+                message: "the sidecar has no archive section".into(),
+            })?;
         let key = format!("{}{}", Self::build_prefix(app, build), archive.file_name);
         let final_path = dest_dir.join(&archive.file_name);
         let tmp = atomic::temp_sibling(&final_path, "download");

@@ -85,7 +85,12 @@ fn package(repo: &example::ExampleRepo, tag: &str, out: &Path, key: Option<&Path
     )
 }
 
-fn publish(repo: &example::ExampleRepo, artifact: &Path, store: &str, env: &[(String, String)]) -> Output {
+fn publish(
+    repo: &example::ExampleRepo,
+    artifact: &Path,
+    store: &str,
+    env: &[(String, String)],
+) -> Output {
     Command::new(bins::builder())
         .current_dir(&repo.work)
         .envs(env.iter().map(|(k, v)| (k, v)))
@@ -138,7 +143,13 @@ fn listing(root: &Path) -> Vec<(String, Vec<u8>)> {
             }
             let ft = e.file_type().unwrap();
             if ft.is_symlink() {
-                out.push((rel, fs::read_link(&p).unwrap().into_os_string().into_encoded_bytes()));
+                out.push((
+                    rel,
+                    fs::read_link(&p)
+                        .unwrap()
+                        .into_os_string()
+                        .into_encoded_bytes(),
+                ));
             } else if ft.is_dir() {
                 out.push((format!("{rel}/"), Vec::new()));
                 walk(root, &p, out);
@@ -383,7 +394,11 @@ fn signed_releases_install_and_forgeries_are_refused() {
     );
     // Publishing again is a no-op; a signature by another key for the same release is refused.
     let same = ok(publish(&repo, &artifact1, &store_url, &[]));
-    assert!(stderr(&same).contains("identical signature"), "{}", text(&same));
+    assert!(
+        stderr(&same).contains("identical signature"),
+        "{}",
+        text(&same)
+    );
     let by_c = copy_release(&out1, &t.join("out1c"), false);
     ok(Command::new(bins::builder())
         .current_dir(&repo.work)
@@ -395,7 +410,11 @@ fn signed_releases_install_and_forgeries_are_refused() {
         .unwrap());
     let conflict = publish(&repo, &by_c, &store_url, &[]);
     assert_eq!(conflict.status.code(), Some(2), "{}", text(&conflict));
-    assert!(stderr(&conflict).contains("different signature"), "{}", text(&conflict));
+    assert!(
+        stderr(&conflict).contains("different signature"),
+        "{}",
+        text(&conflict)
+    );
 
     // Trusting A and B (rotation): Build000001 (A) and then Build000002 (B) both install.
     let trust_ab = format!("public_keys = [{:?}, {:?}]", a.public, b.public);
@@ -413,11 +432,18 @@ fn signed_releases_install_and_forgeries_are_refused() {
     let mut refusals = 0;
 
     // From here on every refusal is tried on one server root, which must not change.
-    let srv = Server::new(&t.join("s2"), &repo, &store_url, &format!("public_keys = [{:?}]", b.public));
+    let srv = Server::new(
+        &t.join("s2"),
+        &repo,
+        &store_url,
+        &format!("public_keys = [{:?}]", b.public),
+    );
     // Wrong key: signed by A, the server trusts only B.
     let err = srv.refuse("Build000001", &[]);
     assert!(
-        err.contains(&format!("signed by key {}", a.id)) && err.contains(&b.id) && err.contains("Build000001"),
+        err.contains(&format!("signed by key {}", a.id))
+            && err.contains(&b.id)
+            && err.contains("Build000001"),
         "{err}"
     );
     refusals += 1;
@@ -429,7 +455,9 @@ fn signed_releases_install_and_forgeries_are_refused() {
     srv.set_store(&store_c_url);
     let err = srv.refuse("Build000001", &[]);
     assert!(
-        err.contains(&format!("signed by key {}", c.id)) && err.contains(&a.id) && err.contains(&b.id),
+        err.contains(&format!("signed by key {}", c.id))
+            && err.contains(&a.id)
+            && err.contains(&b.id),
         "{err}"
     );
     refusals += 1;
@@ -451,20 +479,37 @@ fn signed_releases_install_and_forgeries_are_refused() {
     // Tampered artifact: swapped in the store; the signature is fine, the hash is not.
     copy_tree(&store, &store_t);
     let name = artifact1.file_name().unwrap();
-    fs::copy(&artifact2, store_t.join("binarycrate/Build000001").join(name)).unwrap();
+    fs::copy(
+        &artifact2,
+        store_t.join("binarycrate/Build000001").join(name),
+    )
+    .unwrap();
     let err = srv.refuse("Build000001", &[]);
-    assert!(err.contains("altered or replaced") || err.contains("truncated"), "{err}");
-    assert!(srv.nothing_downloaded("Build000001"), "the swapped artifact was discarded");
+    assert!(
+        err.contains("altered or replaced") || err.contains("truncated"),
+        "{err}"
+    );
+    assert!(
+        srv.nothing_downloaded("Build000001"),
+        "the swapped artifact was discarded"
+    );
     refusals += 1;
     // Unsigned, and this server requires signatures.
     let store_u = t.join("store-unsigned");
     let store_u_url = format!("file://{}", store_u.display());
     let unsigned = copy_release(&out1, &t.join("out1u"), false);
     let published = ok(publish(&repo, &unsigned, &store_u_url, &[]));
-    assert!(stderr(&published).contains("unsigned"), "{}", text(&published));
+    assert!(
+        stderr(&published).contains("unsigned"),
+        "{}",
+        text(&published)
+    );
     srv.set_store(&store_u_url);
     let err = srv.refuse("Build000001", &[]);
-    assert!(err.contains("Build000001 is not signed") && err.contains(&a.id), "{err}");
+    assert!(
+        err.contains("Build000001 is not signed") && err.contains(&a.id),
+        "{err}"
+    );
     refusals += 1;
     // `require_signature = true` without keys is a configuration error.
     srv.set_signing("require_signature = true");
@@ -478,16 +523,26 @@ fn signed_releases_install_and_forgeries_are_refused() {
     srv.set_signing(&format!("{trust_ab}\nrequire_signature = false"));
     let r = srv.activate("Build000001", &[]);
     assert_eq!(signature_detail(&r).0, "unsigned");
-    assert!(r.warnings.iter().any(|w| w.contains("not signed")), "{:?}", r.warnings);
+    assert!(
+        r.warnings.iter().any(|w| w.contains("not signed")),
+        "{:?}",
+        r.warnings
+    );
     let srv3 = Server::new(&t.join("s3"), &repo, &store_u_url, "");
     let r = srv3.activate("Build000001", &[]);
     assert_eq!(signature_detail(&r).0, "unsigned");
-    assert!(r.warnings.iter().any(|w| w.contains("no trusted keys")), "{:?}", r.warnings);
+    assert!(
+        r.warnings.iter().any(|w| w.contains("no trusted keys")),
+        "{:?}",
+        r.warnings
+    );
 
     // Publishing the signed release over the unsigned one adds its signature.
     let added = ok(publish(&repo, &artifact1, &store_u_url, &[]));
     assert!(stderr(&added).contains("signature at"), "{}", text(&added));
-    assert!(store_u.join("binarycrate/Build000001/release.json.minisig").is_file());
+    assert!(store_u
+        .join("binarycrate/Build000001/release.json.minisig")
+        .is_file());
     println!("signing: file store refusals={refusals} all exit 2 with the server root unchanged");
 }
 
@@ -508,7 +563,9 @@ fn signed_releases_over_s3() {
     let url = "s3://releases/prod";
     let env = moto.env();
     ok(publish(&repo, &artifact, url, &env));
-    let keys = moto.list_keys("releases", "prod/binarycrate/Build000001/").unwrap();
+    let keys = moto
+        .list_keys("releases", "prod/binarycrate/Build000001/")
+        .unwrap();
     assert!(
         keys.iter().any(|k| k.ends_with("/release.json.minisig")),
         "{keys:?}"
@@ -523,14 +580,22 @@ fn signed_releases_over_s3() {
     let original = fs::read(t.join("out/release.json")).unwrap();
     let mut altered = original.clone();
     altered.extend_from_slice(b"\n");
-    moto.put_object("releases", "prod/binarycrate/Build000001/release.json", altered)
-        .unwrap();
+    moto.put_object(
+        "releases",
+        "prod/binarycrate/Build000001/release.json",
+        altered,
+    )
+    .unwrap();
     let err = srv.refuse("Build000001", &env);
     assert!(err.contains("does not match"), "{err}");
     assert!(srv.nothing_downloaded("Build000001"));
     // Put back as signed: installs.
-    moto.put_object("releases", "prod/binarycrate/Build000001/release.json", original)
-        .unwrap();
+    moto.put_object(
+        "releases",
+        "prod/binarycrate/Build000001/release.json",
+        original,
+    )
+    .unwrap();
     let r = srv.activate("Build000001", &env);
     assert_eq!(signature_detail(&r), ("verified".into(), a.id.clone()));
     println!("signing: s3 refusals=2 verified=1");
