@@ -85,18 +85,21 @@ impl SigningKey {
             return Err(not_a_key("wrong length or algorithm").into());
         }
         let encrypted = raw[2..4] != [0, 0];
-        let boxed =
-            minisign::SecretKeyBox::from_string(&text).map_err(|e| not_a_key(&e.to_string()))?;
         let sk = match (encrypted, password) {
-            (false, _) => boxed
-                .into_unencrypted_secret_key()
-                .map_err(|e| not_a_key(&e.to_string()))?,
-            (true, Some(pw)) => boxed.into_secret_key(Some(pw)).map_err(|e| {
-                BadInput(format!(
-                    "cannot unlock the signing key `{}`: {e} (check the password variable)",
-                    path.display()
-                ))
-            })?,
+            // Read directly rather than through the box: `minisign -G -W` leaves the checksum
+            // of unencrypted keys empty, which the box check calls corrupt. The halves are
+            // checked against each other below instead.
+            (false, _) => {
+                minisign::SecretKey::from_bytes(&raw).map_err(|e| not_a_key(&e.to_string()))?
+            }
+            (true, Some(pw)) => minisign::SecretKeyBox::from_string(&text)
+                .and_then(|boxed| boxed.into_secret_key(Some(pw)))
+                .map_err(|e| {
+                    BadInput(format!(
+                        "cannot unlock the signing key `{}`: {e} (check the password variable)",
+                        path.display()
+                    ))
+                })?,
             (true, None) => bail!(BadInput(format!(
                 "the signing key `{}` is password-protected: put its password in `{DEFAULT_PASSWORD_ENV}` (or the variable named by `--signing-password-env` / `signing.password_env`)",
                 path.display()

@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
+use anyhow::Context;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use common::error::BadInput;
@@ -246,7 +247,27 @@ pub fn check_release(
     report: &mut Report,
 ) -> anyhow::Result<()> {
     let policy = Policy::from_config(&config.signing)?;
-    let signature = store.fetch_signature(&config.app, build)?;
+    if policy.keys.is_empty() {
+        // Nothing could be checked, and a server allowed only `s3:GetObject` cannot even tell a
+        // missing signature (S3 says AccessDenied then) from an unreadable one: do not ask.
+        let warning = format!(
+            "the signature of {build:#} was not checked: this server trusts no release signing keys (`[signing] public_keys` in the installer configuration)"
+        );
+        eprintln!("warning: {warning}");
+        report.warnings.push(warning);
+        report.details.insert(
+            "signature".into(),
+            serde_json::json!({"status": "not-checked"}),
+        );
+        return Ok(());
+    }
+    let signature = store.fetch_signature(&config.app, build).with_context(|| {
+        format!(
+            "cannot read `{}` of {build:#} from `{}` (on S3, a server without `s3:ListBucket` on the prefix is told AccessDenied, not NotFound, when a release is unsigned)",
+            ArtifactStore::signature_key(&config.app, build),
+            store.location()
+        )
+    })?;
     let verdict = verify(&policy, build, sidecar, signature.as_deref())?;
     let detail = match &verdict {
         Verdict::Verified {
@@ -257,12 +278,9 @@ pub fn check_release(
             serde_json::json!({"status": "verified", "key_id": key_id, "trusted_comment": trusted_comment})
         }
         Verdict::Unsigned => {
-            let why = if policy.keys.is_empty() {
-                "no trusted keys are configured (`[signing] public_keys`)"
-            } else {
-                "`require_signature = false`"
-            };
-            let warning = format!("{build:#} is not signed; installed anyway because {why}");
+            let warning = format!(
+                "{build:#} is not signed; installed anyway because of `require_signature = false`"
+            );
             eprintln!("warning: {warning}");
             report.warnings.push(warning);
             serde_json::json!({"status": "unsigned"})

@@ -376,7 +376,6 @@ fn signed_releases_install_and_forgeries_are_refused() {
         "{sig1}"
     );
     assert!(!sig1.contains("timestamp"), "{sig1}");
-    println!("signing: reproducible signature, {identical} files identical across two packagings");
 
     // Build000002: key B from deploy.toml at the tag.
     let out2 = t.join("out2");
@@ -408,6 +407,48 @@ fn signed_releases_install_and_forgeries_are_refused() {
         .arg(&c.secret)
         .output()
         .unwrap());
+    // A password-protected key signs only with its password (from the environment).
+    let made = Command::new(bins::builder())
+        .env("KEY_PASSWORD", "correct horse battery")
+        .args([
+            "keygen",
+            "--name",
+            "p",
+            "--password-env",
+            "KEY_PASSWORD",
+            "--out-dir",
+        ])
+        .arg(&keys)
+        .output()
+        .unwrap();
+    assert!(stderr(&ok(made)).is_empty());
+    let by_p = copy_release(&out1, &t.join("out1p"), false);
+    let sign_p = |password: Option<&str>| {
+        let mut cmd = Command::new(bins::builder());
+        cmd.current_dir(&repo.work)
+            .env_remove("BINARYCRATE_SIGNING_PASSWORD")
+            .arg("sign")
+            .arg(&by_p)
+            .arg("--signing-key")
+            .arg(keys.join("p.key"));
+        if let Some(pw) = password {
+            cmd.env("BINARYCRATE_SIGNING_PASSWORD", pw);
+        }
+        cmd.output().unwrap()
+    };
+    let locked = sign_p(None);
+    assert_eq!(locked.status.code(), Some(2), "{}", text(&locked));
+    assert!(
+        stderr(&locked).contains("password-protected"),
+        "{}",
+        text(&locked)
+    );
+    let wrong = sign_p(Some("wrong"));
+    assert_eq!(wrong.status.code(), Some(2), "{}", text(&wrong));
+    assert!(!by_p.with_file_name("release.json.minisig").exists());
+    ok(sign_p(Some("correct horse battery")));
+    assert!(by_p.with_file_name("release.json.minisig").is_file());
+
     let conflict = publish(&repo, &by_c, &store_url, &[]);
     assert_eq!(conflict.status.code(), Some(2), "{}", text(&conflict));
     assert!(
@@ -530,9 +571,11 @@ fn signed_releases_install_and_forgeries_are_refused() {
     );
     let srv3 = Server::new(&t.join("s3"), &repo, &store_u_url, "");
     let r = srv3.activate("Build000001", &[]);
-    assert_eq!(signature_detail(&r).0, "unsigned");
+    assert_eq!(signature_detail(&r).0, "not-checked");
     assert!(
-        r.warnings.iter().any(|w| w.contains("no trusted keys")),
+        r.warnings
+            .iter()
+            .any(|w| w.contains("trusts no release signing keys")),
         "{:?}",
         r.warnings
     );
@@ -543,7 +586,10 @@ fn signed_releases_install_and_forgeries_are_refused() {
     assert!(store_u
         .join("binarycrate/Build000001/release.json.minisig")
         .is_file());
-    println!("signing: file store refusals={refusals} all exit 2 with the server root unchanged");
+    // Each refusal above exited 2 with the server root unchanged and nothing downloaded.
+    println!(
+        "signing: store=file verified=2 unsigned-allowed=2 refused={refusals} state-unchanged={refusals} reproducible-files={identical}/3"
+    );
 }
 
 #[test]
@@ -598,5 +644,5 @@ fn signed_releases_over_s3() {
     .unwrap();
     let r = srv.activate("Build000001", &env);
     assert_eq!(signature_detail(&r), ("verified".into(), a.id.clone()));
-    println!("signing: s3 refusals=2 verified=1");
+    println!("signing: store=s3 verified=1 refused=2 state-unchanged=2");
 }
