@@ -113,12 +113,13 @@ pub struct SigningArgs {
 /// Writes `<name>.key`, the secret key (mode 0600), and `<name>.pub`, the public key, into
 /// `--out-dir`. Keep the secret key where only the release builder can read it — never in the
 /// repository (`builder package` refuses `*.key` files) and never in the artifact store: whoever
-/// has it can make servers install anything. Then:
+/// has it can make servers install anything.
 ///
-/// - `builder package` signs with it when given `--signing-key FILE`, `BINARYCRATE_SIGNING_KEY`,
-///   or `[signing] secret_key = "FILE"` in `deploy.toml`;
-/// - every server trusts it through `installer.toml`: `[signing] public_keys = ["RW…"]`, the
-///   line printed here (the second line of `<name>.pub`).
+/// Signing: `builder package` signs with it when given `--signing-key FILE`,
+/// `BINARYCRATE_SIGNING_KEY`, or `[signing] secret_key = "FILE"` in `deploy.toml`.
+///
+/// Trusting: every server lists it in `installer.toml` as `[signing] public_keys = ["RW…"]`, the
+/// line printed here (the second line of `<name>.pub`).
 ///
 /// To rotate, make a new pair under another name, add its public key to `public_keys` beside the
 /// old one on every server, sign new builds with the new key, and remove the old public key
@@ -136,7 +137,7 @@ pub struct SigningArgs {
     "Exit codes: 0 written; 2 bad input (a key file exists without --force, bad name): nothing written."
 ))]
 pub struct KeygenArgs {
-    /// Directory to write the key files into [default: the current directory].
+    /// Directory to write the key files into (the current directory by default).
     #[arg(long, value_name = "DIR", default_value = ".")]
     pub out_dir: PathBuf,
     /// File name of the pair without extension: `<name>.key` and `<name>.pub`.
