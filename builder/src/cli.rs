@@ -13,7 +13,8 @@ use crate::fleet::{Rate, TransportKind};
 /// The usual flow: `builder prepare` (merge develop into master, bump the build number, tag),
 /// `builder package` (export the tag, run the build steps, write the artifact), `builder publish`,
 /// then `builder deploy` (run the installer on the servers through AWS SSM), with `builder status`
-/// and `builder rollback` for the fleet.
+/// and `builder rollback` for the fleet. `builder keygen` once makes the key that signs releases,
+/// so that the servers install only what you built.
 #[derive(Debug, Parser)]
 #[command(name = "builder", version, propagate_version = true)]
 #[command(after_help = "Exit codes: 0 success, 1 failed, 2 bad input (nothing was written).")]
@@ -27,6 +28,8 @@ pub enum Command {
     Prepare(PrepareArgs),
     Package(PackageArgs),
     Publish(PublishArgs),
+    Keygen(KeygenArgs),
+    Sign(SignArgs),
     Releases(ReleasesArgs),
     Config(ConfigArgs),
     Archive(ArchiveArgs),
@@ -87,13 +90,89 @@ pub struct PackageArgs {
     /// Print a JSON object instead of the artifact path.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub signing: SigningArgs,
+}
+
+/// Which secret key signs `release.json`.
+#[derive(Debug, Args, Clone, Default)]
+pub struct SigningArgs {
+    /// Sign `release.json` with this minisign secret key (from `builder keygen`) into
+    /// `release.json.minisig` [default: `$BINARYCRATE_SIGNING_KEY`, else `signing.secret_key`
+    /// in `deploy.toml`, else unsigned].
+    #[arg(long, value_name = "FILE")]
+    pub signing_key: Option<PathBuf>,
+    /// The environment variable holding a password-protected key's password [default:
+    /// `signing.password_env` in `deploy.toml`, else `BINARYCRATE_SIGNING_PASSWORD`].
+    #[arg(long, value_name = "VAR")]
+    pub signing_password_env: Option<String>,
+}
+
+/// Create the Ed25519 key pair that signs releases (minisign's format).
+///
+/// Writes `<name>.key`, the secret key (mode 0600), and `<name>.pub`, the public key, into
+/// `--out-dir`. Keep the secret key where only the release builder can read it — never in the
+/// repository (`builder package` refuses `*.key` files) and never in the artifact store: whoever
+/// has it can make servers install anything.
+///
+/// Signing: `builder package` signs with it when given `--signing-key FILE`,
+/// `BINARYCRATE_SIGNING_KEY`, or `[signing] secret_key = "FILE"` in `deploy.toml`.
+///
+/// Trusting: every server lists it in `installer.toml` as `[signing] public_keys = ["RW…"]`, the
+/// line printed here (the second line of `<name>.pub`).
+///
+/// To rotate, make a new pair under another name, add its public key to `public_keys` beside the
+/// old one on every server, sign new builds with the new key, and remove the old public key
+/// once no server needs to install builds signed with it.
+///
+/// The secret key is unencrypted by default (for CI signers, which keep it in a secret store).
+/// With `--password-env VAR` it is password-protected with the password in `$VAR`; signing
+/// then reads the password from the same variable (`--signing-password-env VAR`).
+#[derive(Debug, Args)]
+#[command(after_help = concat!(
+    "Examples:\n",
+    "  builder keygen --out-dir ~/.binarycrate\n",
+    "  KEY_PASSWORD=... builder keygen --name ci-2026 --password-env KEY_PASSWORD\n",
+    "\n",
+    "Exit codes: 0 written; 2 bad input (a key file exists without --force, bad name): nothing written."
+))]
+pub struct KeygenArgs {
+    /// Directory to write the key files into (the current directory by default).
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub out_dir: PathBuf,
+    /// File name of the pair without extension: `<name>.key` and `<name>.pub`.
+    #[arg(long, value_name = "NAME", default_value = crate::signing::DEFAULT_KEY_NAME)]
+    pub name: String,
+    /// Replace existing key files (servers trusting the old public key will refuse new builds).
+    #[arg(long)]
+    pub force: bool,
+    /// Protect the secret key with the password in this environment variable.
+    #[arg(long, value_name = "VAR")]
+    pub password_env: Option<String>,
+}
+
+/// Sign an already packaged release: `release.json` into `release.json.minisig` beside it.
+///
+/// `builder package` signs by itself when a key is configured; this is for releases packaged
+/// without the key (e.g. on a build machine, signed afterwards on the machine that has it).
+/// Signing the same `release.json` with the same key always gives the same bytes.
+#[derive(Debug, Args)]
+pub struct SignArgs {
+    #[command(flatten)]
+    pub repo: RepoArg,
+    /// The artifact, its `release.json`, or the directory holding them.
+    pub release: PathBuf,
+    #[command(flatten)]
+    pub signing: SigningArgs,
 }
 
 /// Publish an artifact, its `release.json` and `build-log.json` to the artifact store.
 ///
-/// Layout `<app>/BuildNNNNNN/<artifact>`, then `release.json` written last and only if absent:
+/// Layout `<app>/BuildNNNNNN/<artifact>`, then `release.json.minisig` when the release is signed
+/// (it is beside the artifact), then `release.json` written last, each only if absent:
 /// publishing the identical release again does nothing; a different one under a published build
-/// number is refused.
+/// number is refused. A release published unsigned gets its signature when published again
+/// signed.
 #[derive(Debug, Args)]
 pub struct PublishArgs {
     #[command(flatten)]

@@ -25,6 +25,21 @@ pub struct DeployConfig {
     pub django: DjangoConfig,
     pub frontend: FrontendConfig,
     pub package: PackageConfig,
+    #[serde(default)]
+    pub signing: SigningConfig,
+}
+
+/// How `builder package` signs `release.json` (see `builder keygen`). Nothing set: unsigned,
+/// unless `--signing-key` or `BINARYCRATE_SIGNING_KEY` names a key.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SigningConfig {
+    /// The minisign secret key file; a relative path is relative to the repository root. It
+    /// never goes into the repository itself (`*.key` is refused by `package.secrets`).
+    pub secret_key: Option<String>,
+    /// The environment variable holding a password-protected key's password
+    /// [default: `BINARYCRATE_SIGNING_PASSWORD`].
+    pub password_env: Option<String>,
 }
 
 /// The target Python: wheels are built for it and collectstatic runs on it.
@@ -115,6 +130,7 @@ impl Default for DeployConfig {
             django: DjangoConfig::default(),
             frontend: FrontendConfig::default(),
             package: PackageConfig::default(),
+            signing: SigningConfig::default(),
         }
     }
 }
@@ -314,6 +330,25 @@ impl DeployConfig {
             }
             _ => {}
         }
+        if self
+            .signing
+            .secret_key
+            .as_deref()
+            .is_some_and(|k| k.trim().is_empty())
+        {
+            return Err(key(
+                "signing.secret_key",
+                "must name the secret key file made by `builder keygen`".into(),
+            ));
+        }
+        if let Some(var) = &self.signing.password_env {
+            if !is_env_name(var) {
+                return Err(key(
+                    "signing.password_env",
+                    format!("`{var}` is not an environment variable name"),
+                ));
+            }
+        }
         for (k, patterns) in [
             ("package.include", &self.package.include),
             ("package.exclude", &self.package.exclude),
@@ -342,6 +377,14 @@ fn is_module_name(s: &str) -> bool {
                 .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
                 && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         })
+}
+
+/// `NAME_1`: what a shell accepts as a variable name.
+pub fn is_env_name(s: &str) -> bool {
+    s.chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 fn is_python_version(s: &str) -> bool {
@@ -464,6 +507,12 @@ mod tests {
             ),
             ("[package]\nexclude = ['a[']", "package.exclude"),
             ("[frontend]\nenabled = 'yes'", "enabled"),
+            ("[signing]\nsecret_key = ''", "signing.secret_key"),
+            (
+                "[signing]\npassword_env = 'MY-PASS'",
+                "signing.password_env",
+            ),
+            ("[signing]\nkey = 'a.key'", "key"),
         ] {
             let err = DeployConfig::parse(text, "deploy.toml")
                 .unwrap_err()
@@ -473,6 +522,20 @@ mod tests {
                 "{text}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn signing_is_off_by_default_and_reads_back() {
+        let c = DeployConfig::parse(
+            "[signing]\nsecret_key = 'keys/ci.key'\npassword_env = 'CI_KEY_PASSWORD'\n",
+            "deploy.toml",
+        )
+        .unwrap();
+        assert_eq!(c.signing.secret_key.as_deref(), Some("keys/ci.key"));
+        assert_eq!(c.signing.password_env.as_deref(), Some("CI_KEY_PASSWORD"));
+        assert_eq!(DeployConfig::parse(&c.to_toml(), "printed").unwrap(), c);
+        assert_eq!(DeployConfig::default().signing, SigningConfig::default());
+        assert!(is_env_name("_A1") && !is_env_name("1A") && !is_env_name(""));
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! - [`fleet`]: running the installer on the servers (SSM or local) for deploy/rollback/status.
 //! - [`git`]: git2 helpers: clean-tree check, `Build*` tags, remotes, undoable ref moves.
 //! - [`repo`]: finding the application repository.
+//! - [`signing`]: minisign key pairs and deterministic signatures of `release.json`.
 //! - [`steps`]: running and recording build steps in the staging directory.
 
 pub mod cli;
@@ -21,6 +22,7 @@ pub mod export;
 pub mod fleet;
 pub mod git;
 pub mod repo;
+pub mod signing;
 pub mod steps;
 
 use common::report::ExitCode;
@@ -31,6 +33,8 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Prepare(args) => cmd::prepare::run(&args),
         cli::Command::Package(args) => cmd::package::run(&args),
         cli::Command::Publish(args) => cmd::publish::run(&args),
+        cli::Command::Keygen(args) => cmd::keygen::run(&args),
+        cli::Command::Sign(args) => cmd::sign::run(&args),
         cli::Command::Releases(args) => cmd::releases::run(&args),
         cli::Command::Config(args) => cmd::config::run(&args),
         cli::Command::Archive(args) => cmd::archive::run(&args),

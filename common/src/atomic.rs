@@ -62,6 +62,50 @@ pub fn write_file_with(
     result
 }
 
+/// Writes a new file with permission bits `mode`, set before any byte is written so a secret is
+/// never readable by others, not even for a moment. An existing file is replaced only when
+/// `replace`; otherwise it is left alone and `false` is returned (also when another writer
+/// created it meanwhile).
+pub fn write_file_mode(
+    path: &Path,
+    data: &[u8],
+    mode: u32,
+    replace: bool,
+) -> Result<bool, FsError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if !replace && fs::symlink_metadata(path).is_ok() {
+        return Ok(false);
+    }
+    let tmp = temp_sibling(path, "tmp");
+    let written = (|| {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(|e| FsError::new("cannot create", &tmp, e))?;
+        // The umask may have taken bits away from `mode`; the caller asked for exactly these.
+        f.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(|e| FsError::new("cannot set permissions of", &tmp, e))?;
+        f.write_all(data)
+            .map_err(|e| FsError::new("cannot write", &tmp, e))?;
+        f.sync_all()
+            .map_err(|e| FsError::new("cannot fsync", &tmp, e))
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    if replace {
+        rename(&tmp, path).inspect_err(|_| {
+            let _ = fs::remove_file(&tmp);
+        })?;
+        Ok(true)
+    } else {
+        persist_new(&tmp, path)
+    }
+}
+
 /// Renames `from` over `to` and makes the rename durable.
 pub fn rename(from: &Path, to: &Path) -> Result<(), FsError> {
     fs::rename(from, to).map_err(|e| FsError::new("cannot rename into", to, e))?;
@@ -143,6 +187,31 @@ mod tests {
         assert!(err.to_string().contains("cannot write"));
         assert_eq!(fs::read(&p).unwrap(), b"old");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn private_files_get_their_mode_and_are_not_replaced_unless_asked() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("secret.key");
+        assert!(write_file_mode(&p, b"one", 0o600, false).unwrap());
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o7777,
+            0o600
+        );
+        assert!(!write_file_mode(&p, b"two", 0o600, false).unwrap());
+        assert_eq!(fs::read(&p).unwrap(), b"one");
+        assert!(write_file_mode(&p, b"three", 0o644, true).unwrap());
+        assert_eq!(fs::read(&p).unwrap(), b"three");
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o7777,
+            0o644
+        );
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temporary left"
+        );
     }
 
     #[test]

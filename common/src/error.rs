@@ -154,6 +154,13 @@ pub enum StoreError {
         existing: String,
         new: String,
     },
+    #[error("{build:#} already has a different signature `{key}` in `{store}`: {reason}")]
+    SignatureConflict {
+        store: String,
+        build: crate::BuildNumber,
+        key: String,
+        reason: String,
+    },
     #[error("`{key}` in `{store}` is corrupt or truncated: {reason}")]
     Corrupt {
         store: String,
@@ -205,6 +212,7 @@ pub fn exit_code_for(err: &(dyn std::error::Error + 'static)) -> crate::report::
                     s,
                     StoreError::BadUrl { .. }
                         | StoreError::Conflict { .. }
+                        | StoreError::SignatureConflict { .. }
                         | StoreError::Corrupt { .. }
                         | StoreError::NotFound { .. }
                         // Transparent: its source is the manifest error's source, not the

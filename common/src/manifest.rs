@@ -19,6 +19,8 @@ pub const SCHEMA_VERSION: u32 = 1;
 pub const RELEASE_JSON: &str = "release.json";
 /// The informational build log's file name.
 pub const BUILD_LOG_JSON: &str = "build-log.json";
+/// The minisign signature of the sidecar's exact bytes, beside it (locally and in the store).
+pub const RELEASE_SIGNATURE: &str = "release.json.minisig";
 
 /// A file mode as the archive records it, serialised as four octal digits (`"0644"`).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -9,6 +9,8 @@ use common::error::BadInput;
 use common::manifest::{validate_app_name, validate_relative_path};
 use serde::{Deserialize, Serialize};
 
+pub use crate::signing::SigningConfig;
+
 /// Where the configuration is looked for when neither `--config` nor the environment names one.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/binarycrate/installer.toml";
 /// The environment variable naming the configuration file.
@@ -50,6 +52,9 @@ pub struct InstallerConfig {
     pub version_hash_file: String,
     pub production_template: String,
     pub os_update: OsUpdateConfig,
+    /// Which release signatures this server trusts and whether it requires one.
+    #[serde(default)]
+    pub signing: SigningConfig,
 }
 
 /// How to prove the new build is what is served.
@@ -108,6 +113,7 @@ impl Default for InstallerConfig {
             version_hash_file: "binarycrate/binarycrate/settings/version_hash.py".into(),
             production_template: "binarycrate/binarycrate/settings/production_template.py".into(),
             os_update: OsUpdateConfig::default(),
+            signing: SigningConfig::default(),
         }
     }
 }
@@ -223,6 +229,7 @@ impl InstallerConfig {
         for (k, v) in rel {
             validate_relative_path(v).map_err(|m| key(k, format!("`{v}`: {m}")))?;
         }
+        self.signing.validate()?;
         for (table, map) in [
             ("shared.files", &self.shared.files),
             ("shared.dirs", &self.shared.dirs),
@@ -272,6 +279,15 @@ mod tests {
             ("[health]\nurl = 'https://x/'", "health.url"),
             ("[shared.files]\n'../x' = 'production.py'", "shared.files"),
             ("lock_timeout_secs = -1", "lock_timeout_secs"),
+            (
+                "[signing]\nrequire_signature = true",
+                "signing.require_signature",
+            ),
+            (
+                "[signing]\npublic_keys = ['RWnotakey']",
+                "signing.public_keys[0]",
+            ),
+            ("[signing]\npublic_key = 'x'", "public_key"),
         ] {
             let err = InstallerConfig::parse(text, "installer.toml")
                 .unwrap_err()

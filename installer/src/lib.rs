@@ -12,6 +12,7 @@
 //! - [`lock`]: one activation at a time (`flock`).
 //! - [`journal`]: the append-only history of activations and rollbacks.
 //! - [`release`]: shared links, static links, venv, template check and verification of a release.
+//! - [`signing`]: trusted public keys and the signature check of a release before download.
 //! - [`switch`]: swap, reload, health check, and swapping back on failure.
 //! - [`health`]: HTTP checks and uWSGI stats.
 //! - [`procs`]: running the server's commands.
@@ -25,6 +26,7 @@ pub mod layout;
 pub mod lock;
 pub mod procs;
 pub mod release;
+pub mod signing;
 pub mod switch;
 
 use common::report::ExitCode;

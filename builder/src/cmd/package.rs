@@ -10,14 +10,14 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context};
 use common::archive::writer::{pack, PackOptions};
 use common::error::BadInput;
-use common::manifest::{BuildLog, WheelEntry, BUILD_LOG_JSON};
+use common::manifest::{BuildLog, WheelEntry, BUILD_LOG_JSON, RELEASE_SIGNATURE};
 use common::report::ExitCode;
 use common::{atomic, Blake3Hash, BuildNumber, ReleaseManifest, Sidecar};
 
 use crate::cli::PackageArgs;
 use crate::config::{DeployConfig, PathMatcher, DEPLOY_TOML};
 use crate::steps::{StepCommand, StepRunner, VENV_PLACEHOLDER};
-use crate::{export, repo};
+use crate::{export, repo, signing};
 
 /// What a successful packaging produced.
 #[derive(Debug)]
@@ -39,7 +39,40 @@ pub fn run(args: &PackageArgs) -> anyhow::Result<ExitCode> {
         .out
         .clone()
         .unwrap_or_else(|| root.join("dist").join(build.tag()));
+    // The key is loaded first: a wrong path or password should not cost a whole build.
+    let (config, origin) = config_at_tag(&root, build)?;
+    let key = signing::choose_key(
+        args.signing.signing_key.as_deref(),
+        args.signing.signing_password_env.as_deref(),
+        &config.signing,
+        &origin,
+        &root,
+    )?
+    .map(|choice| choice.load())
+    .transpose()?;
     let done = package(&root, build, &out, args.keep_staging)?;
+    let signature = match &key {
+        Some(key) => {
+            let path = signing::sign_sidecar(key, &done.sidecar_path)?;
+            eprintln!(
+                "signed `release.json` with key {} into `{}`",
+                key.key_id(),
+                path.display()
+            );
+            Some(path)
+        }
+        None => {
+            // A signature left from an earlier packaging would not match this sidecar.
+            let stale = out.join(RELEASE_SIGNATURE);
+            if stale.exists() {
+                fs::remove_file(&stale)
+                    .with_context(|| format!("cannot remove `{}`", stale.display()))?;
+                eprintln!("removed the stale `{}`", stale.display());
+            }
+            eprintln!("not signed: no signing key configured (see `builder keygen --help`)");
+            None
+        }
+    };
     let archive = done
         .sidecar
         .archive
@@ -68,6 +101,8 @@ pub fn run(args: &PackageArgs) -> anyhow::Result<ExitCode> {
             "artifact": done.artifact,
             "sidecar": done.sidecar_path,
             "build_log": done.build_log,
+            "signature": signature,
+            "signing_key_id": key.as_ref().map(|k| k.key_id()),
             "blake3": archive.blake3,
             "size": archive.size,
             "commit": done.sidecar.manifest.commit,
@@ -101,6 +136,21 @@ pub fn latest_build_tag(root: &Path) -> anyhow::Result<BuildNumber> {
     })
 }
 
+/// `deploy.toml` as the tag has it (the defaults when it has none), and where it came from.
+fn config_at_tag(root: &Path, build: BuildNumber) -> anyhow::Result<(DeployConfig, String)> {
+    let tag = build.tag();
+    let origin = format!("{DEPLOY_TOML} at {tag}");
+    let config = match export::read_file_at_tag(root, &tag, DEPLOY_TOML)? {
+        Some(bytes) => {
+            let text = String::from_utf8(bytes)
+                .map_err(|_| BadInput(format!("`{DEPLOY_TOML}` at {tag} is not UTF-8")))?;
+            DeployConfig::parse(&text, &origin)?
+        }
+        None => DeployConfig::default(),
+    };
+    Ok((config, origin))
+}
+
 /// Packages `build`'s tag of the repository at `root` into `out`.
 pub fn package(
     root: &Path,
@@ -114,14 +164,7 @@ pub fn package(
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
     let tag = build.tag();
-    let config = match export::read_file_at_tag(root, &tag, DEPLOY_TOML)? {
-        Some(bytes) => {
-            let text = String::from_utf8(bytes)
-                .map_err(|_| BadInput(format!("`{DEPLOY_TOML}` at {tag} is not UTF-8")))?;
-            DeployConfig::parse(&text, &format!("{DEPLOY_TOML} at {tag}"))?
-        }
-        None => DeployConfig::default(),
-    };
+    let (config, _) = config_at_tag(root, build)?;
 
     let work = tempfile::Builder::new()
         .prefix(&format!("builder-{tag}-"))

@@ -4,14 +4,14 @@ use std::path::Path;
 
 use anyhow::Context;
 use common::error::BadInput;
-use common::manifest::{BUILD_LOG_JSON, RELEASE_JSON};
+use common::manifest::{BUILD_LOG_JSON, RELEASE_JSON, RELEASE_SIGNATURE};
 use common::report::ExitCode;
-use common::store::{ArtifactStore, PublishOutcome, StoreOptions};
+use common::store::{ArtifactStore, PublishOutcome, SignatureUpload, StoreOptions};
 use common::{atomic, Sidecar};
 
 use crate::cli::{PublishArgs, StoreArgs};
 use crate::config::DeployConfig;
-use crate::repo;
+use crate::{repo, signing};
 
 pub fn run(args: &PublishArgs) -> anyhow::Result<ExitCode> {
     let dir = atomic::parent_of(&args.artifact);
@@ -37,6 +37,7 @@ pub fn run(args: &PublishArgs) -> anyhow::Result<ExitCode> {
         ))
         .into());
     }
+    let signature = local_signature(&sidecar_path, &sidecar)?;
     let store = open_store(&args.store, args.repo.repo.as_deref())?;
     let build = sidecar.manifest.build;
     eprintln!(
@@ -44,7 +45,17 @@ pub fn run(args: &PublishArgs) -> anyhow::Result<ExitCode> {
         archive.file_name,
         store.location()
     );
-    match store.publish(&args.artifact, &sidecar)? {
+    let published = store.publish_signed(&args.artifact, &sidecar, signature.as_deref())?;
+    match published.signature {
+        SignatureUpload::Unsigned => {
+            eprintln!("unsigned: there is no `{RELEASE_SIGNATURE}` beside the artifact (servers that require signatures will refuse it)")
+        }
+        SignatureUpload::Uploaded { key } => eprintln!("signature at `{key}`"),
+        SignatureUpload::AlreadyThere { key } => {
+            eprintln!("the identical signature is already at `{key}`")
+        }
+    }
+    match published.outcome {
         PublishOutcome::Published {
             sidecar_key,
             artifact_key,
@@ -68,6 +79,35 @@ pub fn run(args: &PublishArgs) -> anyhow::Result<ExitCode> {
         ArtifactStore::sidecar_key(&sidecar.manifest.app, build)
     );
     Ok(ExitCode::Success)
+}
+
+/// The `release.json.minisig` beside the sidecar, if any, after checking that it is for this
+/// sidecar (its trusted comment names the archive): a leftover from another packaging would be
+/// published only to be refused by every server.
+fn local_signature(sidecar_path: &Path, sidecar: &Sidecar) -> anyhow::Result<Option<Vec<u8>>> {
+    let path = atomic::parent_of(sidecar_path).join(RELEASE_SIGNATURE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot read `{}`", path.display())),
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let expected = signing::trusted_comment(sidecar);
+    let found = text
+        .lines()
+        .find_map(|l| l.strip_prefix("trusted comment: "))
+        .unwrap_or_default();
+    if found != expected {
+        return Err(BadInput(format!(
+            "`{}` does not belong to the `{RELEASE_JSON}` beside it (its trusted comment is `{}`, expected `{}`): sign again with `builder sign {}`, or remove it to publish unsigned",
+            path.display(),
+            found.escape_debug(),
+            expected.escape_debug(),
+            sidecar_path.display()
+        ))
+        .into());
+    }
+    Ok(Some(bytes))
 }
 
 /// `--store`, else `store` in the repository's `deploy.toml`, else `artifacts/` at its root;

@@ -1,6 +1,10 @@
 //! The artifact store: where published releases live, with the layout and immutability rules
 //! of SPEC section 3, over two backends chosen by URL (`file://`/plain path and `s3://`).
 //!
+//! Per build: `<app>/BuildNNNNNN/<artifact>.tar.gz`, then the optional signature
+//! `release.json.minisig`, then `release.json` last — so a release that becomes visible is
+//! already signed — and the informational `build-log.json`.
+//!
 //! Backends implement the small [`ObjectStore`] trait (create-if-absent, overwrite, get, list);
 //! the rules — sidecar last, identical republish is a no-op, a different sidecar is refused,
 //! downloads verified against the sidecar — live once, in [`ArtifactStore`].
@@ -18,7 +22,7 @@ pub use s3::S3Store;
 use crate::atomic;
 use crate::error::{FsError, ManifestError, StoreError};
 use crate::hash::HashingWriter;
-use crate::manifest::{BUILD_LOG_JSON, RELEASE_JSON};
+use crate::manifest::{BUILD_LOG_JSON, RELEASE_JSON, RELEASE_SIGNATURE};
 use crate::progress::ProgressWriter;
 use crate::{progress, Blake3Hash, BuildNumber, Sidecar};
 
@@ -69,6 +73,30 @@ pub enum PublishOutcome {
     /// The identical sidecar was already there: nothing was written.
     AlreadyPublished { sidecar_key: String },
 }
+
+/// What [`ArtifactStore::publish_signed`] did with the release and with its signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedPublish {
+    pub outcome: PublishOutcome,
+    pub signature: SignatureUpload,
+}
+
+/// What happened to a release's signature on publishing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignatureUpload {
+    /// No signature was given: the release is published unsigned (or keeps the one it has).
+    Unsigned,
+    Uploaded {
+        key: String,
+    },
+    /// The identical signature was already there.
+    AlreadyThere {
+        key: String,
+    },
+}
+
+/// Signatures are a few hundred bytes; anything much larger is not one, and is not read whole.
+pub const MAX_SIGNATURE_BYTES: usize = 16 << 10;
 
 /// A release fetched into a local directory and verified against its sidecar.
 #[derive(Debug, Clone)]
@@ -148,6 +176,11 @@ impl ArtifactStore {
         format!("{}{RELEASE_JSON}", Self::build_prefix(app, build))
     }
 
+    /// `<app>/BuildNNNNNN/release.json.minisig`: the signature of the sidecar's exact bytes.
+    pub fn signature_key(app: &str, build: BuildNumber) -> String {
+        format!("{}{RELEASE_SIGNATURE}", Self::build_prefix(app, build))
+    }
+
     /// Publishes an artifact and its sidecar: artifact first, sidecar last, both only if absent.
     ///
     /// The sidecar's key is fixed per build, so writing it is the commit point: readers either
@@ -157,6 +190,18 @@ impl ArtifactStore {
         artifact: &Path,
         sidecar: &Sidecar,
     ) -> Result<PublishOutcome, StoreError> {
+        Ok(self.publish_signed(artifact, sidecar, None)?.outcome)
+    }
+
+    /// Like [`ArtifactStore::publish`], with the sidecar's signature written after the artifact
+    /// and before the sidecar (only if absent, like the rest). A published release without a
+    /// signature gets this one; a different signature already there is refused.
+    pub fn publish_signed(
+        &self,
+        artifact: &Path,
+        sidecar: &Sidecar,
+        signature: Option<&[u8]>,
+    ) -> Result<SignedPublish, StoreError> {
         let m = &sidecar.manifest;
         let archive = sidecar
             .archive
@@ -187,7 +232,9 @@ impl ArtifactStore {
         let bytes = sidecar.to_bytes();
 
         if let Some(existing) = self.get_optional(&sidecar_key)? {
-            return self.compare_published(sidecar, &existing, &bytes, sidecar_key);
+            let outcome = self.compare_published(sidecar, &existing, &bytes, sidecar_key)?;
+            let signature = self.put_signature(m.build, &m.app, signature)?;
+            return Ok(SignedPublish { outcome, signature });
         }
         if self.backend.put_new_file(&artifact_key, artifact)? == PutOutcome::AlreadyExists {
             // A previous publish stopped before its sidecar, or a racing publisher of the same
@@ -203,16 +250,44 @@ impl ArtifactStore {
                 });
             }
         }
-        match self.backend.put_new_bytes(&sidecar_key, &bytes)? {
-            PutOutcome::Created => Ok(PublishOutcome::Published {
+        let signature = self.put_signature(m.build, &m.app, signature)?;
+        let outcome = match self.backend.put_new_bytes(&sidecar_key, &bytes)? {
+            PutOutcome::Created => PublishOutcome::Published {
                 sidecar_key,
                 artifact_key,
-            }),
+            },
             PutOutcome::AlreadyExists => {
                 let existing = self.get_optional(&sidecar_key)?.unwrap_or_default();
-                self.compare_published(sidecar, &existing, &bytes, sidecar_key)
+                self.compare_published(sidecar, &existing, &bytes, sidecar_key)?
             }
+        };
+        Ok(SignedPublish { outcome, signature })
+    }
+
+    fn put_signature(
+        &self,
+        build: BuildNumber,
+        app: &str,
+        signature: Option<&[u8]>,
+    ) -> Result<SignatureUpload, StoreError> {
+        let Some(signature) = signature else {
+            return Ok(SignatureUpload::Unsigned);
+        };
+        let key = Self::signature_key(app, build);
+        if self.backend.put_new_bytes(&key, signature)? == PutOutcome::Created {
+            return Ok(SignatureUpload::Uploaded { key });
         }
+        if self.get_optional(&key)?.as_deref() == Some(signature) {
+            return Ok(SignatureUpload::AlreadyThere { key });
+        }
+        Err(StoreError::SignatureConflict {
+            store: self.location(),
+            build,
+            key,
+            reason: format!(
+                "it is not the local `{RELEASE_SIGNATURE}` (signed with another key, or for another sidecar); signatures are immutable like the release: if it was left by an interrupted publish of an unpublished build remove it, otherwise keep the published one"
+            ),
+        })
     }
 
     fn compare_published(
@@ -300,6 +375,28 @@ impl ArtifactStore {
         Ok((sidecar, bytes))
     }
 
+    /// The signature of a build's sidecar, `None` when the build is published unsigned.
+    pub fn fetch_signature(
+        &self,
+        app: &str,
+        build: BuildNumber,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = Self::signature_key(app, build);
+        let mut out = BoundedWriter::new(MAX_SIGNATURE_BYTES);
+        match self.backend.get(&key, &mut out) {
+            Ok(_) => Ok(Some(out.buf)),
+            Err(StoreError::NotFound { .. }) => Ok(None),
+            Err(_) if out.overflowed => Err(StoreError::Corrupt {
+                store: self.location(),
+                key,
+                reason: format!(
+                    "it is larger than {MAX_SIGNATURE_BYTES} bytes, which no minisign signature is"
+                ),
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Fetches a build's sidecar, then the artifact it names, streamed into `dest_dir` and
     /// verified (size and BLAKE3) before it appears under its final name.
     pub fn fetch(
@@ -309,7 +406,30 @@ impl ArtifactStore {
         dest_dir: &Path,
     ) -> Result<Fetched, StoreError> {
         let (sidecar, sidecar_bytes) = self.fetch_sidecar(app, build)?;
-        let archive = sidecar.archive.clone().expect("checked by fetch_sidecar");
+        let artifact_path = self.fetch_artifact(&sidecar, dest_dir)?;
+        Ok(Fetched {
+            sidecar,
+            sidecar_bytes,
+            artifact_path,
+        })
+    }
+
+    /// Downloads the artifact a sidecar (already fetched and checked, e.g. its signature)
+    /// names into `dest_dir`, verified against that sidecar — not against whatever the store
+    /// holds by then — before it appears under its final name.
+    pub fn fetch_artifact(
+        &self,
+        sidecar: &Sidecar,
+        dest_dir: &Path,
+    ) -> Result<PathBuf, StoreError> {
+        let (app, build) = (sidecar.manifest.app.as_str(), sidecar.manifest.build);
+        let archive = sidecar
+            .archive
+            .clone()
+            .ok_or_else(|| ManifestError::Invalid {
+                path: RELEASE_JSON.into(),
+                message: "the sidecar has no archive section".into(),
+            })?;
         let key = format!("{}{}", Self::build_prefix(app, build), archive.file_name);
         let final_path = dest_dir.join(&archive.file_name);
         let tmp = atomic::temp_sibling(&final_path, "download");
@@ -352,11 +472,7 @@ impl ArtifactStore {
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
         }
-        Ok(Fetched {
-            sidecar,
-            sidecar_bytes,
-            artifact_path: final_path,
-        })
+        Ok(final_path)
     }
 
     /// The builds whose sidecar is present (i.e. completely published), ascending.
@@ -379,9 +495,78 @@ impl ArtifactStore {
     }
 }
 
+/// Collects at most `limit` bytes and fails past that, so an oversized object is not read whole.
+struct BoundedWriter {
+    buf: Vec<u8>,
+    limit: usize,
+    overflowed: bool,
+}
+
+impl BoundedWriter {
+    fn new(limit: usize) -> Self {
+        Self {
+            buf: Vec::new(),
+            limit,
+            overflowed: false,
+        }
+    }
+}
+
+impl Write for BoundedWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len() + data.len() > self.limit {
+            self.overflowed = true;
+            return Err(std::io::Error::other("object too large"));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn signatures_are_created_once_and_never_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::new(Box::new(FileStore::new(dir.path())));
+        let build = BuildNumber::parse("Build000003").unwrap();
+        assert_eq!(store.fetch_signature("app", build).unwrap(), None);
+        assert_eq!(
+            store.put_signature(build, "app", None).unwrap(),
+            SignatureUpload::Unsigned
+        );
+        let key = "app/Build000003/release.json.minisig".to_owned();
+        assert_eq!(ArtifactStore::signature_key("app", build), key);
+        assert_eq!(
+            store.put_signature(build, "app", Some(b"sig one")).unwrap(),
+            SignatureUpload::Uploaded { key: key.clone() }
+        );
+        assert_eq!(
+            store.put_signature(build, "app", Some(b"sig one")).unwrap(),
+            SignatureUpload::AlreadyThere { key: key.clone() }
+        );
+        let err = store
+            .put_signature(build, "app", Some(b"sig two"))
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::SignatureConflict { .. }) && err.to_string().contains(&key),
+            "{err}"
+        );
+        assert_eq!(
+            store.fetch_signature("app", build).unwrap().as_deref(),
+            Some(&b"sig one"[..])
+        );
+        // Something far larger than a signature is refused without being read whole.
+        std::fs::write(dir.path().join(&key), vec![b'x'; MAX_SIGNATURE_BYTES + 1]).unwrap();
+        let err = store.fetch_signature("app", build).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    }
 
     #[test]
     fn urls_choose_backends_or_say_why_not() {

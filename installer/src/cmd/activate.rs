@@ -179,7 +179,8 @@ fn activate_checked(
     let t = Instant::now();
     let release_dir = layout.release(build);
     let store = open_store(args.store.as_deref(), args.s3_endpoint.as_deref(), config)?;
-    let (sidecar, _) = store.fetch_sidecar(&config.app, build)?;
+    let (sidecar, sidecar_bytes) = store.fetch_sidecar(&config.app, build)?;
+    crate::signing::check_release(&store, config, build, &sidecar_bytes, report)?;
     let reuse = if release_dir.exists() {
         let on_disk = release::manifest_of(&release_dir).with_context(|| {
             format!(
@@ -200,7 +201,13 @@ fn activate_checked(
     let artifact = if reuse {
         None
     } else {
-        Some(fetch_cached(&store, &layout, config, build, &sidecar)?)
+        Some(fetch_cached(
+            &store,
+            &layout,
+            build,
+            &sidecar,
+            &sidecar_bytes,
+        )?)
     };
     phase_done(journal, report, CMD, build, "fetch", t, true);
 
@@ -307,13 +314,14 @@ pub fn open_store(
     Ok(ArtifactStore::open(url, &options)?)
 }
 
-/// The artifact in `.deploy/cache/BuildNNNNNN/`, downloaded unless a verified copy is there.
+/// The artifact in `.deploy/cache/BuildNNNNNN/`, downloaded unless a verified copy is there;
+/// checked against `sidecar`, the one fetched (and its signature checked) before.
 fn fetch_cached(
     store: &ArtifactStore,
     layout: &Layout,
-    config: &InstallerConfig,
     build: BuildNumber,
     sidecar: &Sidecar,
+    sidecar_bytes: &[u8],
 ) -> anyhow::Result<std::path::PathBuf> {
     let archive = sidecar
         .archive
@@ -331,7 +339,7 @@ fn fetch_cached(
         std::fs::remove_file(&cached)?;
     }
     eprintln!("==> fetch {} from {}", archive.file_name, store.location());
-    let fetched = store.fetch(&config.app, build, &dir)?;
-    atomic::write_file(&dir.join(RELEASE_JSON), &fetched.sidecar_bytes)?;
-    Ok(fetched.artifact_path)
+    let artifact = store.fetch_artifact(sidecar, &dir)?;
+    atomic::write_file(&dir.join(RELEASE_JSON), sidecar_bytes)?;
+    Ok(artifact)
 }

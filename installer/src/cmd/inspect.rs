@@ -210,6 +210,8 @@ pub fn verify(args: &VerifyArgs, config: &InstallerConfig) -> anyhow::Result<Exi
 
 /// `installer config`: the effective configuration.
 pub fn config(config: &InstallerConfig) -> anyhow::Result<ExitCode> {
+    let signing = crate::signing::Policy::from_config(&config.signing)?;
+    println!("# {}", signing.describe());
     print!("{}", config.to_toml());
     Ok(ExitCode::Success)
 }

@@ -7,6 +7,7 @@ mod installer;
 mod installer_input;
 mod package;
 mod prepare;
+mod signing;
 mod ssm;
 mod store_file;
 mod store_s3;
