@@ -7,6 +7,8 @@
 //! - [`example`]: the example app (a small BinaryCrate) as git repositories; safe git; snapshots.
 //! - [`moto`]: a moto server (S3/SSM/EC2 stand-in) from the test virtualenv that
 //!   `scripts/python-env` creates, with dummy credentials and a loopback endpoint.
+//! - [`published`]: builds 000001–000004 of the example, published once to one file store, and
+//!   server roots (config, ports, copies) that install them under a real uWSGI.
 //! - [`ssm`]: the SSM Run Command stand-in (moto with `AWS-RunShellScript` really run on
 //!   "instances" that are directories and environments here; `fixtures/ssm/launcher.py`).
 //! - [`uwsgi`]: a real uWSGI (pyuwsgi) serving `<root>/current` from the recommended
@@ -15,5 +17,6 @@
 pub mod bins;
 pub mod example;
 pub mod moto;
+pub mod published;
 pub mod ssm;
 pub mod uwsgi;

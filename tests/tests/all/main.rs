@@ -1,6 +1,8 @@
 //! The `tests` crate's one integration-test binary: end-to-end checks across both binaries.
 
 mod cli;
+mod concurrency;
+mod crash;
 mod fleet;
 mod installer;
 mod installer_input;
