@@ -27,12 +27,15 @@ enum Cmd {
     Rollback,
 }
 
+/// How many points run at the same time.
+const PARALLEL: usize = 2;
+
 /// (command, fault point as `name` or `name@N`, what it interrupts).
 const POINTS: &[(Cmd, &str, &str)] = &[
     (Cmd::Activate, "activate:after-lock", "lock taken, nothing done"),
     (Cmd::Activate, "fetch:download@40", "download, ~320 KiB in"),
     (Cmd::Activate, "activate:after-fetch", "fetch → unpack"),
-    (Cmd::Activate, "unpack:entry@150", "unpack, 150 entries in"),
+    (Cmd::Activate, "unpack:entry@50", "unpack, 50 of ~100 entries in"),
     (Cmd::Activate, "unpack:before-rename", "unpacked, not renamed"),
     (Cmd::Activate, "activate:after-unpack", "unpack → link"),
     (Cmd::Activate, "activate:after-link", "link → venv"),
@@ -97,42 +100,55 @@ fn crash_matrix_every_kill_leaves_a_complete_release_and_the_rerun_completes() {
         .unwrap();
     let out = base.installer(&["activate", "--build", "Build000002"], &[]);
     published::succeeded(&out, "activate Build000002").unwrap();
-    drop(server);
+    server.kill();
     let two_live = base;
     show(&format!(
         "crash-matrix: prepared the server roots in {:.1}s",
         t.elapsed().as_secs_f64()
     ));
 
-    let mut rows = Vec::new();
-    for (i, &(command, point, what)) in POINTS.iter().enumerate() {
-        let t = Instant::now();
-        let dir = tmp.path().join(format!("point{i:02}"));
-        fs::create_dir_all(&dir).unwrap();
-        let (start, args, target): (&ServerRoot, &[&str], &str) = match command {
-            Cmd::Activate => (
-                &one_live,
-                &["activate", "--build", "Build000002"],
-                "000002",
-            ),
-            Cmd::Rollback => (&two_live, &["rollback"], "000001"),
-        };
-        let (after_kill, after_rerun) =
-            run_point(&published, start, &dir, args, point, target);
-        show(&format!(
-            "crash-matrix: {command:?} {point}: {:.1}s",
-            t.elapsed().as_secs_f64()
-        ));
-        rows.push(Row {
-            command,
-            point,
-            what,
-            after_kill,
-            after_rerun,
-        });
-        // Each point's root is large (two releases with their venvs): gone before the next.
-        let _ = fs::remove_dir_all(&dir);
-    }
+    // Points are independent (own root, own uWSGI, own ports): two at a time.
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let rows = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..PARALLEL {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let Some(&(command, point, what)) = POINTS.get(i) else {
+                    break;
+                };
+                let t = Instant::now();
+                let dir = tmp.path().join(format!("point{i:02}"));
+                let (start, args, target): (&ServerRoot, &[&str], &str) = match command {
+                    Cmd::Activate => (
+                        &one_live,
+                        &["activate", "--build", "Build000002"],
+                        "000002",
+                    ),
+                    Cmd::Rollback => (&two_live, &["rollback"], "000001"),
+                };
+                let (after_kill, after_rerun) =
+                    run_point(&published, start, &dir, args, point, target);
+                show(&format!(
+                    "crash-matrix: {command:?} {point}: {:.1}s",
+                    t.elapsed().as_secs_f64()
+                ));
+                // Each point's root is large (two releases with their venvs).
+                let _ = fs::remove_dir_all(&dir);
+                let row = Row {
+                    command,
+                    point,
+                    what,
+                    after_kill,
+                    after_rerun,
+                };
+                rows.lock().unwrap().push((i, row));
+            });
+        }
+    });
+    let mut rows = rows.into_inner().unwrap();
+    rows.sort_by_key(|(i, _)| *i);
+    let rows: Vec<Row> = rows.into_iter().map(|(_, r)| r).collect();
 
     let points = rows.len();
     let consistent = rows.iter().filter(|r| r.after_kill.is_ok()).count();
@@ -222,6 +238,7 @@ fn run_point(
             server.log_tail()
         );
     }
+    server.kill();
     (after_kill, after_rerun)
 }
 
