@@ -37,10 +37,8 @@ pub fn point(name: &str) {
     let hit = HITS.fetch_add(1, Ordering::SeqCst) + 1;
     if hit == *nth {
         eprintln!("fault injection: SIGKILL at {name} (hit {hit})");
-        let _ = rustix::process::kill_process(
-            rustix::process::getpid(),
-            rustix::process::Signal::KILL,
-        );
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
         // SIGKILL cannot be caught; nothing after this line runs.
         loop {
             std::thread::park();
@@ -65,8 +63,14 @@ mod tests {
 
     #[test]
     fn names_with_and_without_a_hit_count() {
-        assert_eq!(parse("activate:after-swap"), Some(("activate:after-swap".into(), 1)));
-        assert_eq!(parse("unpack:entry@200"), Some(("unpack:entry".into(), 200)));
+        assert_eq!(
+            parse("activate:after-swap"),
+            Some(("activate:after-swap".into(), 1))
+        );
+        assert_eq!(
+            parse("unpack:entry@200"),
+            Some(("unpack:entry".into(), 200))
+        );
         assert_eq!(parse("x@0"), None);
         assert_eq!(parse("x@many"), None);
         assert_eq!(parse(""), None);

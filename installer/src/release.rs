@@ -195,7 +195,13 @@ pub fn build_venv(
             "venv/bin/python".into(),
         ];
         argv.extend(install_args);
-        procs::run_locked(&argv, release, &[("PIP_DISABLE_PIP_VERSION_CHECK", "1")], lock, "venv:pip")?;
+        procs::run_locked(
+            &argv,
+            release,
+            &[("PIP_DISABLE_PIP_VERSION_CHECK", "1")],
+            lock,
+            "venv:pip",
+        )?;
     } else {
         procs::run_locked(
             &[py.clone(), "-m".into(), "venv".into(), "venv".into()],
@@ -206,7 +212,13 @@ pub fn build_venv(
         )?;
         let mut argv = procs::argv(&["venv/bin/python", "-m", "pip"]);
         argv.extend(install_args);
-        procs::run_locked(&argv, release, &[("PIP_DISABLE_PIP_VERSION_CHECK", "1")], lock, "venv:pip")?;
+        procs::run_locked(
+            &argv,
+            release,
+            &[("PIP_DISABLE_PIP_VERSION_CHECK", "1")],
+            lock,
+            "venv:pip",
+        )?;
     }
     atomic::write_file(&venv.join(VENV_COMPLETE), b"")?;
     Ok(true)

@@ -58,7 +58,12 @@ fn publish_all() -> anyhow::Result<Published> {
             .arg(&out_dir)
             .output()?;
         let artifact = succeeded(&packaged, "builder package")?;
-        let artifact = artifact.lines().last().unwrap_or_default().trim().to_owned();
+        let artifact = artifact
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
         let published = Command::new(bins::builder())
             .current_dir(&repo.work)
             .arg("publish")

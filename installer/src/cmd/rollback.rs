@@ -42,7 +42,10 @@ pub fn rollback(
     // A rollback killed after its swap left `current` at its target: the same command finishes
     // it (reload, health, journal) instead of "rolling back" once more, to the build it left.
     let resumed = journal.unfinished()?.filter(|r| {
-        r.command == CMD && r.build.is_some() && r.build == current && args.to.is_none_or(|to| r.build == Some(to))
+        r.command == CMD
+            && r.build.is_some()
+            && r.build == current
+            && args.to.is_none_or(|to| r.build == Some(to))
     });
     let was_live = resumed.as_ref().and_then(|r| r.previous).or(current);
     report.previous_build = was_live;

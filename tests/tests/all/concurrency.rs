@@ -103,20 +103,25 @@ fn four_concurrent_activations_are_serialized_by_the_lock() {
         .collect();
     let server = starter.join().unwrap();
 
-    let journal: Vec<serde_json::Value> = fs::read_to_string(site.root.join(".deploy/journal.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("journal line {l}: {e}")))
-        .collect();
+    let journal: Vec<serde_json::Value> =
+        fs::read_to_string(site.root.join(".deploy/journal.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("journal line {l}: {e}")))
+            .collect();
     let mut succeeded = Vec::new();
     let mut locked_out = 0;
     for (build, pid, out) in &results {
         let r = report(out);
-        let mine: Vec<&serde_json::Value> =
-            journal.iter().filter(|j| j["pid"] == *pid).collect();
+        let mine: Vec<&serde_json::Value> = journal.iter().filter(|j| j["pid"] == *pid).collect();
         match out.status.code() {
             Some(0) => {
-                assert_eq!(r.outcome, common::report::Outcome::Success, "{}", stderr(out));
+                assert_eq!(
+                    r.outcome,
+                    common::report::Outcome::Success,
+                    "{}",
+                    stderr(out)
+                );
                 // It ran: started, and finished with success, under its own pid.
                 for event in ["started", "live", "finished"] {
                     assert!(
@@ -232,8 +237,8 @@ fn an_activation_that_fills_the_disk_fails_cleanly_and_the_old_build_keeps_servi
     let server = site.first_activation("Build000001").unwrap();
 
     // Leave less room than Build000002 needs: its download fits, its unpacked tree does not.
-    let sidecar = Sidecar::read(&published.store.join("binarycrate/Build000002/release.json"))
-        .unwrap();
+    let sidecar =
+        Sidecar::read(&published.store.join("binarycrate/Build000002/release.json")).unwrap();
     let archive = sidecar.archive.as_ref().unwrap().size;
     let unpacked: u64 = sidecar
         .manifest
@@ -274,7 +279,11 @@ fn an_activation_that_fills_the_disk_fails_cleanly_and_the_old_build_keeps_servi
             && err.contains("the disk is full"),
         "{error}\n{err}"
     );
-    let _ = writeln!(std::io::stderr(), "full disk: {}", error.lines().next().unwrap_or(""));
+    let _ = writeln!(
+        std::io::stderr(),
+        "full disk: {}",
+        error.lines().next().unwrap_or("")
+    );
     // Nothing partial stays; the good release and its static link do.
     assert_eq!(names(&site.root.join("releases")), releases_before);
     assert_eq!(names(&site.root.join("static")), statics_before);

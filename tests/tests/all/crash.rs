@@ -32,11 +32,23 @@ const PARALLEL: usize = 2;
 
 /// (command, fault point as `name` or `name@N`, what it interrupts).
 const POINTS: &[(Cmd, &str, &str)] = &[
-    (Cmd::Activate, "activate:after-lock", "lock taken, nothing done"),
+    (
+        Cmd::Activate,
+        "activate:after-lock",
+        "lock taken, nothing done",
+    ),
     (Cmd::Activate, "fetch:download@40", "download, ~320 KiB in"),
     (Cmd::Activate, "activate:after-fetch", "fetch → unpack"),
-    (Cmd::Activate, "unpack:entry@50", "unpack, 50 of ~100 entries in"),
-    (Cmd::Activate, "unpack:before-rename", "unpacked, not renamed"),
+    (
+        Cmd::Activate,
+        "unpack:entry@50",
+        "unpack, 50 of ~100 entries in",
+    ),
+    (
+        Cmd::Activate,
+        "unpack:before-rename",
+        "unpacked, not renamed",
+    ),
     (Cmd::Activate, "activate:after-unpack", "unpack → link"),
     (Cmd::Activate, "activate:after-link", "link → venv"),
     (Cmd::Activate, "venv:pip@4", "pip installing the venv"),
@@ -46,12 +58,24 @@ const POINTS: &[(Cmd, &str, &str)] = &[
     (Cmd::Activate, "switch:after-swap", "swap → reload"),
     (Cmd::Activate, "switch:after-reload", "reload → health"),
     (Cmd::Activate, "health:poll@4", "health check"),
-    (Cmd::Activate, "switch:after-health", "healthy, not journalled"),
-    (Cmd::Rollback, "rollback:after-verify", "lock + verify → link"),
+    (
+        Cmd::Activate,
+        "switch:after-health",
+        "healthy, not journalled",
+    ),
+    (
+        Cmd::Rollback,
+        "rollback:after-verify",
+        "lock + verify → link",
+    ),
     (Cmd::Rollback, "rollback:after-link", "link → swap"),
     (Cmd::Rollback, "switch:after-swap", "swap → reload"),
     (Cmd::Rollback, "health:poll@4", "health check"),
-    (Cmd::Rollback, "switch:after-health", "healthy, not journalled"),
+    (
+        Cmd::Rollback,
+        "switch:after-health",
+        "healthy, not journalled",
+    ),
 ];
 
 fn ready() -> bool {
@@ -120,11 +144,7 @@ fn crash_matrix_every_kill_leaves_a_complete_release_and_the_rerun_completes() {
                 let t = Instant::now();
                 let dir = tmp.path().join(format!("point{i:02}"));
                 let (start, args, target): (&ServerRoot, &[&str], &str) = match command {
-                    Cmd::Activate => (
-                        &one_live,
-                        &["activate", "--build", "Build000002"],
-                        "000002",
-                    ),
+                    Cmd::Activate => (&one_live, &["activate", "--build", "Build000002"], "000002"),
                     Cmd::Rollback => (&two_live, &["rollback"], "000001"),
                 };
                 let (after_kill, after_rerun) =
@@ -171,7 +191,8 @@ fn crash_matrix_every_kill_leaves_a_complete_release_and_the_rerun_completes() {
         ));
     }
     show(&table);
-    let summary = format!("crash-matrix: points={points} consistent={consistent} recovered={recovered}");
+    let summary =
+        format!("crash-matrix: points={points} consistent={consistent} recovered={recovered}");
     show(&summary);
     assert!(points >= 12, "{summary}");
     assert!(
@@ -249,9 +270,7 @@ fn tail(text: &str) -> String {
 
 /// `current` is a complete release that verifies, the journal parses; what the site serves.
 fn state_after_kill(site: &ServerRoot, server: &UwsgiServer) -> Result<String, String> {
-    let current = site
-        .current()
-        .ok_or_else(|| "no `current`".to_owned())?;
+    let current = site.current().ok_or_else(|| "no `current`".to_owned())?;
     let build = current
         .strip_prefix("releases/")
         .filter(|b| site.root.join("releases").join(b).is_dir())
@@ -259,10 +278,9 @@ fn state_after_kill(site: &ServerRoot, server: &UwsgiServer) -> Result<String, S
     verify(site)?;
     let records = journal_records(site)?;
     let served = match server.request("/") {
-        Ok(r) if r.status == 200 => format!(
-            "serves {}",
-            r.build_number().unwrap_or("no build number")
-        ),
+        Ok(r) if r.status == 200 => {
+            format!("serves {}", r.build_number().unwrap_or("no build number"))
+        }
         Ok(r) => format!("HTTP {}", r.status),
         Err(e) => format!("no answer ({e:#})"),
     };
@@ -337,7 +355,12 @@ fn journal_records(site: &ServerRoot) -> Result<usize, String> {
     for (i, line) in text.lines().enumerate() {
         match serde_json::from_str::<serde_json::Value>(line) {
             Ok(v) if v.is_object() => {}
-            _ => return Err(format!("journal line {} does not parse: {line:.120}", i + 1)),
+            _ => {
+                return Err(format!(
+                    "journal line {} does not parse: {line:.120}",
+                    i + 1
+                ))
+            }
         }
     }
     Ok(text.lines().count())
@@ -355,9 +378,16 @@ pub fn strays(root: &Path) -> Vec<String> {
             continue;
         }
         let temporary = name.starts_with('.')
-            && [".unpack-", ".download-", ".link-", ".tmp-", ".remove-", ".upload-"]
-                .iter()
-                .any(|m| name.contains(m));
+            && [
+                ".unpack-",
+                ".download-",
+                ".link-",
+                ".tmp-",
+                ".remove-",
+                ".upload-",
+            ]
+            .iter()
+            .any(|m| name.contains(m));
         if temporary {
             found.push(entry.path().display().to_string());
         }
