@@ -267,3 +267,29 @@ pub struct Locked {
     pub command: String,
     pub waited_secs: u64,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_found_with_its_path_through_transparent_wrappers() {
+        let full = || io::Error::from(io::ErrorKind::StorageFull);
+        let unpack = UnpackError::Fs(FsError::new("cannot write", "/srv/releases/x", full()));
+        assert_eq!(
+            disk_full_at(&unpack),
+            Some(PathBuf::from("/srv/releases/x"))
+        );
+        let store = StoreError::Fs(FsError::new("cannot create", "/srv/cache/y", full()));
+        assert_eq!(disk_full_at(&store), Some(PathBuf::from("/srv/cache/y")));
+        assert_eq!(disk_full_at(&full()), Some(PathBuf::new()));
+        let other = UnpackError::Fs(FsError::new(
+            "cannot write",
+            "/srv/z",
+            io::Error::from(io::ErrorKind::PermissionDenied),
+        ));
+        assert_eq!(disk_full_at(&other), None);
+        // A full disk is a failure (exit 1), not bad input.
+        assert_eq!(exit_code_for(&unpack), crate::report::ExitCode::Failed);
+    }
+}
