@@ -179,7 +179,7 @@ fn four_concurrent_activations_are_serialized_by_the_lock() {
     assert!(strays(&site.root).is_empty(), "{:?}", strays(&site.root));
     let _ = writeln!(
         std::io::stderr(),
-        "concurrency: activations=4 succeeded={} locked-out={locked_out} current={last_live} (order: {})",
+        "concurrency: activations=4 succeeded={} locked-out={locked_out} current={last_live} (succeeded: {})",
         succeeded.len(),
         succeeded.join(", ")
     );
