@@ -185,6 +185,35 @@ pub enum StoreError {
 #[error("{0}")]
 pub struct BadInput(pub String);
 
+/// The path whose write failed because its filesystem is full (ENOSPC), if that is somewhere
+/// in `err`'s chain of causes (an empty path when the error does not say which).
+pub fn disk_full_at(err: &(dyn std::error::Error + 'static)) -> Option<PathBuf> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        // The `Fs` variants are transparent: their `source()` skips the `FsError` and its path.
+        let fs = e
+            .downcast_ref::<FsError>()
+            .or_else(|| match e.downcast_ref::<UnpackError>() {
+                Some(UnpackError::Fs(f)) => Some(f),
+                _ => None,
+            })
+            .or_else(|| match e.downcast_ref::<StoreError>() {
+                Some(StoreError::Fs(f)) => Some(f),
+                _ => None,
+            });
+        if let Some(fs) = fs.filter(|f| f.source.kind() == io::ErrorKind::StorageFull) {
+            return Some(fs.path.clone());
+        }
+        if e.downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::StorageFull)
+        {
+            return Some(PathBuf::new());
+        }
+        cur = e.source();
+    }
+    None
+}
+
 /// The exit code an error deserves (SPEC section 5): 2 when the input was at fault and nothing
 /// was touched, 1 for everything else that failed before anything live changed.
 pub fn exit_code_for(err: &(dyn std::error::Error + 'static)) -> crate::report::ExitCode {
@@ -270,5 +299,26 @@ mod tests {
             io::Error::from(io::ErrorKind::StorageFull),
         ));
         assert_eq!(exit_code_for(&io), ExitCode::Failed);
+    }
+
+    #[test]
+    fn a_full_disk_is_found_with_its_path_through_transparent_wrappers() {
+        let full = || io::Error::from(io::ErrorKind::StorageFull);
+        let unpack = UnpackError::Fs(FsError::new("cannot write", "/srv/releases/x", full()));
+        assert_eq!(
+            disk_full_at(&unpack),
+            Some(PathBuf::from("/srv/releases/x"))
+        );
+        let store = StoreError::Fs(FsError::new("cannot create", "/srv/cache/y", full()));
+        assert_eq!(disk_full_at(&store), Some(PathBuf::from("/srv/cache/y")));
+        assert_eq!(disk_full_at(&full()), Some(PathBuf::new()));
+        let other = UnpackError::Fs(FsError::new(
+            "cannot write",
+            "/srv/z",
+            io::Error::from(io::ErrorKind::PermissionDenied),
+        ));
+        assert_eq!(disk_full_at(&other), None);
+        // A full disk is a failure (exit 1), not bad input.
+        assert_eq!(exit_code_for(&unpack), crate::report::ExitCode::Failed);
     }
 }

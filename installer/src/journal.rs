@@ -207,6 +207,19 @@ impl Journal {
         Ok(iter.next())
     }
 
+    /// The newest activation or rollback when it never finished (killed, or failed before its
+    /// swap without a word): its `started` record. A caller checks where `current` points to
+    /// tell a run killed after its swap, which a re-run must complete, from one that stopped
+    /// before it.
+    pub fn unfinished(&self) -> anyhow::Result<Option<Record>> {
+        Ok(self
+            .read()?
+            .into_iter()
+            .rev()
+            .find(|r| matches!(r.event, Event::Started | Event::Finished))
+            .filter(|r| r.event == Event::Started))
+    }
+
     /// The newest finished record about `build`.
     pub fn last_finished(&self, build: BuildNumber) -> anyhow::Result<Option<Record>> {
         Ok(self
@@ -252,6 +265,16 @@ mod tests {
             j.last_finished(b(3)).unwrap().unwrap().outcome,
             Some(Outcome::RolledBack)
         );
+        assert_eq!(j.unfinished().unwrap(), None);
+        let started = Record::new("rollback", Event::Started, Some(b(2)));
+        j.append(&started).unwrap();
+        let mut phase = Record::new("rollback", Event::Phase, Some(b(2)));
+        phase.phase = Some("swap".into());
+        j.append(&phase).unwrap();
+        assert_eq!(j.unfinished().unwrap(), Some(started));
+        j.append(&Record::new("rollback", Event::Finished, Some(b(2))))
+            .unwrap();
+        assert_eq!(j.unfinished().unwrap(), None);
     }
 
     #[test]

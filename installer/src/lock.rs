@@ -3,6 +3,11 @@
 //! `flock` on `.deploy/lock`: the kernel drops it when the holder dies (even by kill -9), so a
 //! crashed run never leaves the server locked. The holder writes its pid and command line into
 //! the file so a waiting run can say who it waited for.
+//!
+//! The commands that change a release (venv, pip, migrate) get the locked file as their stdin:
+//! the lock belongs to the open file, so it stays held while any of them runs. When the
+//! installer is killed and leaves such a command behind, the next run waits for it to finish
+//! rather than racing it over the same venv or database.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -64,6 +69,17 @@ pub fn acquire(path: &Path, timeout: Duration, command: &str) -> anyhow::Result<
         .context("cannot write the lock file")?;
     writeln!(file, "{}\n{command}", std::process::id()).context("cannot write the lock file")?;
     Ok(DeployLock { _file: file })
+}
+
+impl DeployLock {
+    /// The locked file as a child's stdin, so the lock lives as long as the child.
+    pub fn for_child(&self) -> anyhow::Result<std::process::Stdio> {
+        let file = self
+            ._file
+            .try_clone()
+            .context("cannot share the lock with a command")?;
+        Ok(file.into())
+    }
 }
 
 fn holder(file: &mut File) -> (String, String) {

@@ -13,6 +13,7 @@ use common::{atomic, Blake3Hash, BuildNumber, Sidecar};
 
 use crate::config::InstallerConfig;
 use crate::layout::Layout;
+use crate::lock::DeployLock;
 use crate::procs;
 
 /// The uWSGI entry point (README: "Server setup"), installed as `<root>/loader.py`.
@@ -136,7 +137,11 @@ pub fn link_static(
 }
 
 /// Builds `venv/` from the release's own wheels only (no index). Reused when complete.
-pub fn build_venv(config: &InstallerConfig, release: &Path) -> anyhow::Result<bool> {
+pub fn build_venv(
+    config: &InstallerConfig,
+    release: &Path,
+    lock: &DeployLock,
+) -> anyhow::Result<bool> {
     let venv = release.join("venv");
     if venv.join(VENV_COMPLETE).is_file() {
         return Ok(false);
@@ -169,7 +174,7 @@ pub fn build_venv(config: &InstallerConfig, release: &Path) -> anyhow::Result<bo
     // `venv --without-pip` plus the interpreter's own pip is much faster than seeding pip into
     // every venv; pip learned `--python` in 22.3.
     if pip_supports_python_option(py) {
-        procs::run(
+        procs::run_locked(
             &[
                 py.clone(),
                 "-m".into(),
@@ -179,6 +184,8 @@ pub fn build_venv(config: &InstallerConfig, release: &Path) -> anyhow::Result<bo
             ],
             release,
             &[],
+            lock,
+            "venv:create",
         )?;
         let mut argv = vec![
             py.clone(),
@@ -188,16 +195,30 @@ pub fn build_venv(config: &InstallerConfig, release: &Path) -> anyhow::Result<bo
             "venv/bin/python".into(),
         ];
         argv.extend(install_args);
-        procs::run(&argv, release, &[("PIP_DISABLE_PIP_VERSION_CHECK", "1")])?;
+        procs::run_locked(
+            &argv,
+            release,
+            &[("PIP_DISABLE_PIP_VERSION_CHECK", "1")],
+            lock,
+            "venv:pip",
+        )?;
     } else {
-        procs::run(
+        procs::run_locked(
             &[py.clone(), "-m".into(), "venv".into(), "venv".into()],
             release,
             &[],
+            lock,
+            "venv:create",
         )?;
         let mut argv = procs::argv(&["venv/bin/python", "-m", "pip"]);
         argv.extend(install_args);
-        procs::run(&argv, release, &[("PIP_DISABLE_PIP_VERSION_CHECK", "1")])?;
+        procs::run_locked(
+            &argv,
+            release,
+            &[("PIP_DISABLE_PIP_VERSION_CHECK", "1")],
+            lock,
+            "venv:pip",
+        )?;
     }
     atomic::write_file(&venv.join(VENV_COMPLETE), b"")?;
     Ok(true)
@@ -345,9 +366,98 @@ pub fn verify(config: &InstallerConfig, release: &Path) -> anyhow::Result<Drift>
     Ok(drift)
 }
 
-/// Stray temporary trees a crash can leave in `releases/` (unpacks, downloads).
+/// Removes what [`stray_temporaries`] finds; what cannot be removed becomes a warning.
+pub fn remove_strays(layout: &Layout, warnings: &mut Vec<String>) -> anyhow::Result<()> {
+    for stray in stray_temporaries(layout)? {
+        eprintln!("removing `{}` left by an interrupted run", stray.display());
+        let removed = if fs::symlink_metadata(&stray).is_ok_and(|m| m.is_dir()) {
+            atomic::remove_tree(&stray).map_err(anyhow::Error::from)
+        } else {
+            fs::remove_file(&stray).map_err(anyhow::Error::from)
+        };
+        if let Err(e) = removed {
+            warnings.push(format!("cannot remove `{}`: {e:#}", stray.display()));
+        }
+    }
+    Ok(())
+}
+
+/// A release directory this run is creating. Unless the run reaches its swap ([`keep`]), it
+/// is removed again with its static link, so a failed activation (a full disk, a failed
+/// migration) leaves no partial release behind. A directory that existed before the run, or
+/// that `current` names, is never touched.
+///
+/// [`keep`]: NewRelease::keep
+pub struct NewRelease<'a> {
+    layout: &'a Layout,
+    config: &'a InstallerConfig,
+    build: BuildNumber,
+    armed: bool,
+}
+
+impl<'a> NewRelease<'a> {
+    pub fn new(
+        layout: &'a Layout,
+        config: &'a InstallerConfig,
+        build: BuildNumber,
+        created_now: bool,
+    ) -> Self {
+        Self {
+            layout,
+            config,
+            build,
+            armed: created_now,
+        }
+    }
+
+    /// The run got as far as the swap: the release stays.
+    pub fn keep(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for NewRelease<'_> {
+    fn drop(&mut self) {
+        let dir = self.layout.release(self.build);
+        if !self.armed
+            || !dir.exists()
+            || self.layout.current_build().ok().flatten() == Some(self.build)
+        {
+            return;
+        }
+        if let Ok(Some(hash)) = version_hash(&dir, self.config) {
+            let link = self.layout.static_dir().join(hash);
+            let ours = Path::new("..").join("releases").join(self.build.tag());
+            if fs::read_link(&link).is_ok_and(|t| t.starts_with(&ours)) {
+                let _ = fs::remove_file(&link);
+            }
+        }
+        // Renamed out of the way first: a kill mid-removal then leaves a stray the next run
+        // deletes, never a half-deleted `releases/BuildNNNNNN`.
+        let doomed = atomic::temp_sibling(&dir, "remove");
+        let removed = atomic::rename(&dir, &doomed).and_then(|()| atomic::remove_tree(&doomed));
+        match removed {
+            Ok(()) => eprintln!(
+                "removed the partial release `{}` this run created",
+                dir.display()
+            ),
+            Err(e) => eprintln!("warning: {e:#}: remove it by hand"),
+        }
+    }
+}
+
+/// Stray temporary trees a crash can leave in `releases/` (unpacks, downloads), and the
+/// temporary links and files of the atomic helpers in the root and `static/`.
 pub fn stray_temporaries(layout: &Layout) -> anyhow::Result<Vec<PathBuf>> {
     let mut found = Vec::new();
+    for dir in [layout.root.clone(), layout.static_dir()] {
+        for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') && (name.contains(".link-") || name.contains(".tmp-")) {
+                found.push(e.path());
+            }
+        }
+    }
     for dir in [layout.releases(), layout.cache()] {
         let Ok(entries) = fs::read_dir(&dir) else {
             continue;

@@ -75,6 +75,7 @@ impl AppServer for Uwsgi<'_> {
         let mut last;
         // 1. The page answers with the new build.
         loop {
+            common::fault::point("health:poll");
             match health::get(&h.url, request) {
                 Ok((200, body))
                     if health::served_build(&body).as_deref() == Some(want.as_str()) =>
@@ -102,6 +103,7 @@ impl AppServer for Uwsgi<'_> {
         //    one, and until the last one is replaced some requests still get the old build.
         if let Some(stats) = &h.stats_url {
             loop {
+                common::fault::point("health:poll");
                 match health::workers(stats, request) {
                     Ok(ws) if !ws.is_empty() && ws.iter().all(|w| w.last_spawn >= swapped) => break,
                     Ok(ws) => {
@@ -124,6 +126,7 @@ impl AppServer for Uwsgi<'_> {
         }
         // 3. Then every request sees it.
         for i in 0..h.confirm_requests {
+            common::fault::point("health:poll");
             let (status, body) = health::get(&h.url, request)?;
             let seen = health::served_build(&body);
             if status != 200 || seen.as_deref() != Some(want.as_str()) {
@@ -227,8 +230,18 @@ pub fn switch(
     } = *server;
     let timeout = Duration::from_secs(config.health.timeout_secs);
     let t = Instant::now();
-    let swapped_at = SystemTime::now();
-    layout.set_current(build)?;
+    let swapped_at = if layout.current_build()? == Some(build) {
+        // A run killed after its swap: keep the link and its time, so workers respawned since
+        // then count as serving this build (uWSGI may still be busy with that chain reload).
+        std::fs::symlink_metadata(layout.current())
+            .and_then(|m| m.modified())
+            .with_context(|| format!("cannot stat `{}`", layout.current().display()))?
+    } else {
+        let at = SystemTime::now();
+        layout.set_current(build)?;
+        at
+    };
+    common::fault::point("switch:after-swap");
     phase_done(journal, report, command, build, "swap", t, true);
     eprintln!(
         "==> swap: `current` -> releases/{build:#} ({:.2}s)",
@@ -240,10 +253,12 @@ pub fn switch(
         Ok(()) => {
             phase_done(journal, report, command, build, "reload", t, true);
             eprintln!("==> reload ({:.2}s)", t.elapsed().as_secs_f64());
+            common::fault::point("switch:after-reload");
             let t = Instant::now();
             match server.wait_serving(build, swapped_at, timeout) {
                 Ok(()) => {
                     phase_done(journal, report, command, build, "health", t, true);
+                    common::fault::point("switch:after-health");
                     eprintln!(
                         "==> health: every worker serves {build:#} ({:.2}s)",
                         t.elapsed().as_secs_f64()

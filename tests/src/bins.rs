@@ -17,13 +17,27 @@ fn profile_dir() -> PathBuf {
         .to_owned()
 }
 
+/// The feature the test binaries are built with (see `common::fault`).
+pub const FAULT_FEATURE: &str = "installer/fault-injection";
+
 fn build_once() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = profile_dir();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "builder", "-p", "installer"]);
+        // With the crash tests' fault-injection hook (`common::fault`), which release builds
+        // never have; `scripts/test` builds with the same feature so this is a no-op there.
+        cmd.args([
+            "build",
+            "--quiet",
+            "-p",
+            "builder",
+            "-p",
+            "installer",
+            "--features",
+            FAULT_FEATURE,
+        ]);
         if dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }

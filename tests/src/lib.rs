@@ -9,6 +9,8 @@
 //!   `scripts/python-env` creates, with dummy credentials and a loopback endpoint.
 //! - [`nginx`]: a real nginx (Debian's package) on loopback in front of that uWSGI, from the
 //!   recommended site configuration (`fixtures/server/nginx-site.conf`).
+//! - [`published`]: builds 000001–000004 of the example, published once to one file store, and
+//!   server roots (config, ports, copies) that install them under a real uWSGI.
 //! - [`ssm`]: the SSM Run Command stand-in (moto with `AWS-RunShellScript` really run on
 //!   "instances" that are directories and environments here; `fixtures/ssm/launcher.py`).
 //! - [`uwsgi`]: a real uWSGI (pyuwsgi) serving `<root>/current` from the recommended
@@ -18,5 +20,6 @@ pub mod bins;
 pub mod example;
 pub mod moto;
 pub mod nginx;
+pub mod published;
 pub mod ssm;
 pub mod uwsgi;

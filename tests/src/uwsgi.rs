@@ -494,6 +494,20 @@ impl UwsgiServer {
         }
     }
 
+    /// Stops the server at once (SIGKILL to its process group, workers included), for tests
+    /// that only need it gone: a graceful stop in the middle of a chain reload can take
+    /// [`STOP_TIMEOUT`].
+    pub fn kill(mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // Not yet reaped, so the group still exists and is ours.
+            let _ = Command::new("kill")
+                .args(["-s", "KILL", "--", &format!("-{}", self.child.id())])
+                .stderr(Stdio::null())
+                .status();
+            let _ = self.child.wait();
+        }
+    }
+
     /// Stops the server (as on drop) and says how it ended.
     pub fn stop(mut self) -> anyhow::Result<std::process::ExitStatus> {
         self.shut_down()

@@ -93,6 +93,7 @@ pub fn unpack(
     let result = unpack_into(file, size, sidecar, &tmp, options).and_then(|summary| {
         // One filesystem sync makes every new file durable before the tree gets its real name.
         atomic::sync_filesystem(&tmp)?;
+        crate::fault::point("unpack:before-rename");
         fs::set_permissions(&tmp, fs::Permissions::from_mode(Mode::DIR.0))
             .map_err(|e| FsError::new("cannot set mode of", &tmp, e))?;
         if fs::symlink_metadata(dest).is_ok() {
@@ -325,6 +326,7 @@ fn write_entries(
     let corrupt = |e: io::Error| UnpackError::Corrupt(e.to_string());
     for entry in archive.entries().map_err(corrupt)? {
         let mut entry = entry.map_err(corrupt)?;
+        crate::fault::point("unpack:entry");
         let raw = entry.path_bytes().into_owned();
         let kind = entry.header().entry_type();
         let name = check_path(&raw, kind.is_dir())?;

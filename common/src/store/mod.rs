@@ -440,7 +440,7 @@ impl ArtifactStore {
                 BufWriter::with_capacity(1 << 20, file),
                 bar,
             ));
-            self.backend.get(&key, &mut w)?;
+            self.backend.get(&key, &mut DownloadFaultPoint(&mut w))?;
             let (inner, hash, size) = w.finish();
             let corrupt = |reason: String| StoreError::Corrupt {
                 store: self.location(),
@@ -524,6 +524,20 @@ impl Write for BoundedWriter {
 
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+/// Each write of a download is a hit of the crash tests' `fetch:download` point, so a test
+/// can kill the installer part-way through a download (a no-op without `fault-injection`).
+struct DownloadFaultPoint<W>(W);
+
+impl<W: Write> Write for DownloadFaultPoint<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        crate::fault::point("fetch:download");
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
     }
 }
 

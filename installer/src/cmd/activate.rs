@@ -26,7 +26,8 @@ pub fn run(args: &ActivateArgs, config: &InstallerConfig) -> anyhow::Result<Exit
     let server = Uwsgi::new(config);
     let mut report = Report::new("activate");
     report.build = Some(args.build);
-    let result = activate(args, config, &server, &mut report);
+    let result = activate(args, config, &server, &mut report)
+        .map_err(|e| explain_disk_full(e, &config.root));
     finish(report, result, args.json)
 }
 
@@ -133,16 +134,21 @@ fn activate_checked(
 
     let t = Instant::now();
     let timeout = Duration::from_secs(args.lock_timeout.unwrap_or(config.lock_timeout_secs));
-    let _lock = lock::acquire(
+    let deploy_lock = lock::acquire(
         &layout.lock_file(),
         timeout,
         &format!("installer activate --build {build:#}"),
     )?;
     report.phase("lock", t.elapsed(), true);
+    common::fault::point("activate:after-lock");
 
     let current = layout.current_build()?;
     report.previous_build = current;
-    if current == Some(build) {
+    // A run of this build killed after its swap left `current` here: finish it, don't skip it.
+    let resumed = journal
+        .unfinished()?
+        .filter(|r| current == Some(build) && r.build == Some(build));
+    if current == Some(build) && resumed.is_none() {
         let finished = journal.last_finished(build)?;
         if finished.as_ref().and_then(|r| r.outcome) == Some(Outcome::Success) {
             eprintln!("{build:#} is already the current release: nothing to do");
@@ -151,19 +157,7 @@ fn activate_checked(
     }
     // Before anything changes: the server's own files must be in place.
     release::check_shared_files(&layout, config)?;
-    for stray in release::stray_temporaries(&layout)? {
-        eprintln!("removing `{}` left by an interrupted run", stray.display());
-        let removed = if stray.is_dir() {
-            atomic::remove_tree(&stray).map_err(anyhow::Error::from)
-        } else {
-            std::fs::remove_file(&stray).map_err(anyhow::Error::from)
-        };
-        if let Err(e) = removed {
-            report
-                .warnings
-                .push(format!("cannot remove `{}`: {e:#}", stray.display()));
-        }
-    }
+    release::remove_strays(&layout, &mut report.warnings)?;
 
     let mut started = Record::new(CMD, Event::Started, Some(build));
     started.previous = current;
@@ -198,6 +192,7 @@ fn activate_checked(
     } else {
         false
     };
+    let new_release = release::NewRelease::new(&layout, config, build, !reuse);
     let artifact = if reuse {
         None
     } else {
@@ -210,6 +205,7 @@ fn activate_checked(
         )?)
     };
     phase_done(journal, report, CMD, build, "fetch", t, true);
+    common::fault::point("activate:after-fetch");
 
     // Phase: unpack (verified entry by entry, renamed into place only when complete).
     let t = Instant::now();
@@ -226,6 +222,7 @@ fn activate_checked(
     phase_done(journal, report, CMD, build, "unpack", t, true);
     // Verified and in place: from here on every record goes straight to the journal.
     journal.release()?;
+    common::fault::point("activate:after-unpack");
 
     // Phase: link shared files and static, after the template check.
     let t = Instant::now();
@@ -250,25 +247,29 @@ fn activate_checked(
         report.details.insert("version_hash".into(), hash.into());
     }
     phase_done(journal, report, CMD, build, "link", t, true);
+    common::fault::point("activate:after-link");
 
     // Phase: venv from the release's own wheels.
     let t = Instant::now();
     eprintln!("==> venv");
-    let built = release::build_venv(config, &release_dir).context(
+    let built = release::build_venv(config, &release_dir, &deploy_lock).context(
         "building the release's virtualenv failed; the previous release is still serving",
     )?;
     if !built {
         eprintln!("    reusing the complete venv");
     }
     phase_done(journal, report, CMD, build, "venv", t, true);
+    common::fault::point("activate:after-venv");
 
     // Phase: migrate with the new code, before the swap.
     let t = Instant::now();
     eprintln!("==> migrate");
-    if let Err(e) = procs::run(
+    if let Err(e) = procs::run_locked(
         &config.migrate,
         &release_dir,
         &[("DJANGO_SETTINGS_MODULE", &config.settings_module)],
+        &deploy_lock,
+        "migrate:running",
     ) {
         phase_done(journal, report, CMD, build, "migrate", t, false);
         finished(
@@ -284,6 +285,8 @@ fn activate_checked(
         ));
     }
     phase_done(journal, report, CMD, build, "migrate", t, true);
+    common::fault::point("activate:after-migrate");
+    new_release.keep();
 
     let live = Server {
         layout: &layout,
@@ -292,7 +295,26 @@ fn activate_checked(
         journal,
     };
     let switched = switch(&live, report, CMD, build, previous)?;
-    conclude(&live, report, CMD, build, current, switched)
+    let was_live = resumed.and_then(|r| r.previous).or(current);
+    conclude(&live, report, CMD, build, was_live, switched)
+}
+
+/// Says so when the error is a full disk, naming the path that could not be written.
+fn explain_disk_full(e: anyhow::Error, root: &std::path::Path) -> anyhow::Error {
+    match common::error::disk_full_at(e.as_ref()) {
+        Some(path) => {
+            let what = if path.as_os_str().is_empty() {
+                String::new()
+            } else {
+                format!(" for `{}`", path.display())
+            };
+            e.context(format!(
+                "the disk is full: no space left{what} (server root `{}`); free space there (e.g. `installer prune --keep 2`), then run again",
+                root.display()
+            ))
+        }
+        None => e,
+    }
 }
 
 pub fn open_store(

@@ -34,19 +34,30 @@ pub fn rollback(
     let journal = Journal::new(&layout.journal());
     let timeout = Duration::from_secs(args.lock_timeout.unwrap_or(config.lock_timeout_secs));
     let t = Instant::now();
-    let _lock = lock::acquire(&layout.lock_file(), timeout, "installer rollback")?;
+    let deploy_lock = lock::acquire(&layout.lock_file(), timeout, "installer rollback")?;
     report.phase("lock", t.elapsed(), true);
+    release::remove_strays(&layout, &mut report.warnings)?;
 
     let current = layout.current_build()?;
-    report.previous_build = current;
-    let target = match args.to {
-        Some(b) => b,
-        None => journal.previous_good(current)?.ok_or_else(|| {
+    // A rollback killed after its swap left `current` at its target: the same command finishes
+    // it (reload, health, journal) instead of "rolling back" once more, to the build it left.
+    let resumed = journal.unfinished()?.filter(|r| {
+        r.command == CMD
+            && r.build.is_some()
+            && r.build == current
+            && args.to.is_none_or(|to| r.build == Some(to))
+    });
+    let was_live = resumed.as_ref().and_then(|r| r.previous).or(current);
+    report.previous_build = was_live;
+    let target = match (args.to, &resumed) {
+        (Some(b), _) => b,
+        (None, Some(r)) => r.build.expect("filtered above"),
+        (None, None) => journal.previous_good(current)?.ok_or_else(|| {
             BadInput("the journal has no release that was live before the current one: name one with `--to BuildNNNNNN`".into())
         })?,
     };
     report.build = Some(target);
-    if current == Some(target) {
+    if current == Some(target) && resumed.is_none() {
         eprintln!("{target:#} is already the current release: nothing to do");
         return Ok(Outcome::NothingToDo);
     }
@@ -74,18 +85,20 @@ pub fn rollback(
         )));
     }
     phase_done(&journal, report, CMD, target, "verify", t, true);
+    common::fault::point("rollback:after-verify");
 
     let mut started = Record::new(CMD, Event::Started, Some(target));
-    started.previous = current;
+    started.previous = was_live;
     journal.append(&started)?;
 
     let t = Instant::now();
     release::link_shared(&layout, config, &dir)?;
     release::link_static(&layout, config, target)?;
-    release::build_venv(config, &dir)?;
+    release::build_venv(config, &dir, &deploy_lock)?;
     phase_done(&journal, report, CMD, target, "link", t, true);
+    common::fault::point("rollback:after-link");
 
-    if let Some(current) = current {
+    if let Some(current) = was_live.filter(|b| *b != target) {
         let unknown = unknown_migrations(config, &layout.release(current), &dir);
         match unknown {
             Ok(list) if !list.is_empty() => {
@@ -109,8 +122,8 @@ pub fn rollback(
         app: server,
         journal: &journal,
     };
-    let switched = switch(&live, report, CMD, target, current)?;
-    conclude(&live, report, CMD, target, current, switched)
+    let switched = switch(&live, report, CMD, target, was_live)?;
+    conclude(&live, report, CMD, target, was_live, switched)
 }
 
 /// Migrations applied in the database (as the current release sees them) that the target

@@ -2,6 +2,8 @@
 
 mod bad_input;
 mod cli;
+mod concurrency;
+mod crash;
 mod fleet;
 mod installer;
 mod installer_input;
