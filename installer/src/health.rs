@@ -36,7 +36,10 @@ pub fn get(url: &str, timeout: Duration) -> anyhow::Result<(u16, String)> {
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
     let hostname = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(&host);
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {hostname}\r\nUser-Agent: binarycrate-installer\r\nConnection: close\r\n\r\n")?;
+    // One write: `write!` on an unbuffered socket sends each piece separately, and a server that
+    // answers after the first line and closes would turn the rest into a broken pipe.
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {hostname}\r\nUser-Agent: binarycrate-installer\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes())?;
     let mut raw = Vec::new();
     stream
         .read_to_end(&mut raw)
@@ -126,8 +129,15 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         let t = std::thread::spawn(move || {
             let (mut s, _) = listener.accept().unwrap();
+            // Reads the whole request head, as a real server does before answering.
+            let mut head = Vec::new();
             let mut buf = [0u8; 1024];
-            let _ = s.read(&mut buf).unwrap();
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf).unwrap();
+                assert!(n > 0, "the request ended before its head did");
+                head.extend_from_slice(&buf[..n]);
+            }
+            assert!(head.starts_with(b"GET / HTTP/1.0\r\n"));
             s.write_all(
                 b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n\r\n<!-- Build number = 000002 -->",
             )

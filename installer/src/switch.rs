@@ -102,11 +102,21 @@ impl AppServer for Uwsgi<'_> {
         // 2. Every worker was (re)spawned after the swap: a chain reload replaces them one by
         //    one, and until the last one is replaced some requests still get the old build.
         if let Some(stats) = &h.stats_url {
+            let mut stall = Stall::new(Instant::now());
             loop {
                 common::fault::point("health:poll");
                 match health::workers(stats, request) {
                     Ok(ws) if !ws.is_empty() && ws.iter().all(|w| w.last_spawn >= swapped) => break,
                     Ok(ws) => {
+                        let fresh = ws.iter().filter(|w| w.last_spawn >= swapped).count();
+                        if stall.observe(fresh, Instant::now()) {
+                            // uWSGI ignores a chain reload asked for while one is still running
+                            // ("chain reload already running"), e.g. a restore right after a
+                            // failed switch: once that chain ends with workers older than the
+                            // swap, ask again.
+                            eprintln!("    {fresh} of {} workers replaced and no progress for {}s: asking uWSGI again", ws.len(), STALL.as_secs());
+                            self.rerequest()?;
+                        }
                         last = format!(
                             "{} of {} workers respawned since the swap",
                             ws.iter().filter(|w| w.last_spawn >= swapped).count(),
@@ -137,6 +147,54 @@ impl AppServer for Uwsgi<'_> {
                     seen.unwrap_or_else(|| "none".into())
                 );
             }
+        }
+        Ok(())
+    }
+}
+
+/// How long the worker count may stand still before a chain reload is asked for again: well
+/// beyond one worker's respawn (about 1 s for the app), short against the health timeout.
+const STALL: Duration = Duration::from_secs(5);
+
+/// Watches a chain reload's progress: the number of workers respawned since the swap.
+struct Stall {
+    fresh: usize,
+    since: Instant,
+}
+
+impl Stall {
+    fn new(now: Instant) -> Self {
+        Self {
+            fresh: 0,
+            since: now,
+        }
+    }
+
+    /// Takes a new count; true when it has not moved for `STALL` (then the clock restarts, so
+    /// a re-request is made at most once per period).
+    fn observe(&mut self, fresh: usize, now: Instant) -> bool {
+        if fresh != self.fresh {
+            self.fresh = fresh;
+            self.since = now;
+            return false;
+        }
+        if now.duration_since(self.since) >= STALL {
+            self.since = now;
+            return true;
+        }
+        false
+    }
+}
+
+impl Uwsgi<'_> {
+    /// Asks again for the reload that `reload` asked for, without taking a new pid snapshot.
+    /// Only the chain-reload triggers can be re-asked; a reload command already restarted all.
+    fn rerequest(&self) -> anyhow::Result<()> {
+        if let Some(fifo) = &self.config.reload_fifo {
+            return chain_reload_via_fifo(fifo);
+        }
+        if let Some(file) = &self.config.reload_file {
+            return bump_mtime(file);
         }
         Ok(())
     }
@@ -395,5 +453,34 @@ pub fn finished(
     r.detail = detail;
     if let Err(e) = journal.append(&r) {
         eprintln!("warning: cannot write the journal: {e:#}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chain_reload_is_asked_again_only_when_progress_stands_still() {
+        let t0 = Instant::now();
+        let mut stall = Stall::new(t0);
+        // Workers being replaced one by one: progress, never a re-request.
+        assert!(!stall.observe(1, t0 + Duration::from_secs(1)));
+        assert!(!stall.observe(1, t0 + Duration::from_secs(4)));
+        assert!(!stall.observe(2, t0 + Duration::from_secs(5)));
+        // Stuck at 2 of 3 for the whole period: ask once...
+        assert!(!stall.observe(2, t0 + Duration::from_secs(9)));
+        assert!(stall.observe(2, t0 + Duration::from_secs(10)));
+        // ...and not again until another full period passes without progress.
+        assert!(!stall.observe(2, t0 + Duration::from_secs(11)));
+        assert!(stall.observe(2, t0 + Duration::from_secs(15)));
+    }
+
+    #[test]
+    fn nothing_respawned_at_all_also_counts_as_a_stall() {
+        let t0 = Instant::now();
+        let mut stall = Stall::new(t0);
+        assert!(!stall.observe(0, t0 + Duration::from_secs(2)));
+        assert!(stall.observe(0, t0 + STALL));
     }
 }
