@@ -23,3 +23,10 @@ pub mod nginx;
 pub mod published;
 pub mod ssm;
 pub mod uwsgi;
+
+/// Prints a measured figure straight to stderr, past the test harness's output capture, so the
+/// summary lines (`crash-matrix: …`, `bad-input: …`) show in `scripts/test`'s log too.
+pub fn show(text: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{text}");
+}

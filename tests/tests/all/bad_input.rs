@@ -1377,7 +1377,9 @@ fn bad_input_through_the_whole_path_is_refused_and_changes_nothing() {
     );
 
     let n = cases.len();
-    println!("bad-input: cases={n} rejected={rejected} state-unchanged={unchanged}");
+    tests::show(&format!(
+        "bad-input: cases={n} rejected={rejected} state-unchanged={unchanged}"
+    ));
     assert!(n >= 30, "only {n} cases");
     assert!(
         failures.is_empty() && rejected == n && unchanged == n,

@@ -17,6 +17,7 @@ use common::manifest::FileEntry;
 use common::report::Report;
 use common::Sidecar;
 use tests::published::{self, ServerRoot};
+use tests::show;
 
 use crate::crash::strays;
 
@@ -177,12 +178,11 @@ fn four_concurrent_activations_are_serialized_by_the_lock() {
         assert_eq!(r.build_number(), Some(&last_live[5..]));
     }
     assert!(strays(&site.root).is_empty(), "{:?}", strays(&site.root));
-    let _ = writeln!(
-        std::io::stderr(),
+    show(&format!(
         "concurrency: activations=4 succeeded={} locked-out={locked_out} current={last_live} (succeeded: {})",
         succeeded.len(),
         succeeded.join(", ")
-    );
+    ));
 }
 
 /// Unmounts the test's tmpfs, even when the test fails.
@@ -279,11 +279,10 @@ fn an_activation_that_fills_the_disk_fails_cleanly_and_the_old_build_keeps_servi
             && err.contains("the disk is full"),
         "{error}\n{err}"
     );
-    let _ = writeln!(
-        std::io::stderr(),
+    show(&format!(
         "full disk: {}",
         error.lines().next().unwrap_or("")
-    );
+    ));
     // Nothing partial stays; the good release and its static link do.
     assert_eq!(names(&site.root.join("releases")), releases_before);
     assert_eq!(names(&site.root.join("static")), statics_before);

@@ -12,12 +12,12 @@
 //! deployment lock, and the re-run waits for it.
 
 use std::fs::{self, File};
-use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::time::Instant;
 
 use tests::published::{self, Published, ServerRoot};
+use tests::show;
 use tests::uwsgi::UwsgiServer;
 
 /// Which command a point interrupts.
@@ -91,12 +91,6 @@ fn ready() -> bool {
             false
         }
     }
-}
-
-/// Written straight to stderr, past the test harness's capture, so the figures show in
-/// `scripts/test`'s log too.
-fn show(text: &str) {
-    let _ = writeln!(std::io::stderr(), "{text}");
 }
 
 struct Row {

@@ -587,9 +587,9 @@ fn signed_releases_install_and_forgeries_are_refused() {
         .join("binarycrate/Build000001/release.json.minisig")
         .is_file());
     // Each refusal above exited 2 with the server root unchanged and nothing downloaded.
-    println!(
+    tests::show(&format!(
         "signing: store=file verified=2 unsigned-allowed=2 refused={refusals} state-unchanged={refusals} reproducible-files={identical}/3"
-    );
+    ));
 }
 
 #[test]
@@ -644,5 +644,5 @@ fn signed_releases_over_s3() {
     .unwrap();
     let r = srv.activate("Build000001", &env);
     assert_eq!(signature_detail(&r), ("verified".into(), a.id.clone()));
-    println!("signing: store=s3 verified=1 refused=2 state-unchanged=2");
+    tests::show("signing: store=s3 verified=1 refused=2 state-unchanged=2");
 }

@@ -21,6 +21,7 @@ use common::report::Report;
 use tests::bins;
 use tests::example::{self, ExampleRepo};
 use tests::nginx::NginxServer;
+use tests::show;
 use tests::uwsgi::{UwsgiOptions, UwsgiServer};
 
 /// Concurrent clients: half keep their connection to nginx alive, half open one per request.
@@ -412,12 +413,6 @@ fn required_build(t: Instant, tl: &Timeline) -> Option<usize> {
     } else {
         Some(0)
     }
-}
-
-/// Written straight to stderr, past the test harness's output capture, so that the figures
-/// also show in `scripts/test`'s log.
-fn show(text: &str) {
-    let _ = writeln!(std::io::stderr(), "{text}");
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
