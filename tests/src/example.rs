@@ -132,6 +132,17 @@ pub fn wheelhouse_dir() -> PathBuf {
     crate::moto::venv_dir().join("wheelhouse")
 }
 
+/// Why the wheelhouse cannot be used, if it cannot (for [`crate::ready`]).
+pub fn wheelhouse_missing() -> Option<String> {
+    let dir = wheelhouse_dir();
+    (!dir.is_dir()).then(|| {
+        format!(
+            "no wheelhouse at `{}`: run `bash scripts/python-env`",
+            dir.display()
+        )
+    })
+}
+
 /// The example application's repositories (see the module documentation).
 #[derive(Debug, Clone)]
 pub struct ExampleRepo {

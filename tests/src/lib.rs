@@ -30,3 +30,16 @@ pub fn show(text: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "{text}");
 }
+
+/// Whether a test can run here; `missing` names the first prerequisite that is not installed.
+/// Outside CI a missing one skips the test with a printed reason; under CI it is a failure.
+pub fn ready(missing: Option<String>) -> bool {
+    match missing {
+        None => true,
+        Some(why) => {
+            assert!(std::env::var_os("CI").is_none(), "{why}");
+            eprintln!("skipping: {why}");
+            false
+        }
+    }
+}

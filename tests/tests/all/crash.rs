@@ -79,18 +79,7 @@ const POINTS: &[(Cmd, &str, &str)] = &[
 ];
 
 fn ready() -> bool {
-    let why = tests::uwsgi::unavailable().or_else(|| {
-        (!tests::example::wheelhouse_dir().is_dir())
-            .then(|| "no wheelhouse: run `bash scripts/python-env`".to_owned())
-    });
-    match why {
-        None => true,
-        Some(why) if std::env::var_os("CI").is_some() => panic!("{why}"),
-        Some(why) => {
-            eprintln!("skipping: {why}");
-            false
-        }
-    }
+    tests::ready(tests::uwsgi::unavailable().or_else(tests::example::wheelhouse_missing))
 }
 
 struct Row {

@@ -124,12 +124,7 @@ confirm_requests = 10
 
 /// Whether the real server side can run here (uWSGI and the wheelhouse in the test venv).
 fn ready() -> bool {
-    if let Some(why) = tests::uwsgi::unavailable() {
-        assert!(std::env::var_os("CI").is_none(), "{why}");
-        eprintln!("skipping: {why}");
-        return false;
-    }
-    bins::have_wheelhouse()
+    tests::ready(tests::uwsgi::unavailable().or_else(tests::example::wheelhouse_missing))
 }
 
 /// The example app with Build000001 packaged, and one server root.

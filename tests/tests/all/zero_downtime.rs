@@ -445,20 +445,11 @@ fn switch_ms(r: &Report) -> u64 {
 }
 
 fn ready() -> bool {
-    let why = tests::uwsgi::unavailable()
-        .or_else(tests::nginx::unavailable)
-        .or_else(|| {
-            (!example::wheelhouse_dir().is_dir())
-                .then(|| "no wheelhouse: run `bash scripts/python-env`".to_owned())
-        });
-    match why {
-        None => true,
-        Some(why) if std::env::var_os("CI").is_some() => panic!("{why}"),
-        Some(why) => {
-            eprintln!("skipping: {why}");
-            false
-        }
-    }
+    tests::ready(
+        tests::uwsgi::unavailable()
+            .or_else(tests::nginx::unavailable)
+            .or_else(example::wheelhouse_missing),
+    )
 }
 
 fn ok(out: &Output, what: &str) -> String {
