@@ -204,9 +204,16 @@ fn entry_of(path: &Path, meta: &fs::Metadata) -> anyhow::Result<Entry> {
 
 fn snapshot(dir: &Path) -> anyhow::Result<Snapshot> {
     let mut out = Snapshot::new();
-    for e in walkdir::WalkDir::new(dir).follow_links(false).sort_by_file_name() {
+    for e in walkdir::WalkDir::new(dir)
+        .follow_links(false)
+        .sort_by_file_name()
+    {
         let e = e.with_context(|| format!("cannot read `{}`", dir.display()))?;
-        let rel = e.path().strip_prefix(dir).expect("below the root").to_owned();
+        let rel = e
+            .path()
+            .strip_prefix(dir)
+            .expect("below the root")
+            .to_owned();
         let meta = e
             .path()
             .symlink_metadata()
@@ -255,7 +262,8 @@ fn totals(s: &Snapshot) -> (u64, u64) {
 
 /// Makes `to` carry `meta`'s owner (when it differs: only root can), mode and mtime.
 fn copy_attributes(to: &Path, meta: &fs::Metadata, symlink: bool) -> anyhow::Result<()> {
-    let here = fs::symlink_metadata(to).with_context(|| format!("cannot stat `{}`", to.display()))?;
+    let here =
+        fs::symlink_metadata(to).with_context(|| format!("cannot stat `{}`", to.display()))?;
     if (here.uid(), here.gid()) != (meta.uid(), meta.gid()) {
         std::os::unix::fs::lchown(to, Some(meta.uid()), Some(meta.gid())).with_context(|| {
             format!(
@@ -269,8 +277,11 @@ fn copy_attributes(to: &Path, meta: &fs::Metadata, symlink: bool) -> anyhow::Res
     if symlink {
         return Ok(());
     }
-    fs::set_permissions(to, fs::Permissions::from_mode(meta.permissions().mode() & 0o7777))
-        .with_context(|| format!("cannot set the mode of `{}`", to.display()))?;
+    fs::set_permissions(
+        to,
+        fs::Permissions::from_mode(meta.permissions().mode() & 0o7777),
+    )
+    .with_context(|| format!("cannot set the mode of `{}`", to.display()))?;
     if let Ok(mtime) = meta.modified() {
         // Kept for the operator's sake; the verification does not depend on it.
         let _ = fs::File::open(to).and_then(|f| f.set_modified(mtime));
@@ -280,7 +291,8 @@ fn copy_attributes(to: &Path, meta: &fs::Metadata, symlink: bool) -> anyhow::Res
 
 /// Streams one file into a new file (private until its mode is set from the original).
 fn copy_file_data(from: &Path, to: &Path) -> anyhow::Result<()> {
-    let mut src = fs::File::open(from).with_context(|| format!("cannot open `{}`", from.display()))?;
+    let mut src =
+        fs::File::open(from).with_context(|| format!("cannot open `{}`", from.display()))?;
     let mut dst = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -298,7 +310,10 @@ fn copy_file_data(from: &Path, to: &Path) -> anyhow::Result<()> {
 /// directory is still filled.
 fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
     let mut dirs = Vec::new();
-    for e in walkdir::WalkDir::new(from).follow_links(false).sort_by_file_name() {
+    for e in walkdir::WalkDir::new(from)
+        .follow_links(false)
+        .sort_by_file_name()
+    {
         let e = e.with_context(|| format!("cannot read `{}`", from.display()))?;
         let rel = e.path().strip_prefix(from).expect("below the root");
         let dest = to.join(rel);
@@ -539,7 +554,8 @@ fn plan(config: &InstallerConfig, layout: &Layout) -> anyhow::Result<Result<Plan
         .read()?
         .iter()
         .any(|r| r.command == CMD && r.event == Event::Live && r.build == Some(build));
-    let loader = fs::read(root.join("loader.py")).ok().as_deref() != Some(release::LOADER.as_bytes());
+    let loader =
+        fs::read(root.join("loader.py")).ok().as_deref() != Some(release::LOADER.as_bytes());
     Ok(Ok(Plan {
         build,
         shared,
@@ -612,7 +628,11 @@ fn adopt(
             }
             SharedStep::Copy { snap } => {
                 copy_verified(&src, &dest, item.dir, snap)?;
-                eprintln!("copied and verified `{}` -> `{}`", src.display(), dest.display());
+                eprintln!(
+                    "copied and verified `{}` -> `{}`",
+                    src.display(),
+                    dest.display()
+                );
                 snap.clone()
             }
         };
@@ -666,11 +686,7 @@ fn adopt(
 
 /// What the plan will do (or found done), to stderr and the report.
 fn describe(plan: &Plan, layout: &Layout, report: &mut Report) {
-    eprintln!(
-        "checkout `{}` runs {:#}",
-        layout.root.display(),
-        plan.build
-    );
+    eprintln!("checkout `{}` runs {:#}", layout.root.display(), plan.build);
     let mut steps = Vec::new();
     for item in &plan.shared {
         let dest = layout.shared().join(&item.name);
@@ -703,7 +719,10 @@ fn describe(plan: &Plan, layout: &Layout, report: &mut Report) {
             plan.build
         ),
     );
-    add(plan.loader, "install `loader.py` (uWSGI's entry point)".into());
+    add(
+        plan.loader,
+        "install `loader.py` (uWSGI's entry point)".into(),
+    );
     add(
         plan.set_current,
         format!("point `current` at releases/{:#}", plan.build),
@@ -727,7 +746,11 @@ fn copy_verified(src: &Path, dest: &Path, dir: bool, want: &Snapshot) -> anyhow:
         let got = if dir {
             snapshot(&tmp)?
         } else {
-            [(PathBuf::new(), entry_of(&tmp, &fs::symlink_metadata(&tmp)?)?)].into()
+            [(
+                PathBuf::new(),
+                entry_of(&tmp, &fs::symlink_metadata(&tmp)?)?,
+            )]
+            .into()
         };
         if &got != want {
             bail!(
@@ -802,7 +825,10 @@ fn remove_own_temporaries(layout: &Layout) -> anyhow::Result<()> {
         for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if name.starts_with('.') && name.contains(".adopt-") {
-                eprintln!("removing `{}` left by an interrupted adopt", e.path().display());
+                eprintln!(
+                    "removing `{}` left by an interrupted adopt",
+                    e.path().display()
+                );
                 if e.file_type().is_ok_and(|t| t.is_dir()) {
                     atomic::remove_tree(&e.path())?;
                 } else {
@@ -848,9 +874,18 @@ fn uwsgi_changes(root: &Path, old: &str) -> Vec<(String, String)> {
         ("processes", "processes = 2".to_owned()),
         ("lazy-apps", "lazy-apps = true".to_owned()),
         ("wsgi-file", format!("wsgi-file = {r}/loader.py")),
-        ("touch-chain-reload", format!("touch-chain-reload = {r}/.deploy/reload")),
-        ("master-fifo", format!("master-fifo = {r}/.deploy/uwsgi.fifo")),
-        ("stats", "stats = 127.0.0.1:9191 and stats-http = true".to_owned()),
+        (
+            "touch-chain-reload",
+            format!("touch-chain-reload = {r}/.deploy/reload"),
+        ),
+        (
+            "master-fifo",
+            format!("master-fifo = {r}/.deploy/uwsgi.fifo"),
+        ),
+        (
+            "stats",
+            "stats = 127.0.0.1:9191 and stats-http = true".to_owned(),
+        ),
     ];
     for (key, line) in missing {
         let covered = match key {
@@ -944,9 +979,15 @@ mod tests {
     fn uwsgi_lines_map_to_the_recommended_setup() {
         let old = "[uwsgi]\nchdir = /srv/x/binarycrate\nhome = /srv/x/binarycrate\nmodule = binarycrate.wsgi:application\nsocket = /tmp/x.sock\n";
         let changes = uwsgi_changes(Path::new("/srv/x"), old);
-        assert!(changes.iter().any(|(o, n)| o.starts_with("module") && n == "wsgi-file = /srv/x/loader.py"));
-        assert!(changes.iter().any(|(o, n)| o.starts_with("chdir") && n.starts_with("(remove")));
-        assert!(changes.iter().any(|(o, n)| o == "(none)" && n == "lazy-apps = true"));
+        assert!(changes
+            .iter()
+            .any(|(o, n)| o.starts_with("module") && n == "wsgi-file = /srv/x/loader.py"));
+        assert!(changes
+            .iter()
+            .any(|(o, n)| o.starts_with("chdir") && n.starts_with("(remove")));
+        assert!(changes
+            .iter()
+            .any(|(o, n)| o == "(none)" && n == "lazy-apps = true"));
         assert!(!changes.iter().any(|(o, _)| o.starts_with("socket")));
     }
 }

@@ -149,7 +149,11 @@ pub fn list(args: &JsonArgs, config: &InstallerConfig) -> anyhow::Result<ExitCod
                 activated
                     .map(|t| format!("live at {t}"))
                     .unwrap_or_default(),
-                if legacy { "  (legacy: the adopted checkout)" } else { "" }
+                if legacy {
+                    "  (legacy: the adopted checkout)"
+                } else {
+                    ""
+                }
             );
             rows.push(serde_json::json!({"build": build, "state": state, "bytes": size, "activated_at": activated, "legacy": legacy}));
         }

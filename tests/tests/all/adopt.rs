@@ -84,9 +84,21 @@ fn fill_user_data(root: &Path) {
     ] {
         fs::create_dir_all(media.join(d)).unwrap();
     }
-    fs::write(media.join("uploads/2016/07/a b.png"), [0u8, 159, 146, 150, 1, 2, 3]).unwrap();
-    fs::write(media.join("uploads/2016/07/tab\tand\nnewline.txt"), b"odd name\n").unwrap();
-    fs::write(media.join("avatars/ünïcødé/$(whoami);.jpg"), vec![7u8; 70_000]).unwrap();
+    fs::write(
+        media.join("uploads/2016/07/a b.png"),
+        [0u8, 159, 146, 150, 1, 2, 3],
+    )
+    .unwrap();
+    fs::write(
+        media.join("uploads/2016/07/tab\tand\nnewline.txt"),
+        b"odd name\n",
+    )
+    .unwrap();
+    fs::write(
+        media.join("avatars/ünïcødé/$(whoami);.jpg"),
+        vec![7u8; 70_000],
+    )
+    .unwrap();
     fs::write(media.join("-dash/--help"), b"not an option\n").unwrap();
     fs::write(media.join(".hidden"), b"").unwrap();
     std::os::unix::fs::symlink("uploads/2016/07/a b.png", media.join("latest.png")).unwrap();
@@ -144,7 +156,11 @@ fn adopt_moves_a_seed_checkout_and_rollback_returns_to_it() {
     let before = listing(&root);
     let out = run(&site, &["adopt", "--json"], &[]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("not an in-place checkout"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not an in-place checkout"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(report_of(&out).exit_code, 2);
     assert_eq!(listing(&root), before);
     cases += 1;
@@ -218,12 +234,22 @@ fn adopt_moves_a_seed_checkout_and_rollback_returns_to_it() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(err.contains("dry run: nothing was changed"), "{err}");
-    assert!(err.contains("wsgi-file = "), "prints the uWSGI changes: {err}");
-    assert_eq!(report_of(&out).build.map(|b| b.digits()).as_deref(), Some("000001"));
+    assert!(
+        err.contains("wsgi-file = "),
+        "prints the uWSGI changes: {err}"
+    );
+    assert_eq!(
+        report_of(&out).build.map(|b| b.digits()).as_deref(),
+        Some("000001")
+    );
     assert_eq!(listing(&root), before, "--dry-run changed the tree");
 
     // Killed in the middle of copying the second shared tree: completes on re-run.
-    let out = run(&site, &["adopt"], &[("BINARYCRATE_FAULT", "adopt:copied@2")]);
+    let out = run(
+        &site,
+        &["adopt"],
+        &[("BINARYCRATE_FAULT", "adopt:copied@2")],
+    );
     assert!(
         stderr(&out).contains("fault injection: SIGKILL at adopt:copied"),
         "{}",
@@ -234,7 +260,11 @@ fn adopt_moves_a_seed_checkout_and_rollback_returns_to_it() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let report = report_of(&out);
     assert_eq!(report.exit_code, 0);
-    assert!(stderr(&out).contains("adopted: Build000001"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("adopted: Build000001"),
+        "{}",
+        stderr(&out)
+    );
     assert!(stderr(&out).contains("-> wsgi-file = "), "{}", stderr(&out));
 
     // Every byte, mode, owner and link verified in shared/; no temporaries left.
@@ -248,15 +278,28 @@ fn adopt_moves_a_seed_checkout_and_rollback_returns_to_it() {
     for name in ["media", "private"] {
         let original = root.join("binarycrate").join(name);
         let copy = listing(&shared.join(name));
-        assert_eq!(copy, listing(&original), "shared/{name} is not the original");
+        assert_eq!(
+            copy,
+            listing(&original),
+            "shared/{name} is not the original"
+        );
         for p in copy.keys() {
-            assert_eq!(owner_of(&shared.join(name).join(p)), owner_of(&original.join(p)));
+            assert_eq!(
+                owner_of(&shared.join(name).join(p)),
+                owner_of(&original.join(p))
+            );
         }
         let (f, b) = files_and_bytes(&copy);
         copied = (copied.0 + f, copied.1 + b);
     }
     assert_eq!(
-        shared.join("private/keys/secret.key").metadata().unwrap().permissions().mode() & 0o777,
+        shared
+            .join("private/keys/secret.key")
+            .metadata()
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
         0o600
     );
     assert!(shared.join("media/uploads/empty dir").is_dir());
@@ -271,8 +314,14 @@ fn adopt_moves_a_seed_checkout_and_rollback_returns_to_it() {
     // The legacy release: links into the checkout, `current` on it, journalled as live.
     assert_eq!(site.current().as_deref(), Some("releases/Build000001"));
     let legacy = root.join("releases/Build000001");
-    assert_eq!(fs::read_link(legacy.join("binarycrate")).unwrap(), Path::new("../../binarycrate"));
-    assert_eq!(fs::read_link(legacy.join("venv")).unwrap(), Path::new("../../binarycrate"));
+    assert_eq!(
+        fs::read_link(legacy.join("binarycrate")).unwrap(),
+        Path::new("../../binarycrate")
+    );
+    assert_eq!(
+        fs::read_link(legacy.join("venv")).unwrap(),
+        Path::new("../../binarycrate")
+    );
     assert!(legacy.join("legacy.json").is_file());
 
     // A second run verifies and has nothing to do; the tree stays byte-identical.
@@ -280,7 +329,10 @@ fn adopt_moves_a_seed_checkout_and_rollback_returns_to_it() {
     let out = run(&site, &["adopt", "--json"], &[]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(stderr(&out).contains("nothing to do"), "{}", stderr(&out));
-    assert_eq!(report_of(&out).outcome, common::report::Outcome::NothingToDo);
+    assert_eq!(
+        report_of(&out).outcome,
+        common::report::Outcome::NothingToDo
+    );
     assert_eq!(listing(&root), before, "a second adopt changed the tree");
 
     // status, list and verify understand the legacy release.
@@ -292,7 +344,11 @@ fn adopt_moves_a_seed_checkout_and_rollback_returns_to_it() {
         let out = run(&site, args, &[]);
         assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
         let r = report_of(&out);
-        assert_eq!(r.build.map(|b| b.digits()).as_deref(), Some("000001"), "{args:?}");
+        assert_eq!(
+            r.build.map(|b| b.digits()).as_deref(),
+            Some("000001"),
+            "{args:?}"
+        );
     }
 
     // The recommended uWSGI setup serves the checkout through `current`.
@@ -302,12 +358,26 @@ fn adopt_moves_a_seed_checkout_and_rollback_returns_to_it() {
     assert!(body.contains("Build number = 000001"), "{body}");
 
     // A packaged build goes live over it, with the adopted shared files.
-    let out = run(&site, &["activate", "--build", "Build000002", "--json"], &[]);
-    assert_eq!(out.status.code(), Some(0), "{}\n{}", stderr(&out), server.log_tail());
+    let out = run(
+        &site,
+        &["activate", "--build", "Build000002", "--json"],
+        &[],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        stderr(&out),
+        server.log_tail()
+    );
     assert_eq!(site.current().as_deref(), Some("releases/Build000002"));
     assert!(server.get("/").unwrap().1.contains("Build number = 000002"));
     assert_eq!(
-        fs::read_link(root.join("releases/Build000002").join(example::PRODUCTION_SETTINGS)).unwrap(),
+        fs::read_link(
+            root.join("releases/Build000002")
+                .join(example::PRODUCTION_SETTINGS)
+        )
+        .unwrap(),
         shared.join("production.py")
     );
     // adopt after a release went live: nothing to do.
@@ -317,11 +387,20 @@ fn adopt_moves_a_seed_checkout_and_rollback_returns_to_it() {
 
     // The default rollback returns to the legacy release: the checkout serves again.
     let out = run(&site, &["rollback", "--json"], &[]);
-    assert_eq!(out.status.code(), Some(0), "{}\n{}", stderr(&out), server.log_tail());
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        stderr(&out),
+        server.log_tail()
+    );
     let report = report_of(&out);
     assert_eq!(report.build.map(|b| b.digits()).as_deref(), Some("000001"));
     assert!(
-        report.warnings.iter().any(|w| w.contains("adopted checkout")),
+        report
+            .warnings
+            .iter()
+            .any(|w| w.contains("adopted checkout")),
         "{:?}",
         report.warnings
     );
@@ -335,7 +414,10 @@ fn adopt_moves_a_seed_checkout_and_rollback_returns_to_it() {
     }
     assert_eq!(originals(&root), originals_before, "an original changed");
     assert!(
-        root.join(example::PRODUCTION_SETTINGS).symlink_metadata().unwrap().is_file(),
+        root.join(example::PRODUCTION_SETTINGS)
+            .symlink_metadata()
+            .unwrap()
+            .is_file(),
         "the checkout's production.py is still its own file"
     );
     server.stop().unwrap();
