@@ -917,7 +917,7 @@ fn print_server_changes(config: &InstallerConfig, uwsgi_ini: Option<&Path>) -> a
         None => (
             "the seed's in-place setup (pass `--uwsgi-ini FILE` to compare yours)".to_owned(),
             format!(
-                "master = true\nchdir = {r}/{PROJECT}\nhome = {r}/{PROJECT}\nmodule = binarycrate.wsgi:application\n"
+                "chdir = {r}/{PROJECT}\nhome = {r}/{PROJECT}\nmodule = binarycrate.wsgi:application\n"
             ),
         ),
     };
