@@ -48,6 +48,27 @@ fn listing(dir: &Path) -> Listing {
     out
 }
 
+/// [`listing`] with a FIFO left out (reading it would block).
+fn listing_without(dir: &Path, fifo: &Path) -> Listing {
+    let mut out = Listing::new();
+    for e in walkdir::WalkDir::new(dir).follow_links(false) {
+        let e = e.unwrap();
+        if e.path() == fifo {
+            continue;
+        }
+        let rel = e.path().strip_prefix(dir).unwrap().to_owned();
+        if e.file_type().is_dir() {
+            out.insert(rel, ('d', 0, Vec::new()));
+        } else if e.file_type().is_symlink() {
+            let t = fs::read_link(e.path()).unwrap();
+            out.insert(rel, ('l', 0, t.into_os_string().into_encoded_bytes()));
+        } else {
+            out.insert(rel, ('f', 0, fs::read(e.path()).unwrap()));
+        }
+    }
+    out
+}
+
 fn files_and_bytes(l: &Listing) -> (usize, usize) {
     l.values()
         .filter(|(k, _, _)| *k == 'f')
@@ -227,6 +248,37 @@ fn adopt_moves_a_seed_checkout_and_rollback_returns_to_it() {
         cases += 1;
     }
     fs::write(&number_file, &good).unwrap();
+
+    // A FIFO among the user data cannot be copied faithfully: refused, nothing changes.
+    let fifo = root.join("binarycrate/private/keys/uwsgi.fifo");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let before = listing_without(&root, &fifo);
+    let out = run(&site, &["adopt"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("uwsgi.fifo"), "{}", stderr(&out));
+    assert_eq!(listing_without(&root, &fifo), before);
+    fs::remove_file(&fifo).unwrap();
+    cases += 1;
+
+    // A shared directory that already holds other files: refused, nothing changes.
+    fs::create_dir_all(root.join("shared/media")).unwrap();
+    fs::write(root.join("shared/media/other.png"), b"not the checkout's").unwrap();
+    let before = listing(&root);
+    let out = run(&site, &["adopt"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("shared/media` already exists and differs")
+            && stderr(&out).contains("rsync"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(listing(&root), before);
+    fs::remove_dir_all(root.join("shared")).unwrap();
+    cases += 1;
 
     // --dry-run: says what it would do, changes not a byte.
     let before = listing(&root);
