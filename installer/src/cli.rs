@@ -150,10 +150,11 @@ pub struct UnpackArgs {
     pub json: bool,
 }
 
-/// Move the seed's in-place checkout (the root) into the release layout without losing a
-/// byte: copy its shared files and directories (`production.py`, `media/`, `private/`) into
-/// `shared/`, verifying every copy; record the build it runs (`build_number.py`) as a legacy
-/// release that `installer rollback` can return to; print the uWSGI and nginx changes to make.
+/// Move the seed's in-place checkout (the root) into the release layout, losing no byte.
+///
+/// Copies its shared files and directories (`production.py`, `media/`, `private/`) into
+/// `shared/`, verifying every copy; records the build it runs (`build_number.py`) as a legacy
+/// release that `installer rollback` can return to; prints the uWSGI and nginx changes to make.
 ///
 /// The checkout's own files are never changed. Running it again verifies and says there is
 /// nothing to do, or completes an interrupted run.
