@@ -643,6 +643,9 @@ fn adopt(
         );
     }
     report.phase("copy", t.elapsed(), true);
+    report
+        .details
+        .insert("shared".into(), serde_json::to_value(&copied)?);
     common::fault::point("adopt:after-copy");
 
     let t = Instant::now();
