@@ -39,6 +39,7 @@ pub enum Command {
     Prune(PruneArgs),
     OsUpdate(OsUpdateArgs),
     Unpack(UnpackArgs),
+    Adopt(AdoptArgs),
     /// Print the effective configuration (defaults filled in).
     Config,
 }
@@ -145,6 +146,29 @@ pub struct UnpackArgs {
     #[arg(long, value_name = "N", default_value_t = common::archive::reader::UnpackOptions::default().max_ratio)]
     pub max_ratio: u64,
     /// Print one JSON report object on standard output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Move the seed's in-place checkout (the root) into the release layout, losing no byte.
+///
+/// Copies its shared files and directories (`production.py`, `media/`, `private/`) into
+/// `shared/`, verifying every copy; records the build it runs (`build_number.py`) as a legacy
+/// release that `installer rollback` can return to; prints the uWSGI and nginx changes to make.
+///
+/// The checkout's own files are never changed. Running it again verifies and says there is
+/// nothing to do, or completes an interrupted run.
+#[derive(Debug, Args)]
+pub struct AdoptArgs {
+    /// Say what would be done and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// The uWSGI configuration serving the checkout today: its lines are shown with what
+    /// replaces each [default: the seed's in-place setup].
+    #[arg(long, value_name = "FILE")]
+    pub uwsgi_ini: Option<PathBuf>,
+    #[arg(long, value_name = "SECS")]
+    pub lock_timeout: Option<u64>,
     #[arg(long)]
     pub json: bool,
 }

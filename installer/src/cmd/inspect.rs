@@ -140,16 +140,22 @@ pub fn list(args: &JsonArgs, config: &InstallerConfig) -> anyhow::Result<ExitCod
                 .find(|r| r.event == Event::Live && r.build == Some(build))
                 .map(|r| r.time);
             let state = state_of(build, current, previous, &records);
+            let legacy = crate::cmd::adopt::legacy_of(&dir).is_some();
             eprintln!(
-                "{:<12} {:<12} {:>10} MB  {}",
+                "{:<12} {:<12} {:>10} MB  {}{}",
                 build.tag(),
                 state,
                 size / 1_000_000,
                 activated
                     .map(|t| format!("live at {t}"))
-                    .unwrap_or_default()
+                    .unwrap_or_default(),
+                if legacy {
+                    "  (legacy: the adopted checkout)"
+                } else {
+                    ""
+                }
             );
-            rows.push(serde_json::json!({"build": build, "state": state, "bytes": size, "activated_at": activated}));
+            rows.push(serde_json::json!({"build": build, "state": state, "bytes": size, "activated_at": activated, "legacy": legacy}));
         }
         report.details.insert("releases".into(), rows.into());
         report.build = current;
@@ -179,7 +185,16 @@ pub fn verify(args: &VerifyArgs, config: &InstallerConfig) -> anyhow::Result<Exi
             ))
             .into());
         }
-        let drift = release::verify(config, &dir)?;
+        let legacy = crate::cmd::adopt::legacy_of(&dir).is_some();
+        let drift = if legacy {
+            report.details.insert("legacy".into(), true.into());
+            release::Drift {
+                changed: crate::cmd::adopt::verify_legacy(config, &dir, build),
+                extra: Vec::new(),
+            }
+        } else {
+            release::verify(config, &dir)?
+        };
         let changed: BTreeMap<String, String> = drift.changed.iter().cloned().collect();
         for (p, what) in &drift.changed {
             eprintln!("changed: {p}: {what}");
@@ -194,7 +209,11 @@ pub fn verify(args: &VerifyArgs, config: &InstallerConfig) -> anyhow::Result<Exi
             .details
             .insert("unexpected".into(), serde_json::to_value(&drift.extra)?);
         if drift.is_clean() {
-            eprintln!("{build:#} verifies: every file matches its manifest");
+            if legacy {
+                eprintln!("{build:#} is the adopted checkout: its links, virtualenv and build number check out (a checkout has no manifest to re-hash)");
+            } else {
+                eprintln!("{build:#} verifies: every file matches its manifest");
+            }
             Ok(Outcome::Success)
         } else {
             Err(common::error::BadInput(format!(

@@ -70,7 +70,16 @@ pub fn rollback(
     }
 
     let t = Instant::now();
-    let drift = release::verify(config, &dir)?;
+    // The adopted checkout has no manifest: its links and build number are checked instead.
+    let legacy = crate::cmd::adopt::legacy_of(&dir).is_some();
+    let drift = if legacy {
+        release::Drift {
+            changed: crate::cmd::adopt::verify_legacy(config, &dir, target),
+            extra: Vec::new(),
+        }
+    } else {
+        release::verify(config, &dir)?
+    };
     if !drift.changed.is_empty() {
         let list: Vec<String> = drift
             .changed
@@ -92,9 +101,19 @@ pub fn rollback(
     journal.append(&started)?;
 
     let t = Instant::now();
-    release::link_shared(&layout, config, &dir)?;
+    if legacy {
+        // Its links lead into the checkout: linking shared files there would replace the
+        // checkout's own files, and its virtualenv is the checkout's.
+        let w = format!(
+            "{target:#} is the adopted checkout: it serves the checkout's own settings, media and private files, not `shared/` (copy back what was added there since if it must be served)"
+        );
+        eprintln!("warning: {w}");
+        report.warnings.push(w);
+    } else {
+        release::link_shared(&layout, config, &dir)?;
+        release::build_venv(config, &dir, &deploy_lock)?;
+    }
     release::link_static(&layout, config, target)?;
-    release::build_venv(config, &dir, &deploy_lock)?;
     phase_done(&journal, report, CMD, target, "link", t, true);
     common::fault::point("rollback:after-link");
 

@@ -1,5 +1,6 @@
 //! The `tests` crate's one integration-test binary: end-to-end checks across both binaries.
 
+mod adopt;
 mod bad_input;
 mod cli;
 mod concurrency;
