@@ -17,7 +17,7 @@ use std::process::{Command, Output};
 
 use common::report::Report;
 use tests::published::{self, ServerRoot};
-use tests::{bins, example, uwsgi};
+use tests::{example, uwsgi};
 
 /// One entry of a tree as the test compares it: type, permission bits, and content or target.
 type Listing = BTreeMap<PathBuf, (char, u32, Vec<u8>)>;
@@ -158,12 +158,7 @@ fn owner_of(p: &Path) -> (u32, u32) {
 
 #[test]
 fn adopt_moves_a_seed_checkout_and_rollback_returns_to_it() {
-    if !bins::have_wheelhouse() {
-        return;
-    }
-    if let Some(why) = uwsgi::unavailable() {
-        assert!(std::env::var_os("CI").is_none(), "{why}");
-        eprintln!("skipping: {why}");
+    if !tests::ready(uwsgi::unavailable().or_else(tests::example::wheelhouse_missing)) {
         return;
     }
     let published = published::builds();
