@@ -1,6 +1,7 @@
 //! The `tests` crate's one integration-test binary: end-to-end checks across both binaries.
 
 mod bad_input;
+mod bootstrap;
 mod cli;
 mod concurrency;
 mod crash;
