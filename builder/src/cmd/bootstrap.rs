@@ -281,7 +281,7 @@ if [ -e "$dest" ] || [ -L "$dest" ]; then
   fi
 fi
 dir=$(dirname -- "$dest")
-mkdir -p -- "$dir"
+[ -d "$dir" ] || mkdir -p -- "$dir"
 tmp=$(mktemp "$dir/.{TOOL}.bootstrap.XXXXXX")
 trap 'rm -f -- "$tmp"' EXIT
 {fetch}
