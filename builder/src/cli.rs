@@ -16,7 +16,7 @@ use crate::fleet::{Rate, TransportKind};
 /// and `builder rollback` for the fleet. `builder keygen` once makes the key that signs releases,
 /// so that the servers install only what you built.
 #[derive(Debug, Parser)]
-#[command(name = "builder", version, propagate_version = true)]
+#[command(name = "builder", version = crate::VERSION, propagate_version = true)]
 #[command(after_help = "Exit codes: 0 success, 1 failed, 2 bad input (nothing was written).")]
 pub struct Cli {
     #[command(subcommand)]
@@ -36,6 +36,7 @@ pub enum Command {
     Deploy(DeployArgs),
     Rollback(FleetRollbackArgs),
     Status(FleetStatusArgs),
+    Bootstrap(BootstrapArgs),
 }
 
 /// Where the application repository is.
@@ -247,9 +248,9 @@ pub struct ArchiveArgs {
     pub json: bool,
 }
 
-/// How `deploy`, `rollback` and `status` reach the servers.
+/// How `deploy`, `rollback`, `status` and `bootstrap` reach the servers.
 #[derive(Debug, Args, Clone)]
-pub struct FleetArgs {
+pub struct ReachArgs {
     /// The servers: EC2 instance ids (`i-0123456789abcdef0`; managed instances `mi-…`), or EC2
     /// tag filters `tag:Key=Value` (`tag:Env=staging,production` matches either value; several
     /// filters must all match). Separate several with spaces or repeat the option. Required
@@ -260,15 +261,15 @@ pub struct FleetArgs {
     /// run the same command line on this machine (`sh -c`), shown as the one instance `local`.
     #[arg(long, value_enum, default_value = "ssm", value_name = "TRANSPORT")]
     pub transport: TransportKind,
-    /// How many servers run the installer at the same time: a count or a percentage of the
+    /// How many servers run the command at the same time: a count or a percentage of the
     /// targets (SSM's `MaxConcurrency`). `1` is a rolling deploy, one server after the other.
     #[arg(long, value_name = "N|N%", default_value = "50", value_parser = Rate::parse_concurrency)]
     pub max_concurrency: Rate,
-    /// How many servers may fail before SSM stops starting the installer on the rest (SSM's
+    /// How many servers may fail before SSM stops starting the command on the rest (SSM's
     /// `MaxErrors`): `0` stops after the first failure; servers already running finish.
     #[arg(long, value_name = "N|N%", default_value = "0", value_parser = Rate::parse_errors)]
     pub max_errors: Rate,
-    /// Seconds the installer may run on one server before it is stopped and counted as timed
+    /// Seconds the command may run on one server before it is stopped and counted as timed
     /// out (the document's `executionTimeout`).
     #[arg(long, value_name = "SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(30..=172_800))]
     pub timeout: u64,
@@ -277,14 +278,6 @@ pub struct FleetArgs {
     /// as `Delivery Timed Out` (SSM's `TimeoutSeconds`) [default: `--timeout`].
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(30..=2_592_000))]
     pub delivery_timeout: Option<u64>,
-    /// The installer on the servers: a name looked up in `PATH`, or a path.
-    #[arg(long, value_name = "PATH", default_value = "installer")]
-    pub installer: String,
-    /// The installer's configuration file on the servers (`installer --config FILE`)
-    /// [default: the installer's own: `$BINARYCRATE_INSTALLER_CONFIG`, else
-    /// `/etc/binarycrate/installer.toml`].
-    #[arg(long, value_name = "PATH")]
-    pub installer_config: Option<String>,
     /// Also keep every server's complete output in this S3 bucket (SSM's `OutputS3BucketName`);
     /// SSM itself returns only the first 24,000 characters of each stream.
     #[arg(long, value_name = "BUCKET")]
@@ -299,10 +292,26 @@ pub struct FleetArgs {
     /// Show every server's full standard output and standard error.
     #[arg(short, long)]
     pub verbose: bool,
-    /// Print one JSON object (each server's status, exit code, live build and installer
-    /// report) on standard output; the table goes to standard error.
+    /// Print one JSON object on standard output (each server's status, exit code and result:
+    /// the live build and the installer's report, or for `bootstrap` the versions); the table
+    /// goes to standard error.
     #[arg(long)]
     pub json: bool,
+}
+
+/// How `deploy`, `rollback` and `status` reach the servers and run the installer there.
+#[derive(Debug, Args, Clone)]
+pub struct FleetArgs {
+    #[command(flatten)]
+    pub reach: ReachArgs,
+    /// The installer on the servers: a name looked up in `PATH`, or a path.
+    #[arg(long, value_name = "PATH", default_value = "installer")]
+    pub installer: String,
+    /// The installer's configuration file on the servers (`installer --config FILE`)
+    /// [default: the installer's own: `$BINARYCRATE_INSTALLER_CONFIG`, else
+    /// `/etc/binarycrate/installer.toml`].
+    #[arg(long, value_name = "PATH")]
+    pub installer_config: Option<String>,
 }
 
 /// Activate a published build on the servers (`installer activate` through AWS SSM).
@@ -393,4 +402,43 @@ pub struct FleetStatusArgs {
     pub repo: RepoArg,
     #[command(flatten)]
     pub fleet: FleetArgs,
+}
+
+/// Put the installer binary on the servers through AWS SSM (no SSH, no AWS CLI there).
+///
+/// Uploads the binary to the store once, by content (`tools/installer/<sha256>/installer`,
+/// never replaced), then sends one `AWS-RunShellScript` that, on each server: keeps an
+/// identical installer as it is; otherwise downloads the binary from a presigned URL with
+/// `curl` or `wget` (a `file://` store: copies it from the same path), checks its SHA-256 with
+/// `sha256sum`, checks that it runs there (`--version`), refuses to replace an installer that
+/// reports a newer version unless `--force`, and puts it at `--path` with a temporary file in
+/// the same directory and `mv`. The table shows each server's previous and new version.
+#[derive(Debug, Args)]
+#[command(after_help = concat!(
+    "Examples:\n",
+    "  builder bootstrap --targets tag:Role=web --store s3://releases/binarycrate\n",
+    "  builder bootstrap --targets i-0123456789abcdef0 --installer-binary dist/installer --force\n",
+    "\n",
+    "Exit codes: 0 every server has this installer (installed, or already there); 2 bad input, ",
+    "nothing was uploaded or sent; 1 otherwise: a server refused (a newer installer is there; ",
+    "`--force` replaces it), failed (download, checksum, the binary does not run there), timed out, ",
+    "or no server matched the targets. A server that failed keeps the installer it had."
+))]
+pub struct BootstrapArgs {
+    #[command(flatten)]
+    pub repo: RepoArg,
+    /// The installer binary to put on the servers (a portable build from `scripts/dist`)
+    /// [default: the `installer` beside this `builder`].
+    #[arg(long, value_name = "FILE")]
+    pub installer_binary: Option<PathBuf>,
+    /// Where the installer goes on the servers (an absolute path; its directory is created).
+    #[arg(long, value_name = "PATH", default_value = "/usr/local/bin/installer")]
+    pub path: String,
+    /// Replace an installer that reports a newer version than this one.
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub reach: ReachArgs,
 }

@@ -2,7 +2,8 @@
 //!
 //! It turns a git tag of the application into a reproducible release artifact with its
 //! `release.json` sidecar (format defined in `common`), publishes it to the artifact store, and
-//! has the servers' installer activate it (or roll back, or report what is live).
+//! has the servers' installer activate it (or roll back, or report what is live); `bootstrap`
+//! puts the installer itself on the servers.
 //!
 //! Module map:
 //! - [`cli`]: the command line (clap definitions only).
@@ -25,6 +26,18 @@ pub mod repo;
 pub mod signing;
 pub mod steps;
 
+/// What `--version` prints after the name: the crate version, the commit it was built from and
+/// the oldest glibc it runs on (both set at compile time by `build.rs`), e.g.
+/// `0.1.0 (commit 1a2b3c4, glibc >= 2.23)`.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("BINARYCRATE_VERSION_COMMIT"),
+    ", ",
+    env!("BINARYCRATE_VERSION_GLIBC"),
+    ")"
+);
+
 use common::report::ExitCode;
 
 /// Runs a parsed command line; the caller prints errors and turns them into exit codes.
@@ -41,5 +54,6 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Deploy(args) => cmd::deploy::run(&args),
         cli::Command::Rollback(args) => cmd::fleet_rollback::run(&args),
         cli::Command::Status(args) => cmd::fleet_status::run(&args),
+        cli::Command::Bootstrap(args) => cmd::bootstrap::run(&args),
     }
 }

@@ -1,4 +1,5 @@
-//! BLAKE3 digests as a domain type, and hashing of files and streams.
+//! BLAKE3 digests as a domain type, and hashing of files and streams; SHA-256 for the few
+//! places where a server checks a file with `sha256sum` (the installer binary itself).
 
 use std::fmt;
 use std::fs::File;
@@ -183,9 +184,121 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
+/// A SHA-256 digest, shown as 64 lowercase hex digits: what `sha256sum` prints. Used where the
+/// check runs on a server with only coreutils (putting the installer there), never for releases.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Sha256Hash([u8; 32]);
+
+impl Sha256Hash {
+    pub fn of(data: &[u8]) -> Self {
+        use sha2::Digest as _;
+        Self(sha2::Sha256::digest(data).into())
+    }
+
+    /// Hashes a file by streaming it; also returns its length.
+    pub fn of_file(path: &Path) -> Result<(Self, u64), FsError> {
+        let mut f = File::open(path).map_err(|e| FsError::new("cannot open", path, e))?;
+        let mut w = Sha256Writer::new(io::sink());
+        io::copy(&mut f, &mut w).map_err(|e| FsError::new("cannot read", path, e))?;
+        let (_, h, n) = w.finish();
+        Ok((h, n))
+    }
+
+    pub fn to_hex(&self) -> String {
+        Blake3Hash(self.0).to_hex()
+    }
+}
+
+impl fmt::Display for Sha256Hash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for Sha256Hash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Sha256Hash({})", self.to_hex())
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid SHA-256 hash `{0}`: expected 64 lowercase hex digits")]
+pub struct Sha256ParseError(pub String);
+
+impl FromStr for Sha256Hash {
+    type Err = Sha256ParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        // Same spelling as BLAKE3's.
+        s.parse::<Blake3Hash>()
+            .map(|h| Self(h.0))
+            .map_err(|_| Sha256ParseError(s.chars().take(80).collect()))
+    }
+}
+
+impl Serialize for Sha256Hash {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
+/// A writer that computes the SHA-256 and length of everything passing through it.
+pub struct Sha256Writer<W> {
+    inner: W,
+    hasher: sha2::Sha256,
+    len: u64,
+}
+
+impl<W: Write> Sha256Writer<W> {
+    pub fn new(inner: W) -> Self {
+        use sha2::Digest as _;
+        Self {
+            inner,
+            hasher: sha2::Sha256::new(),
+            len: 0,
+        }
+    }
+
+    pub fn finish(self) -> (W, Sha256Hash, u64) {
+        use sha2::Digest as _;
+        (
+            self.inner,
+            Sha256Hash(self.hasher.finalize().into()),
+            self.len,
+        )
+    }
+}
+
+impl<W: Write> Write for Sha256Writer<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        use sha2::Digest as _;
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sha256_matches_the_known_digest_and_parses_back() {
+        // `printf abc | sha256sum`
+        let known = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        let h = Sha256Hash::of(b"abc");
+        assert_eq!(h.to_hex(), known);
+        assert_eq!(known.parse::<Sha256Hash>().unwrap(), h);
+        let mut w = Sha256Writer::new(Vec::new());
+        w.write_all(b"ab").unwrap();
+        w.write_all(b"c").unwrap();
+        let (bytes, streamed, len) = w.finish();
+        assert_eq!((streamed, len, bytes.as_slice()), (h, 3, &b"abc"[..]));
+        assert!("ABC".parse::<Sha256Hash>().is_err());
+    }
 
     #[test]
     fn hex_round_trip_and_short_form() {

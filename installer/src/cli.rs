@@ -11,7 +11,7 @@ use common::BuildNumber;
 /// Configuration: `--config FILE`, else `$BINARYCRATE_INSTALLER_CONFIG`, else
 /// `/etc/binarycrate/installer.toml`, else the seed's defaults (root `/srv/binarycrate-mvp2`).
 #[derive(Debug, Parser)]
-#[command(name = "installer", version, propagate_version = true)]
+#[command(name = "installer", version = crate::VERSION, propagate_version = true)]
 #[command(
     after_help = "Exit codes: 0 success or nothing to do; 1 failed before anything live changed; \
 2 bad input or failed verification (nothing was touched); 3 failed after the swap and rolled back; \

@@ -29,6 +29,18 @@ pub mod release;
 pub mod signing;
 pub mod switch;
 
+/// What `--version` prints after the name: the crate version, the commit it was built from and
+/// the oldest glibc it runs on (both set at compile time by `build.rs`), e.g.
+/// `0.1.0 (commit 1a2b3c4, glibc >= 2.23)`.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("BINARYCRATE_VERSION_COMMIT"),
+    ", ",
+    env!("BINARYCRATE_VERSION_GLIBC"),
+    ")"
+);
+
 use common::report::ExitCode;
 
 /// Runs a parsed command line; the caller prints errors and turns them into exit codes.

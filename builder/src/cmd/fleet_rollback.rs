@@ -7,7 +7,7 @@ use crate::cmd::deploy::app_name;
 use crate::fleet::{self, Action};
 
 pub fn run(args: &FleetRollbackArgs) -> anyhow::Result<ExitCode> {
-    let targets = fleet::run::targets(&args.fleet)?;
+    let targets = fleet::run::targets(&args.fleet.reach)?;
     let app = app_name(args.repo.repo.as_deref())?;
     let action = Action::Rollback { to: args.to };
     let plan = fleet::run::plan(&args.fleet, targets, action, &app, args.lock_timeout)?;

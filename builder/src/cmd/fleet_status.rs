@@ -8,7 +8,7 @@ use crate::cmd::deploy::app_name;
 use crate::fleet::{self, Action};
 
 pub fn run(args: &FleetStatusArgs) -> anyhow::Result<ExitCode> {
-    let targets = fleet::run::targets(&args.fleet)?;
+    let targets = fleet::run::targets(&args.fleet.reach)?;
     let app = app_name(args.repo.repo.as_deref())?;
     let plan = fleet::run::plan(&args.fleet, targets, Action::Status, &app, None)?;
     fleet::run::execute(plan)

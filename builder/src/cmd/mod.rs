@@ -1,6 +1,7 @@
 //! One module per `builder` subcommand.
 
 pub mod archive;
+pub mod bootstrap;
 pub mod config;
 pub mod deploy;
 pub mod fleet_rollback;

@@ -14,7 +14,8 @@
 //! - this module: targets, rates, the shell quoting, the installer command line, the trait.
 //! - [`watch`]: the polling loop with backoff, live status lines, Ctrl-C → cancel.
 //! - [`summary`]: per-instance results, the table, the JSON, the exit code.
-//! - [`run`]: the plan from the arguments, then send, watch and report.
+//! - [`run`]: the plan from the arguments, then send, watch and report; [`run::dispatch`] (send
+//!   and watch only) also carries `builder bootstrap`'s script, which reports in its own table.
 //! - [`ssm`], [`local`]: the two transports.
 
 pub mod local;

@@ -9,12 +9,12 @@ use common::report::ExitCode;
 use super::local::LocalTransport;
 use super::ssm::SsmTransport;
 use super::summary::FleetSummary;
-use super::watch::{watch, WatchOptions};
+use super::watch::{watch, WatchOptions, Watched};
 use super::{
     check_word, comment, render_line, Action, InstallerInvocation, SendRequest, Targets, Transport,
     TransportKind,
 };
-use crate::cli::FleetArgs;
+use crate::cli::{FleetArgs, ReachArgs};
 
 /// Everything needed to run one fleet command, all of it checked.
 #[derive(Debug, Clone)]
@@ -28,7 +28,7 @@ pub struct Plan {
 }
 
 /// The targets for the chosen transport: required with SSM, refused with the local one.
-pub fn targets(args: &FleetArgs) -> Result<Option<Targets>, BadInput> {
+pub fn targets(args: &ReachArgs) -> Result<Option<Targets>, BadInput> {
     match args.transport {
         TransportKind::Ssm => Targets::parse(&args.targets).map(Some),
         TransportKind::Local if args.targets.is_empty() => Ok(None),
@@ -52,44 +52,56 @@ pub fn plan(
         lock_timeout,
     };
     let line = render_line(&invocation.argv(&action)?);
-    let output_s3 = match &args.output_s3_bucket {
+    let reach = &args.reach;
+    Ok(Plan {
+        request: request(reach, targets, line, comment(app, &action))?,
+        action,
+        transport: reach.transport,
+        ssm_endpoint: reach.ssm_endpoint.clone(),
+        verbose: reach.verbose,
+        json: reach.json,
+    })
+}
+
+/// The request that sends `line` to `targets`, with the rate, timeout and output options
+/// checked.
+pub fn request(
+    reach: &ReachArgs,
+    targets: Option<Targets>,
+    line: String,
+    comment: String,
+) -> Result<SendRequest, BadInput> {
+    let output_s3 = match &reach.output_s3_bucket {
         Some(bucket) => {
             check_bucket(bucket)?;
-            if let Some(p) = &args.output_s3_prefix {
+            if let Some(p) = &reach.output_s3_prefix {
                 check_word("the S3 output prefix", p)?;
             }
-            Some((bucket.clone(), args.output_s3_prefix.clone()))
+            Some((bucket.clone(), reach.output_s3_prefix.clone()))
         }
         None => None,
     };
-    if args.transport == TransportKind::Local && output_s3.is_some() {
+    if reach.transport == TransportKind::Local && output_s3.is_some() {
         return Err(BadInput(
             "`--output-s3-bucket` is for SSM; the local transport keeps the whole output".into(),
         ));
     }
-    if let Some(e) = &args.ssm_endpoint {
+    if let Some(e) = &reach.ssm_endpoint {
         check_word("the SSM endpoint", e)?;
     }
-    let timeout = Duration::from_secs(args.timeout);
-    Ok(Plan {
-        request: SendRequest {
-            line,
-            comment: comment(app, &action),
-            targets,
-            max_concurrency: args.max_concurrency,
-            max_errors: args.max_errors,
-            execution_timeout: timeout,
-            delivery_timeout: args
-                .delivery_timeout
-                .map(Duration::from_secs)
-                .unwrap_or(timeout),
-            output_s3,
-        },
-        action,
-        transport: args.transport,
-        ssm_endpoint: args.ssm_endpoint.clone(),
-        verbose: args.verbose,
-        json: args.json,
+    let timeout = Duration::from_secs(reach.timeout);
+    Ok(SendRequest {
+        line,
+        comment,
+        targets,
+        max_concurrency: reach.max_concurrency,
+        max_errors: reach.max_errors,
+        execution_timeout: timeout,
+        delivery_timeout: reach
+            .delivery_timeout
+            .map(Duration::from_secs)
+            .unwrap_or(timeout),
+        output_s3,
     })
 }
 
@@ -109,75 +121,54 @@ fn check_bucket(bucket: &str) -> Result<(), BadInput> {
     }
 }
 
-/// Sends the plan's command, waits for every instance, prints the results; the exit code.
-pub fn execute(plan: Plan) -> anyhow::Result<ExitCode> {
+/// A command sent and watched to the end: what ran where, and each instance's run.
+#[derive(Debug)]
+pub struct Dispatched {
+    /// `ssm` or `local`.
+    pub transport: &'static str,
+    pub command_id: String,
+    /// What was targeted, for messages.
+    pub targets: String,
+    pub watched: Watched,
+}
+
+/// Sends `request` over `transport`, shows each instance's progress and waits for all of them
+/// (Ctrl-C cancels). `shown` is what the announcement says runs: the command line itself, or a
+/// description of a longer script.
+pub fn dispatch(
+    transport: TransportKind,
+    ssm_endpoint: Option<&str>,
+    request: &SendRequest,
+    shown: &str,
+) -> anyhow::Result<Dispatched> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        match plan.transport {
+        match transport {
             TransportKind::Ssm => {
-                let t = SsmTransport::connect(plan.ssm_endpoint.as_deref()).await?;
-                drive(&t, &plan).await
+                let t = SsmTransport::connect(ssm_endpoint).await?;
+                drive(&t, transport, request, shown).await
             }
-            TransportKind::Local => drive(&LocalTransport::new(), &plan).await,
+            TransportKind::Local => drive(&LocalTransport::new(), transport, request, shown).await,
         }
     })
 }
 
-async fn drive<T: Transport>(transport: &T, plan: &Plan) -> anyhow::Result<ExitCode> {
-    let request = &plan.request;
-    let targets = request
-        .targets
-        .as_ref()
-        .map(Targets::to_string)
-        .unwrap_or_else(|| super::LOCAL_INSTANCE.to_owned());
-    match plan.transport {
-        TransportKind::Ssm => eprintln!(
-            "{}: running on {targets} through SSM (max concurrency {}, max errors {}, timeout {}s):\n  {}",
-            request.comment,
-            request.max_concurrency,
-            request.max_errors,
-            request.execution_timeout.as_secs(),
-            request.line
-        ),
-        TransportKind::Local => eprintln!(
-            "{}: running on this machine (timeout {}s):\n  {}",
-            request.comment,
-            request.execution_timeout.as_secs(),
-            request.line
-        ),
-    }
-    let handle = transport.send(request).await?;
-    eprintln!("command `{}` sent; Ctrl-C cancels it", handle.id);
-
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let ctrl_c = tokio::spawn(async move {
-        while tokio::signal::ctrl_c().await.is_ok() {
-            if tx.send(()).is_err() {
-                break;
-            }
-        }
-    });
-    // Long enough for SSM to deliver to every instance and run it, with a margin.
-    let deadline = request.delivery_timeout + request.execution_timeout + Duration::from_secs(120);
-    let options = match plan.transport {
-        TransportKind::Ssm => WatchOptions::ssm(
-            request.targets.as_ref().and_then(Targets::expected),
-            deadline,
-        ),
-        TransportKind::Local => WatchOptions::local(deadline),
-    };
-    let watched = watch(transport, &handle, &options, &mut rx).await;
-    ctrl_c.abort();
-    let watched = watched?;
-
+/// Sends the plan's command, waits for every instance, prints the results; the exit code.
+pub fn execute(plan: Plan) -> anyhow::Result<ExitCode> {
+    let sent = dispatch(
+        plan.transport,
+        plan.ssm_endpoint.as_deref(),
+        &plan.request,
+        &plan.request.line,
+    )?;
     let summary = FleetSummary::new(
         plan.action.clone(),
-        transport.name(),
-        handle.id.clone(),
-        targets,
-        watched,
+        sent.transport,
+        sent.command_id,
+        sent.targets,
+        sent.watched,
     );
     if plan.verbose {
         eprint!("{}", summary.full_output());
@@ -204,4 +195,59 @@ async fn drive<T: Transport>(transport: &T, plan: &Plan) -> anyhow::Result<ExitC
     }
     eprintln!("\n{}", summary.closing_line());
     Ok(summary.exit_code())
+}
+
+async fn drive<T: Transport>(
+    transport: &T,
+    kind: TransportKind,
+    request: &SendRequest,
+    shown: &str,
+) -> anyhow::Result<Dispatched> {
+    let targets = request
+        .targets
+        .as_ref()
+        .map(Targets::to_string)
+        .unwrap_or_else(|| super::LOCAL_INSTANCE.to_owned());
+    match kind {
+        TransportKind::Ssm => eprintln!(
+            "{}: running on {targets} through SSM (max concurrency {}, max errors {}, timeout {}s):\n  {shown}",
+            request.comment,
+            request.max_concurrency,
+            request.max_errors,
+            request.execution_timeout.as_secs(),
+        ),
+        TransportKind::Local => eprintln!(
+            "{}: running on this machine (timeout {}s):\n  {shown}",
+            request.comment,
+            request.execution_timeout.as_secs(),
+        ),
+    }
+    let handle = transport.send(request).await?;
+    eprintln!("command `{}` sent; Ctrl-C cancels it", handle.id);
+
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let ctrl_c = tokio::spawn(async move {
+        while tokio::signal::ctrl_c().await.is_ok() {
+            if tx.send(()).is_err() {
+                break;
+            }
+        }
+    });
+    // Long enough for SSM to deliver to every instance and run it, with a margin.
+    let deadline = request.delivery_timeout + request.execution_timeout + Duration::from_secs(120);
+    let options = match kind {
+        TransportKind::Ssm => WatchOptions::ssm(
+            request.targets.as_ref().and_then(Targets::expected),
+            deadline,
+        ),
+        TransportKind::Local => WatchOptions::local(deadline),
+    };
+    let watched = watch(transport, &handle, &options, &mut rx).await;
+    ctrl_c.abort();
+    Ok(Dispatched {
+        transport: transport.name(),
+        command_id: handle.id,
+        targets,
+        watched: watched?,
+    })
 }

@@ -152,8 +152,34 @@ fn outcome_name(o: Outcome) -> &'static str {
     }
 }
 
+/// Columns padded to their widest cell, two spaces apart; the last column is not padded.
+pub fn render_table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[String]| -> String {
+        let mut out = String::new();
+        for (n, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if n + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        out.trim_end().to_owned() + "\n"
+    };
+    let mut out = line(&header.iter().map(|h| h.to_string()).collect::<Vec<_>>());
+    for row in rows {
+        out.push_str(&line(row));
+    }
+    out
+}
+
 /// SSM's `StatusDetails` in words, for the ones that need them.
-fn explain_detail(detail: &str) -> String {
+pub fn explain_detail(detail: &str) -> String {
     let squashed: String = detail.chars().filter(|c| !c.is_whitespace()).collect();
     match squashed.as_str() {
         "Terminated" => "not run: too many servers failed (--max-errors) (Terminated)".into(),
@@ -168,7 +194,7 @@ fn explain_detail(detail: &str) -> String {
 
 /// The line of standard error that best says what went wrong: the first `error: …` line,
 /// else the last line that is not the SSM agent's own `failed to run commands: …`.
-fn last_line(text: &str) -> Option<&str> {
+pub fn last_line(text: &str) -> Option<&str> {
     let lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
     lines
         .clone()
@@ -189,7 +215,7 @@ pub fn format_duration(d: Option<Duration>) -> String {
     }
 }
 
-fn truncate(text: &str, max: usize) -> String {
+pub fn truncate(text: &str, max: usize) -> String {
     if text.chars().count() <= max {
         text.to_owned()
     } else {
@@ -277,12 +303,11 @@ impl FleetSummary {
 
     /// The table: one row per instance.
     pub fn table(&self) -> String {
-        let header = ["INSTANCE", "STATUS", "EXIT", "DURATION", "LIVE", "RESULT"];
-        let rows: Vec<[String; 6]> = self
+        let rows: Vec<Vec<String>> = self
             .instances
             .iter()
             .map(|i| {
-                [
+                vec![
                     i.instance.clone(),
                     i.status.to_string(),
                     i.exit_code
@@ -294,28 +319,10 @@ impl FleetSummary {
                 ]
             })
             .collect();
-        let mut widths = header.map(|h| h.chars().count());
-        for row in &rows {
-            for (w, cell) in widths.iter_mut().zip(row) {
-                *w = (*w).max(cell.chars().count());
-            }
-        }
-        let line = |cells: &[String]| -> String {
-            let mut out = String::new();
-            for (n, (cell, w)) in cells.iter().zip(widths).enumerate() {
-                if n + 1 == cells.len() {
-                    out.push_str(cell);
-                } else {
-                    out.push_str(&format!("{cell:<w$}  "));
-                }
-            }
-            out.trim_end().to_owned() + "\n"
-        };
-        let mut out = line(&header.map(str::to_owned));
-        for row in &rows {
-            out.push_str(&line(row));
-        }
-        out
+        render_table(
+            &["INSTANCE", "STATUS", "EXIT", "DURATION", "LIVE", "RESULT"],
+            &rows,
+        )
     }
 
     /// Each failed instance in full: the meaning of its exit code, the installer's error and
@@ -466,7 +473,7 @@ impl FleetSummary {
     }
 }
 
-fn plural(n: usize) -> &'static str {
+pub fn plural(n: usize) -> &'static str {
     if n == 1 {
         ""
     } else {

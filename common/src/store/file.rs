@@ -4,7 +4,7 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use super::{ObjectStore, PutOutcome};
+use super::{DownloadSource, ObjectStore, PutOutcome};
 use crate::atomic;
 use crate::error::{FsError, StoreError};
 use crate::manifest::validate_relative_path;
@@ -110,6 +110,21 @@ impl ObjectStore for FileStore {
         };
         let n = io::copy(&mut f, out).map_err(|e| FsError::new("cannot read", &path, e))?;
         Ok(n)
+    }
+
+    fn download_source(
+        &self,
+        key: &str,
+        _valid_for: std::time::Duration,
+    ) -> Result<DownloadSource, StoreError> {
+        let path = self.path_of(key)?;
+        if !path.is_file() {
+            return Err(StoreError::NotFound {
+                store: self.location(),
+                key: key.to_owned(),
+            });
+        }
+        Ok(DownloadSource::Path(path))
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {

@@ -5,6 +5,9 @@
 //! `release.json.minisig`, then `release.json` last — so a release that becomes visible is
 //! already signed — and the informational `build-log.json`.
 //!
+//! Tools for the servers (the installer binary, put there by `builder bootstrap`) live apart from
+//! releases, addressed by content: `tools/<name>/<sha256>/<name>`, created once, never replaced.
+//!
 //! Backends implement the small [`ObjectStore`] trait (create-if-absent, overwrite, get, list);
 //! the rules — sidecar last, identical republish is a no-op, a different sidecar is refused,
 //! downloads verified against the sidecar — live once, in [`ArtifactStore`].
@@ -15,16 +18,20 @@ mod s3;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 pub use file::FileStore;
 pub use s3::S3Store;
 
 use crate::atomic;
 use crate::error::{FsError, ManifestError, StoreError};
-use crate::hash::HashingWriter;
+use crate::hash::{HashingWriter, Sha256Hash, Sha256Writer};
 use crate::manifest::{BUILD_LOG_JSON, RELEASE_JSON, RELEASE_SIGNATURE};
 use crate::progress::ProgressWriter;
 use crate::{progress, Blake3Hash, BuildNumber, Sidecar};
+
+/// Where tools for the servers live in the store, apart from every application's releases.
+pub const TOOLS_PREFIX: &str = "tools/";
 
 /// Result of a create-if-absent write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +54,21 @@ pub trait ObjectStore: Send + Sync {
     fn get(&self, key: &str, out: &mut dyn Write) -> Result<u64, StoreError>;
     /// Every key under `prefix` (which ends with `/`), in any order.
     fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+    /// How a server with nothing but a shell, `curl` or `wget`, and coreutils can read `key`
+    /// during the next `valid_for`: a presigned URL (S3), or the file's path (a file store,
+    /// which servers can only use when it is mounted at the same path there).
+    fn download_source(&self, key: &str, valid_for: Duration)
+        -> Result<DownloadSource, StoreError>;
+}
+
+/// Where a server reads one object from without credentials or an AWS client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DownloadSource {
+    /// An `https://` (or, with an endpoint override, `http://`) URL that needs no credentials
+    /// until it expires: download it with `curl` or `wget`.
+    Url(String),
+    /// An absolute path on this machine, the same on the server: copy it.
+    Path(PathBuf),
 }
 
 /// Options for opening a store; the defaults suit real servers.
@@ -179,6 +201,38 @@ impl ArtifactStore {
     /// `<app>/BuildNNNNNN/release.json.minisig`: the signature of the sidecar's exact bytes.
     pub fn signature_key(app: &str, build: BuildNumber) -> String {
         format!("{}{RELEASE_SIGNATURE}", Self::build_prefix(app, build))
+    }
+
+    /// `tools/<name>/<sha256>/<name>`: a tool for the servers, addressed by its content.
+    pub fn tool_key(name: &str, sha256: &Sha256Hash) -> String {
+        format!("{TOOLS_PREFIX}{name}/{sha256}/{name}")
+    }
+
+    /// Uploads `src` (whose SHA-256 is `sha256`) as the tool `name` unless it is there already;
+    /// an object already under that key must have that SHA-256, or it is reported corrupt.
+    pub fn put_tool(
+        &self,
+        name: &str,
+        src: &Path,
+        sha256: &Sha256Hash,
+    ) -> Result<(String, PutOutcome), StoreError> {
+        let key = Self::tool_key(name, sha256);
+        let outcome = self.backend.put_new_file(&key, src)?;
+        if outcome == PutOutcome::AlreadyExists {
+            let mut w = Sha256Writer::new(std::io::sink());
+            self.backend.get(&key, &mut w)?;
+            let (_, existing, _) = w.finish();
+            if existing != *sha256 {
+                return Err(StoreError::Corrupt {
+                    store: self.location(),
+                    key,
+                    reason: format!(
+                        "its SHA-256 is {existing}, not the {sha256} its key names: delete the object and upload again"
+                    ),
+                });
+            }
+        }
+        Ok((key, outcome))
     }
 
     /// Publishes an artifact and its sidecar: artifact first, sidecar last, both only if absent.
@@ -579,6 +633,33 @@ mod tests {
         // Something far larger than a signature is refused without being read whole.
         std::fs::write(dir.path().join(&key), vec![b'x'; MAX_SIGNATURE_BYTES + 1]).unwrap();
         let err = store.fetch_signature("app", build).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    }
+
+    #[test]
+    fn tools_are_stored_once_by_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::new(Box::new(FileStore::new(dir.path())));
+        let src = dir.path().join("installer.bin");
+        std::fs::write(&src, b"an installer").unwrap();
+        let (sha, _) = Sha256Hash::of_file(&src).unwrap();
+        let (key, outcome) = store.put_tool("installer", &src, &sha).unwrap();
+        assert_eq!(key, format!("tools/installer/{sha}/installer"));
+        assert_eq!(outcome, PutOutcome::Created);
+        assert_eq!(
+            store.put_tool("installer", &src, &sha).unwrap().1,
+            PutOutcome::AlreadyExists
+        );
+        assert_eq!(
+            store
+                .backend()
+                .download_source(&key, Duration::from_secs(60))
+                .unwrap(),
+            DownloadSource::Path(dir.path().join(&key))
+        );
+        // An object under the key with other bytes is never taken for the tool.
+        std::fs::write(dir.path().join(&key), b"something else").unwrap();
+        let err = store.put_tool("installer", &src, &sha).unwrap_err();
         assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
     }
 

@@ -17,7 +17,7 @@ use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
 
-use super::{ObjectStore, PutOutcome, StoreOptions};
+use super::{DownloadSource, ObjectStore, PutOutcome, StoreOptions};
 use crate::error::{FsError, StoreError};
 use crate::manifest::validate_relative_path;
 use crate::progress;
@@ -501,6 +501,54 @@ impl ObjectStore for S3Store {
             )
             .map_err(|e| self.backend_error("put", key, &e))?;
         Ok(())
+    }
+
+    fn download_source(
+        &self,
+        key: &str,
+        valid_for: Duration,
+    ) -> Result<DownloadSource, StoreError> {
+        let full = self.full_key(key)?;
+        let fail = |message: String| StoreError::Backend {
+            store: self.location(),
+            op: "presign",
+            key: key.to_owned(),
+            message,
+        };
+        // SigV4 presigned URLs last at most a week.
+        let config = aws_sdk_s3::presigning::PresigningConfig::expires_in(
+            valid_for.min(Duration::from_secs(7 * 24 * 3600)),
+        )
+        .map_err(|e| fail(e.to_string()))?;
+        self.runtime.block_on(async {
+            // A presigned URL for a missing object would only fail on the server: look first.
+            match self
+                .client
+                .head_object()
+                .bucket(&self.bucket)
+                .key(&full)
+                .send()
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if is_not_found(&e) => {
+                    return Err(StoreError::NotFound {
+                        store: self.location(),
+                        key: key.to_owned(),
+                    })
+                }
+                Err(e) => return Err(self.backend_error("head", key, &e)),
+            }
+            let presigned = self
+                .client
+                .get_object()
+                .bucket(&self.bucket)
+                .key(&full)
+                .presigned(config)
+                .await
+                .map_err(|e| fail(describe(&e)))?;
+            Ok(DownloadSource::Url(presigned.uri().to_owned()))
+        })
     }
 
     fn get(&self, key: &str, out: &mut dyn Write) -> Result<u64, StoreError> {

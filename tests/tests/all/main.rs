@@ -2,6 +2,7 @@
 
 mod adopt;
 mod bad_input;
+mod bootstrap;
 mod cli;
 mod concurrency;
 mod crash;
