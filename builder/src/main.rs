@@ -2,9 +2,12 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 fn main() -> ExitCode {
+    if let Some(code) = common::clidocs::intercept(builder::cli::Cli::command) {
+        return code.into();
+    }
     let cli = builder::cli::Cli::parse();
     match builder::run(cli) {
         Ok(code) => code.into(),

@@ -14,11 +14,13 @@
 //! - [`report`]: exit codes and the machine-readable report every command can print.
 //! - [`progress`]: progress bars that only draw on a terminal.
 //! - [`error`]: the error enums the above return.
+//! - [`clidocs`]: man pages and shell completions rendered from a binary's clap definition.
 //! - [`fault`]: the crash tests' fault-injection hook (real only with `fault-injection`).
 
 pub mod archive;
 pub mod atomic;
 pub mod build_number;
+pub mod clidocs;
 pub mod error;
 pub mod fault;
 pub mod hash;

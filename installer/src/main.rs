@@ -2,9 +2,12 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 fn main() -> ExitCode {
+    if let Some(code) = common::clidocs::intercept(installer::cli::Cli::command) {
+        return code.into();
+    }
     let cli = installer::cli::Cli::parse();
     match installer::run(cli) {
         Ok(code) => code.into(),
