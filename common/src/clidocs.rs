@@ -102,6 +102,11 @@ fn man_pages(cmd: &clap::Command, dir: &Path, out: &mut Vec<DocFile>) {
     let mut bytes = Vec::new();
     page.render(&mut bytes)
         .expect("rendering into memory cannot fail");
+    // Both binaries' `after_help` is their exit-code table, which man(7) files under this title.
+    let text = String::from_utf8(bytes).expect("clap_mangen writes UTF-8");
+    let bytes = text
+        .replace(".SH EXTRA\n", ".SH \"EXIT STATUS\"\n")
+        .into_bytes();
     out.push(DocFile {
         path: dir.join(page.get_filename()),
         bytes,

@@ -252,6 +252,87 @@ impl InstallerConfig {
 mod tests {
     use super::*;
 
+    /// What the Debian package installs as the conffile `/etc/binarycrate/installer.toml`.
+    const EXAMPLE: &str = include_str!("../package/installer.toml");
+
+    #[test]
+    fn the_packaged_example_changes_nothing() {
+        let c = InstallerConfig::parse(EXAMPLE, "installer.toml").unwrap();
+        assert_eq!(c, InstallerConfig::default());
+    }
+
+    /// Uncommenting every `#key = value` line gives the defaults (plus the typical values shown
+    /// for keys that have none), and every key is shown, so the example cannot go stale.
+    #[test]
+    fn the_packaged_example_shows_every_key_and_its_default() {
+        let uncommented: String = EXAMPLE
+            .lines()
+            .map(|line| match line.strip_prefix('#') {
+                Some(rest)
+                    if rest.starts_with(|c: char| c.is_ascii_lowercase() || "[\"".contains(c)) =>
+                {
+                    rest
+                }
+                _ => line,
+            })
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let mut c = InstallerConfig::parse(&uncommented, "uncommented example").unwrap();
+        assert_eq!(
+            c.store.take().as_deref(),
+            Some("s3://binarycrate-releases/releases")
+        );
+        assert_eq!(
+            c.reload_fifo.take(),
+            Some(PathBuf::from("/srv/binarycrate-mvp2/.deploy/uwsgi.fifo"))
+        );
+        assert_eq!(
+            c.health.stats_url.take().as_deref(),
+            Some("http://127.0.0.1:9191/")
+        );
+        assert_eq!(c, InstallerConfig::default());
+
+        let mut every = InstallerConfig::default();
+        every.s3_endpoint = Some("x".into());
+        every.reload_file = Some("x".into());
+        every.signing.public_keys = vec!["x".into()];
+        every.signing.public_key_files = vec!["x".into()];
+        every.signing.require_signature = Some(true);
+        // (dotted path of the table, key, whether the value is itself a table)
+        fn keys(table: &str, value: &toml::Value, out: &mut Vec<(String, String, bool)>) {
+            if let toml::Value::Table(t) = value {
+                for (k, v) in t {
+                    out.push((table.to_owned(), k.clone(), v.is_table()));
+                    let path = if table.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{table}.{k}")
+                    };
+                    keys(&path, v, out);
+                }
+            }
+        }
+        let mut all = Vec::new();
+        keys("", &toml::Value::try_from(&every).unwrap(), &mut all);
+        every.store = Some("x".into());
+        every.reload_fifo = Some("x".into());
+        every.health.stats_url = Some("x".into());
+        keys("", &toml::Value::try_from(&every).unwrap(), &mut all);
+        for (table, key, is_table) in all {
+            let full = if table.is_empty() {
+                key.clone()
+            } else {
+                format!("{table}.{key}")
+            };
+            let shown = if is_table {
+                EXAMPLE.contains(&format!("[{full}]")) || EXAMPLE.contains(&format!("[{full}."))
+            } else {
+                EXAMPLE.contains(&format!("{key} = ")) || EXAMPLE.contains(&format!("\"{key}\" = "))
+            };
+            assert!(shown, "`{full}` is missing from package/installer.toml");
+        }
+    }
+
     #[test]
     fn defaults_come_from_the_seed() {
         let c = InstallerConfig::parse("", "installer.toml").unwrap();
