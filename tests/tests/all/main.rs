@@ -6,6 +6,7 @@ mod bootstrap;
 mod cli;
 mod concurrency;
 mod crash;
+mod dist;
 mod fleet;
 mod installer;
 mod installer_input;
