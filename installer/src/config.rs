@@ -292,9 +292,11 @@ mod tests {
         );
         assert_eq!(c, InstallerConfig::default());
 
-        let mut every = InstallerConfig::default();
-        every.s3_endpoint = Some("x".into());
-        every.reload_file = Some("x".into());
+        let mut every = InstallerConfig {
+            s3_endpoint: Some("x".into()),
+            reload_file: Some("x".into()),
+            ..InstallerConfig::default()
+        };
         every.signing.public_keys = vec!["x".into()];
         every.signing.public_key_files = vec!["x".into()];
         every.signing.require_signature = Some(true);
