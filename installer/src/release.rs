@@ -432,11 +432,7 @@ impl Drop for NewRelease<'_> {
                 let _ = fs::remove_file(&link);
             }
         }
-        // Renamed out of the way first: a kill mid-removal then leaves a stray the next run
-        // deletes, never a half-deleted `releases/BuildNNNNNN`.
-        let doomed = atomic::temp_sibling(&dir, "remove");
-        let removed = atomic::rename(&dir, &doomed).and_then(|()| atomic::remove_tree(&doomed));
-        match removed {
+        match remove_release_dir(&dir) {
             Ok(()) => eprintln!(
                 "removed the partial release `{}` this run created",
                 dir.display()
@@ -444,6 +440,15 @@ impl Drop for NewRelease<'_> {
             Err(e) => eprintln!("warning: {e:#}: remove it by hand"),
         }
     }
+}
+
+/// Removes a release directory: renamed out of the way first, so a kill mid-removal leaves a
+/// hidden stray that the next run deletes, never a half-deleted `releases/BuildNNNNNN` that
+/// would look like a release.
+pub fn remove_release_dir(dir: &Path) -> Result<(), common::error::FsError> {
+    let doomed = atomic::temp_sibling(dir, "remove");
+    atomic::rename(dir, &doomed)?;
+    atomic::remove_tree(&doomed)
 }
 
 /// Stray temporary trees a crash can leave in `releases/` (unpacks, downloads), and the
@@ -485,4 +490,33 @@ pub fn stray_temporaries(layout: &Layout) -> anyhow::Result<Vec<PathBuf>> {
         }
     }
     Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_removed_release_leaves_nothing_and_an_interrupted_removal_only_a_stray() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        layout.ensure().unwrap();
+        let build: BuildNumber = "Build000007".parse().unwrap();
+        let release = layout.release(build);
+        fs::create_dir_all(release.join("binarycrate/app")).unwrap();
+        fs::write(release.join("binarycrate/app/views.py"), "x").unwrap();
+
+        remove_release_dir(&release).unwrap();
+        assert!(!release.exists());
+        assert_eq!(fs::read_dir(layout.releases()).unwrap().count(), 0);
+
+        // Killed after the rename: what is left is a stray for the next run, not a release.
+        fs::create_dir_all(release.join("binarycrate")).unwrap();
+        let doomed = atomic::temp_sibling(&release, "remove");
+        fs::rename(&release, &doomed).unwrap();
+        assert!(layout.releases_on_disk().unwrap().is_empty());
+        assert_eq!(stray_temporaries(&layout).unwrap(), [doomed]);
+        let missing = remove_release_dir(&release).unwrap_err();
+        assert!(missing.to_string().contains("cannot rename"), "{missing}");
+    }
 }

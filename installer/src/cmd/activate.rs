@@ -155,6 +155,16 @@ fn activate_checked(
             return Ok(Outcome::NothingToDo);
         }
     }
+    // The adopted checkout has no artifact in the store: going back to it is a rollback.
+    if layout
+        .release(build)
+        .join(crate::cmd::adopt::LEGACY_MARKER)
+        .exists()
+    {
+        bail!(BadInput(format!(
+            "{build:#} is the adopted checkout (a legacy release, not a packaged build): return to it with `installer rollback --to {build:#}`"
+        )));
+    }
     // Before anything changes: the server's own files must be in place.
     release::check_shared_files(&layout, config)?;
     release::remove_strays(&layout, &mut report.warnings)?;

@@ -40,7 +40,7 @@ pub fn run(args: &PruneArgs, config: &InstallerConfig) -> anyhow::Result<ExitCod
             }
             let dir = layout.release(build);
             let hash = release::version_hash(&dir, config).ok().flatten();
-            atomic::remove_tree(&dir)?;
+            release::remove_release_dir(&dir)?;
             if let Some(hash) = hash {
                 let link = layout.static_dir().join(&hash);
                 if std::fs::read_link(&link)

@@ -427,6 +427,15 @@ fn adopt_moves_a_seed_checkout_and_rollback_returns_to_it() {
         .unwrap(),
         shared.join("production.py")
     );
+    // The checkout has no artifact to activate: the refusal says how to go back to it.
+    let out = run(&site, &["activate", "--build", "Build000001"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("installer rollback --to Build000001"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(site.current().as_deref(), Some("releases/Build000002"));
     // adopt after a release went live: nothing to do.
     let out = run(&site, &["adopt"], &[]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
