@@ -43,3 +43,67 @@ pub fn ready(missing: Option<String>) -> bool {
         }
     }
 }
+
+/// A loopback port for a server that is started later and must be told its port in advance
+/// (uWSGI's, named in `installer.toml` before it runs). Taken below the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`, 32768 and up by default): a port from that range, even one
+/// just seen free, can be handed to any outgoing connection before the server binds it, and the
+/// load tests open thousands (seen: uWSGI failing with "Address already in use"). Below it the
+/// kernel assigns nothing by itself; ports handed out here are never handed out twice by this
+/// process, and each is checked free when chosen.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let (low, span) = if ephemeral_low >= 12_000 {
+        (ephemeral_low - 10_000, 10_000)
+    } else {
+        // An unusual range: fall back to what the kernel picks.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free loopback port")
+            .port();
+        return port;
+    };
+    // Different test processes start at different places.
+    let start = std::process::id().wrapping_mul(7919);
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (low + start.wrapping_add(n) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {low}..{}", low + span)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn free_ports_are_distinct_bindable_and_below_the_ephemeral_range() {
+        let low: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let ports: Vec<u16> = (0..50).map(|_| super::free_port()).collect();
+        let mut unique = ports.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), ports.len(), "{ports:?}");
+        for port in ports {
+            if low >= 12_000 {
+                assert!(
+                    u32::from(port) < low,
+                    "{port} is in the ephemeral range from {low}"
+                );
+            }
+            std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        }
+    }
+}

@@ -111,13 +111,7 @@ pub fn succeeded(out: &Output, what: &str) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// A loopback port nobody listens on right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
+pub use crate::free_port;
 
 /// A server root with its `installer.toml`, for the published builds; uWSGI is started by
 /// the test ([`ServerRoot::start_uwsgi`]) on the ports the configuration names.

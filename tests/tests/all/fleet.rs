@@ -17,14 +17,6 @@ use tests::example::{self, ExampleRepo};
 use tests::ssm::{Instance, SsmServer};
 use tests::uwsgi::{UwsgiOptions, UwsgiServer};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn text(out: &Output) -> String {
     format!(
         "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
@@ -61,7 +53,7 @@ impl ServerRoot {
     fn new(dir: &Path, repo: &ExampleRepo) -> Self {
         let root = dir.join("srv");
         fs::create_dir_all(root.join("shared")).unwrap();
-        let (http_port, stats_port) = (free_port(), free_port());
+        let (http_port, stats_port) = (tests::free_port(), tests::free_port());
         fs::write(
             root.join("shared/production.py"),
             example::production_settings(repo, &root).unwrap(),

@@ -38,14 +38,6 @@ struct Site {
     stats_port: u16,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn ready() -> bool {
     tests::ready(tests::uwsgi::unavailable().or_else(tests::example::wheelhouse_missing))
 }
@@ -57,7 +49,7 @@ impl Site {
         let root = tmp.path().join("srv");
         let store = tmp.path().join("store");
         fs::create_dir_all(root.join("shared")).unwrap();
-        let (http_port, stats_port) = (free_port(), free_port());
+        let (http_port, stats_port) = (tests::free_port(), tests::free_port());
         // The operator's production.py: the template, filled in, with the database in shared/.
         fs::write(
             root.join("shared/production.py"),

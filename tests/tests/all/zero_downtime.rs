@@ -501,14 +501,6 @@ fn build_of(repo: &ExampleRepo, number: &str) -> Build {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn activate_and_rollback_under_load_through_nginx_fail_no_request() {
     if !ready() {
@@ -546,7 +538,7 @@ fn activate_and_rollback_under_load_through_nginx_fail_no_request() {
     let Some(nginx) = NginxServer::start_or_skip(&root, &socket) else {
         return;
     };
-    let (http_port, stats_port) = (free_port(), free_port());
+    let (http_port, stats_port) = (tests::free_port(), tests::free_port());
     let config = tmp.path().join("installer.toml");
     fs::write(
         &config,
