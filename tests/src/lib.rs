@@ -9,6 +9,7 @@
 //!   `scripts/python-env` creates, with dummy credentials and a loopback endpoint.
 //! - [`nginx`]: a real nginx (Debian's package) on loopback in front of that uWSGI, from the
 //!   recommended site configuration (`fixtures/server/nginx-site.conf`).
+//! - [`process`]: a server process under a watchdog that stops it even when the test dies.
 //! - [`published`]: builds 000001–000004 of the example, published once to one file store, and
 //!   server roots (config, ports, copies) that install them under a real uWSGI.
 //! - [`ssm`]: the SSM Run Command stand-in (moto with `AWS-RunShellScript` really run on
@@ -20,6 +21,7 @@ pub mod bins;
 pub mod example;
 pub mod moto;
 pub mod nginx;
+pub mod process;
 pub mod published;
 pub mod ssm;
 pub mod uwsgi;

@@ -19,11 +19,12 @@
 use std::fs::{self, OpenOptions};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+use crate::process::{self, Supervised};
 use crate::uwsgi::{http_get, HttpResponse};
 
 /// How long nginx may take to answer its first request.
@@ -39,16 +40,6 @@ const LOG_LINES: usize = 30;
 pub const TEMPLATE_LISTEN: &str = "listen 80;";
 pub const TEMPLATE_ROOT: &str = "/srv/binarycrate-mvp2";
 pub const TEMPLATE_SOCKET: &str = "unix:/run/binarycrate/uwsgi.sock";
-
-/// Sends SIGTERM to nginx (the shell's own pid, which `exec` hands to nginx) once the test
-/// process closes the pipe on stdin, unless nginx is gone already (the watchdog, forked before
-/// the `exec`, is no longer its child then).
-const WATCHDOG: &str = r#"exec 3<&0
-(cat <&3 >/dev/null 2>&1
- read -r _ _ _ ppid _ </proc/self/stat
- [ "$ppid" = "$$" ] && kill -TERM $$ 2>/dev/null) &
-exec 3<&- </dev/null
-exec "$0" "$@""#;
 
 /// `tests/fixtures/server/nginx-site.conf`: the production site configuration.
 pub fn site_fixture() -> PathBuf {
@@ -173,9 +164,8 @@ fn running_as_root() -> bool {
 
 /// A running nginx master with its workers; stopped on drop.
 pub struct NginxServer {
-    child: Child,
-    /// The watchdog's stdin: closing it makes the watchdog send SIGTERM.
-    watchdog: Option<ChildStdin>,
+    /// Stopped with SIGTERM, nginx's fast shutdown.
+    process: Supervised,
     /// Holds the configuration, logs, pid file and temporary paths.
     dir: tempfile::TempDir,
     port: u16,
@@ -186,7 +176,7 @@ impl std::fmt::Debug for NginxServer {
         write!(
             f,
             "NginxServer(pid {}, {}, dir {})",
-            self.child.id(),
+            self.process.id(),
             self.url(),
             self.dir.path().display()
         )
@@ -274,11 +264,8 @@ impl NginxServer {
             );
         }
 
-        let mut command = Command::new("sh");
+        let mut command = process::command(&nginx_bin(), "TERM");
         command
-            .arg("-c")
-            .arg(WATCHDOG)
-            .arg(nginx_bin())
             // The log for messages before the configuration is read (Debian's is stderr).
             .arg("-e")
             .arg(dir.path().join("error.log"))
@@ -287,23 +274,13 @@ impl NginxServer {
             .arg("-c")
             .arg(&conf)
             .current_dir(dir.path())
-            .stdin(Stdio::piped())
             .stdout(out.try_clone()?)
             .stderr(out);
-        std::os::unix::process::CommandExt::process_group(&mut command, 0);
-        let mut child = command
-            .spawn()
-            .with_context(|| format!("cannot start {}", nginx_bin().display()))?;
-        let watchdog = child.stdin.take();
-        let mut server = NginxServer {
-            child,
-            watchdog,
-            dir,
-            port,
-        };
+        let process = Supervised::spawn(&mut command, "nginx", "TERM")?;
+        let mut server = NginxServer { process, dir, port };
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if let Some(status) = server.child.try_wait()? {
+            if let Some(status) = server.process.try_wait()? {
                 let log = server.log();
                 if log.contains("Address already in use") {
                     return Ok(Err(log));
@@ -325,7 +302,7 @@ impl NginxServer {
 
     /// The master's pid.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.id()
     }
 
     /// The port it listens on, on 127.0.0.1.
@@ -389,27 +366,8 @@ impl NginxServer {
     }
 
     fn shut_down(&mut self) -> anyhow::Result<std::process::ExitStatus> {
-        if let Some(status) = self.child.try_wait()? {
-            return Ok(status);
-        }
-        drop(self.watchdog.take());
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status);
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        // Not yet reaped, so the group still exists and is ours.
-        let _ = Command::new("kill")
-            .args(["-s", "KILL", "--", &format!("-{}", self.child.id())])
-            .stderr(Stdio::null())
-            .status();
-        let status = self.child.wait()?;
-        bail!(
-            "nginx did not stop within {STOP_TIMEOUT:?} of SIGTERM and was killed ({status}){}",
-            self.log_tail()
-        )
+        let tail = self.log_tail();
+        self.process.stop(STOP_TIMEOUT, || tail)
     }
 }
 

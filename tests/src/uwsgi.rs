@@ -24,15 +24,15 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 
 use crate::example;
 use crate::moto::venv_dir;
+use crate::process::{self, Supervised};
 
 /// How long a server may take to start and answer `GET /` (Django loads in each worker).
 pub const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -44,16 +44,6 @@ pub const RELOAD_FILE: &str = ".deploy/reload";
 pub const LOADER: &str = "loader.py";
 /// How many of the log's last lines [`UwsgiServer::log_tail`] shows.
 const LOG_LINES: usize = 40;
-
-/// Sends SIGINT to uWSGI (the shell's own pid, which `exec` hands to uWSGI) once the test
-/// process closes the pipe on stdin — on drop, or when the test process dies — unless uWSGI is
-/// gone already (the watchdog, forked before the `exec`, is no longer its child then).
-const WATCHDOG: &str = r#"exec 3<&0
-(cat <&3 >/dev/null 2>&1
- read -r _ _ _ ppid _ </proc/self/stat
- [ "$ppid" = "$$" ] && kill -INT $$ 2>/dev/null) &
-exec 3<&- </dev/null
-exec "$0" "$@""#;
 
 /// `tests/fixtures/server`: the uWSGI configuration and the loader.
 pub fn fixture_dir() -> PathBuf {
@@ -172,9 +162,8 @@ impl HttpResponse {
 
 /// A running uWSGI master with its workers; stopped on drop.
 pub struct UwsgiServer {
-    child: Child,
-    /// The watchdog's stdin: closing it makes the watchdog send SIGINT.
-    watchdog: Option<ChildStdin>,
+    /// Stopped with SIGINT: uWSGI takes SIGTERM as "reload" unless `die-on-term`.
+    process: Supervised,
     root: PathBuf,
     /// Holds the rendered ini and the log.
     dir: tempfile::TempDir,
@@ -187,7 +176,7 @@ impl std::fmt::Debug for UwsgiServer {
         write!(
             f,
             "UwsgiServer(pid {}, {}, stats {}, root {})",
-            self.child.id(),
+            self.process.id(),
             self.http_url(),
             self.stats_url(),
             self.root.display()
@@ -247,23 +236,17 @@ impl UwsgiServer {
             .append(true)
             .open(&log_path)?;
 
-        let mut command = Command::new("sh");
+        let mut command = process::command(&uwsgi_bin(), "INT");
         command
-            .arg("-c")
-            .arg(WATCHDOG)
-            .arg(uwsgi_bin())
             .arg("--ini")
             .arg(&ini)
             .current_dir(dir.path())
-            .stdin(Stdio::piped())
             .stdout(log.try_clone()?)
             .stderr(log)
             .env("PYTHONUNBUFFERED", "1")
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .env("BINARYCRATE_ROOT", &root)
-            .env(example::SHARED_DIR_ENV, root.join("shared"))
-            // Its own process group, so that a last-resort SIGKILL reaches the workers too.
-            .process_group(0);
+            .env(example::SHARED_DIR_ENV, root.join("shared"));
         // uWSGI takes UWSGI_* variables as options, and Python these: none may leak in.
         for (name, _) in std::env::vars_os() {
             let name = name.to_string_lossy();
@@ -274,13 +257,9 @@ impl UwsgiServer {
             }
         }
         command.envs(options.env.iter().map(|(k, v)| (k, v)));
-        let mut child = command
-            .spawn()
-            .with_context(|| format!("cannot start {}", uwsgi_bin().display()))?;
-        let watchdog = child.stdin.take();
+        let process = Supervised::spawn(&mut command, "uWSGI", "INT")?;
         let mut server = UwsgiServer {
-            child,
-            watchdog,
+            process,
             root,
             dir,
             port: 0,
@@ -312,7 +291,7 @@ impl UwsgiServer {
         server.port = port;
         server.stats_port = match stats_fd {
             Err(fixed) => fixed,
-            Ok(fd) => listening_port_of_fd(server.child.id(), fd)
+            Ok(fd) => listening_port_of_fd(server.process.id(), fd)
                 .with_context(|| format!("cannot find uWSGI's stats port{}", server.log_tail()))?,
         };
 
@@ -348,7 +327,7 @@ impl UwsgiServer {
     }
 
     fn check_alive(&mut self) -> anyhow::Result<()> {
-        if let Some(status) = self.child.try_wait()? {
+        if let Some(status) = self.process.try_wait()? {
             bail!("uWSGI exited with {status}{}", self.log_tail());
         }
         Ok(())
@@ -356,7 +335,7 @@ impl UwsgiServer {
 
     /// The master's pid.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.id()
     }
 
     /// The root it serves.
@@ -498,14 +477,7 @@ impl UwsgiServer {
     /// that only need it gone: a graceful stop in the middle of a chain reload can take
     /// [`STOP_TIMEOUT`].
     pub fn kill(mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            // Not yet reaped, so the group still exists and is ours.
-            let _ = Command::new("kill")
-                .args(["-s", "KILL", "--", &format!("-{}", self.child.id())])
-                .stderr(Stdio::null())
-                .status();
-            let _ = self.child.wait();
-        }
+        self.process.kill();
     }
 
     /// Stops the server (as on drop) and says how it ended.
@@ -514,28 +486,8 @@ impl UwsgiServer {
     }
 
     fn shut_down(&mut self) -> anyhow::Result<std::process::ExitStatus> {
-        if let Some(status) = self.child.try_wait()? {
-            return Ok(status);
-        }
-        // The watchdog sends SIGINT when its stdin closes.
-        drop(self.watchdog.take());
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status);
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        // Not yet reaped, so the group still exists and is ours.
-        let _ = Command::new("kill")
-            .args(["-s", "KILL", "--", &format!("-{}", self.child.id())])
-            .stderr(Stdio::null())
-            .status();
-        let status = self.child.wait()?;
-        bail!(
-            "uWSGI did not stop within {STOP_TIMEOUT:?} of SIGINT and was killed ({status}){}",
-            self.log_tail()
-        )
+        let tail = self.log_tail();
+        self.process.stop(STOP_TIMEOUT, || tail)
     }
 }
 
