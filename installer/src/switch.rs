@@ -102,13 +102,18 @@ impl AppServer for Uwsgi<'_> {
         // 2. Every worker was (re)spawned after the swap: a chain reload replaces them one by
         //    one, and until the last one is replaced some requests still get the old build.
         if let Some(stats) = &h.stats_url {
+            let before = self.before.borrow().clone();
             let mut stall = Stall::new(Instant::now());
             loop {
                 common::fault::point("health:poll");
                 match health::workers(stats, request) {
-                    Ok(ws) if !ws.is_empty() && ws.iter().all(|w| w.last_spawn >= swapped) => break,
+                    Ok(ws)
+                        if !ws.is_empty() && ws.iter().all(|w| is_fresh(w, swapped, &before)) =>
+                    {
+                        break
+                    }
                     Ok(ws) => {
-                        let fresh = ws.iter().filter(|w| w.last_spawn >= swapped).count();
+                        let fresh = ws.iter().filter(|w| is_fresh(w, swapped, &before)).count();
                         if stall.observe(fresh, Instant::now()) {
                             // uWSGI ignores a chain reload asked for while one is still running
                             // ("chain reload already running"), e.g. a restore right after a
@@ -117,11 +122,7 @@ impl AppServer for Uwsgi<'_> {
                             eprintln!("    {fresh} of {} workers replaced and no progress for {}s: asking uWSGI again", ws.len(), STALL.as_secs());
                             self.rerequest()?;
                         }
-                        last = format!(
-                            "{} of {} workers respawned since the swap",
-                            ws.iter().filter(|w| w.last_spawn >= swapped).count(),
-                            ws.len()
-                        )
+                        last = format!("{fresh} of {} workers respawned since the swap", ws.len())
                     }
                     Err(e) => last = format!("{e:#}"),
                 }
@@ -150,6 +151,17 @@ impl AppServer for Uwsgi<'_> {
         }
         Ok(())
     }
+}
+
+/// Whether a worker started after the swap, so it loaded the build `current` names now.
+///
+/// `last_spawn` has whole seconds: a worker that an earlier reload spawned in the swap's own
+/// second (an activation followed at once by a rollback) would pass for new and still serve
+/// the old build. So a worker must also not be one of the processes running when the reload
+/// was asked for (`before`, empty when the stats could not be read then); pid 0 is a slot
+/// whose worker is being respawned.
+fn is_fresh(w: &health::Worker, swapped: i64, before: &[u64]) -> bool {
+    w.pid != 0 && w.last_spawn >= swapped && !before.contains(&w.pid)
 }
 
 /// How long the worker count may stand still before a chain reload is asked for again: well
@@ -474,6 +486,28 @@ mod tests {
         // ...and not again until another full period passes without progress.
         assert!(!stall.observe(2, t0 + Duration::from_secs(11)));
         assert!(stall.observe(2, t0 + Duration::from_secs(15)));
+    }
+
+    #[test]
+    fn a_worker_spawned_in_the_swaps_second_but_before_the_reload_is_not_fresh() {
+        let w = |pid, last_spawn| health::Worker {
+            pid,
+            last_spawn,
+            accepting: true,
+        };
+        let swapped = 1_000;
+        let before = [41, 42];
+        // Spawned by the previous reload in the same second as this swap: still old.
+        assert!(!is_fresh(&w(42, 1_000), swapped, &before));
+        // Spawned before the swap: old, whatever its pid.
+        assert!(!is_fresh(&w(43, 999), swapped, &before));
+        // A new process since the reload was asked for, in or after the swap's second: fresh.
+        assert!(is_fresh(&w(43, 1_000), swapped, &before));
+        assert!(is_fresh(&w(44, 1_001), swapped, &before));
+        // A slot being respawned has no process yet.
+        assert!(!is_fresh(&w(0, 1_001), swapped, &before));
+        // Without a snapshot (stats unreadable at reload time) only the time can tell.
+        assert!(is_fresh(&w(42, 1_000), swapped, &[]));
     }
 
     #[test]
