@@ -99,8 +99,9 @@ impl AppServer for Uwsgi<'_> {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        // 2. Every worker was (re)spawned after the swap: a chain reload replaces them one by
-        //    one, and until the last one is replaced some requests still get the old build.
+        // 2. Every worker was replaced since the swap (see `is_fresh`): a chain reload replaces
+        //    them one by one, and until the last one is replaced some requests still get the
+        //    old build.
         if let Some(stats) = &h.stats_url {
             let before = self.before.borrow().clone();
             let mut stall = Stall::new(Instant::now());
