@@ -108,13 +108,11 @@ impl AppServer for Uwsgi<'_> {
             loop {
                 common::fault::point("health:poll");
                 match health::workers(stats, request) {
-                    Ok(ws)
-                        if !ws.is_empty() && ws.iter().all(|w| is_fresh(w, swapped, &before)) =>
-                    {
-                        break
-                    }
                     Ok(ws) => {
                         let fresh = ws.iter().filter(|w| is_fresh(w, swapped, &before)).count();
+                        if !ws.is_empty() && fresh == ws.len() {
+                            break;
+                        }
                         if stall.observe(fresh, Instant::now()) {
                             // uWSGI ignores a chain reload asked for while one is still running
                             // ("chain reload already running"), e.g. a restore right after a
