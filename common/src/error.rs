@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
+use crate::untrusted::shown;
+
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum BuildNumberError {
     #[error("invalid build name `{}`: expected six digits `NNNNNN` or the tag `BuildNNNNNN`, e.g. `Build000034`", .0.escape_debug())]
@@ -23,12 +25,9 @@ pub enum ManifestError {
         found: u32,
         supported: u32,
     },
-    #[error("`{path}` is not a valid release manifest: {source}")]
-    Parse {
-        path: String,
-        #[source]
-        source: serde_json::Error,
-    },
+    /// `message` is the parser's, which quotes the input: it is kept escaped and capped.
+    #[error("`{path}` is not a valid release manifest: {message}")]
+    Parse { path: String, message: String },
     #[error("`{path}`: {message}")]
     Invalid { path: String, message: String },
     #[error("cannot read `{path}`")]
@@ -78,44 +77,57 @@ pub enum PackError {
     Manifest(#[from] ManifestError),
 }
 
-/// Why the safe reader refused an archive. Each variant names the entry when there is one.
+/// Why the safe reader refused an archive. Each variant names the entry when there is one;
+/// names and targets come from the archive, so they are shown escaped and capped ([`shown`]).
 #[derive(Debug, Error)]
 pub enum UnpackError {
     #[error("destination `{}` already exists: unpack only into a new directory", .0.display())]
     DestinationExists(PathBuf),
-    #[error("entry `{entry}` has an absolute path")]
+    #[error("entry `{}` has an absolute path", shown(.entry))]
     AbsolutePath { entry: String },
-    #[error("entry `{entry}` has a `..` component")]
+    #[error("entry `{}` has a `..` component", shown(.entry))]
     ParentComponent { entry: String },
-    #[error("entry `{entry}` has an empty, `.` or non-UTF-8 path component")]
+    #[error("entry `{}` has an empty, `.` or non-UTF-8 path component", shown(.entry))]
     BadPath { entry: String },
-    #[error("symlink `{entry}` points to absolute path `{target}`")]
+    #[error("entry `{}` {reason}", shown(.entry))]
+    BadName { entry: String, reason: String },
+    #[error("symlink `{}` points to absolute path `{}`", shown(.entry), shown(.target))]
     AbsoluteLink { entry: String, target: String },
-    #[error("symlink `{entry}` -> `{target}` leaves the release tree")]
+    #[error("symlink `{}` -> `{}` leaves the release tree", shown(.entry), shown(.target))]
     LinkEscapes { entry: String, target: String },
-    #[error("entry `{entry}` passes through symlink `{link}`")]
+    #[error("symlink `{}` -> `{}` {reason}", shown(.entry), shown(.target))]
+    UnsafeLink {
+        entry: String,
+        target: String,
+        reason: String,
+    },
+    #[error("entry `{}` is inside `{owned}`, which the installer creates on the server: an archive must not contain it", shown(.entry))]
+    InstallerOwned { entry: String, owned: String },
+    #[error("entry `{}` passes through symlink `{}`", shown(.entry), shown(.link))]
     ThroughSymlink { entry: String, link: String },
-    #[error("entry `{entry}` is a hard link, which release archives never contain")]
+    #[error("entry `{}` is a hard link, which release archives never contain", shown(.entry))]
     HardLink { entry: String },
-    #[error("entry `{entry}` is a {kind}, which release archives never contain")]
+    #[error("entry `{}` is a {kind}, which release archives never contain", shown(.entry))]
     SpecialFile { entry: String, kind: &'static str },
-    #[error("entry `{entry}` has mode {mode:04o} with a setuid, setgid or sticky bit")]
+    #[error("the archive has a GNU sparse entry, which release archives never contain ({})", shown(.0))]
+    Sparse(String),
+    #[error("entry `{}` has mode {mode:04o} with a setuid, setgid or sticky bit", shown(.entry))]
     PrivilegedMode { entry: String, mode: u32 },
-    #[error("entry `{entry}` has mode {mode:04o}; release archives use only 0644 and 0755")]
+    #[error("entry `{}` has mode {mode:04o}; release archives use only 0644 and 0755", shown(.entry))]
     UnexpectedMode { entry: String, mode: u32 },
-    #[error("entry `{entry}` appears more than once")]
+    #[error("entry `{}` appears more than once", shown(.entry))]
     Duplicate { entry: String },
-    #[error("entry `{entry}` is not listed in the manifest")]
+    #[error("entry `{}` is not listed in the manifest", shown(.entry))]
     NotInManifest { entry: String },
-    #[error("{count} manifest entries are missing from the archive, first `{first}`")]
+    #[error("{count} manifest entries are missing from the archive, first `{}`", shown(.first))]
     MissingEntries { first: String, count: usize },
-    #[error("entry `{entry}` does not match the manifest: {what}")]
+    #[error("entry `{}` does not match the manifest: {}", shown(.entry), shown(.what))]
     ManifestMismatch { entry: String, what: String },
     #[error("the archive's `release.json` differs from the sidecar: the artifact and its sidecar do not belong together")]
     EmbeddedSidecarMismatch,
     #[error("the archive has no `release.json`")]
     EmbeddedSidecarMissing,
-    #[error("entry `{entry}` would take the unpacked size past the limit of {limit} bytes (possible decompression bomb)")]
+    #[error("entry `{}` would take the unpacked size past the limit of {limit} bytes (possible decompression bomb)", shown(.entry))]
     TooLarge { entry: String, limit: u64 },
     #[error("the archive expands more than {limit}:1 (possible decompression bomb)")]
     RatioTooHigh { limit: u64 },
@@ -123,7 +135,7 @@ pub enum UnpackError {
     ArchiveHash { expected: String, actual: String },
     #[error("archive size mismatch: the sidecar says {expected} bytes, the file has {actual}")]
     ArchiveSize { expected: u64, actual: u64 },
-    #[error("the archive is corrupt or truncated: {0}")]
+    #[error("the archive is corrupt or truncated: {}", shown(.0))]
     Corrupt(String),
     #[error("the archive has data after its end")]
     TrailingData,
@@ -166,6 +178,29 @@ pub enum StoreError {
         store: String,
         key: String,
         reason: String,
+    },
+    /// More bytes than the object may have: the download stopped one byte past `limit`.
+    #[error("`{key}` in `{store}` is larger than {what} ({limit} bytes){}: stopped reading there; it was replaced or appended to after publishing, do not install it — publish the release again from the builder", .actual.map(|n| format!(", it has {n}")).unwrap_or_default())]
+    TooLarge {
+        store: String,
+        key: String,
+        /// What sets the limit, e.g. "its sidecar says".
+        what: String,
+        limit: u64,
+        actual: Option<u64>,
+    },
+    #[error("`{key}` in `{store}` is a {kind}, not a file: no publish writes that; remove it and publish the release again")]
+    NotAFile {
+        store: String,
+        key: String,
+        kind: &'static str,
+    },
+    #[error("`{key}` in `{store}` is the sidecar of {}, not of {wanted}: a replayed or mis-published sidecar; do not install it — publish {wanted} again from the builder, or remove the object", shown(.found))]
+    WrongRelease {
+        store: String,
+        key: String,
+        found: String,
+        wanted: String,
     },
     #[error("store `{store}`: {op} `{key}` failed: {message}")]
     Backend {
@@ -243,6 +278,9 @@ pub fn exit_code_for(err: &(dyn std::error::Error + 'static)) -> crate::report::
                         | StoreError::Conflict { .. }
                         | StoreError::SignatureConflict { .. }
                         | StoreError::Corrupt { .. }
+                        | StoreError::TooLarge { .. }
+                        | StoreError::NotAFile { .. }
+                        | StoreError::WrongRelease { .. }
                         | StoreError::NotFound { .. }
                         // Transparent: its source is the manifest error's source, not the
                         // manifest error, so the walk below would never see it.
@@ -259,11 +297,15 @@ pub fn exit_code_for(err: &(dyn std::error::Error + 'static)) -> crate::report::
 
 /// Prints an error and its causes to stderr the way both binaries do, and returns the exit
 /// code it deserves (see [`exit_code_for`]).
+///
+/// Every line goes through [`crate::untrusted::message`]: a message can quote what the store
+/// or an archive holds, and must not be able to rewrite the operator's terminal.
 pub fn report_failure(err: &(dyn std::error::Error + 'static)) -> crate::report::ExitCode {
-    eprintln!("error: {err}");
+    use crate::untrusted::message;
+    eprintln!("error: {}", message(&err.to_string()));
     let mut cause = err.source();
     while let Some(c) = cause {
-        eprintln!("  caused by: {c}");
+        eprintln!("  caused by: {}", message(&c.to_string()));
         cause = c.source();
     }
     exit_code_for(err)

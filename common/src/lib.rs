@@ -16,6 +16,7 @@
 //! - [`error`]: the error enums the above return.
 //! - [`clidocs`]: man pages and shell completions rendered from a binary's clap definition.
 //! - [`fault`]: the crash tests' fault-injection hook (real only with `fault-injection`).
+//! - [`untrusted`]: text from the store or an archive made safe to print (escaped, capped).
 
 pub mod archive;
 pub mod atomic;
@@ -28,6 +29,7 @@ pub mod manifest;
 pub mod progress;
 pub mod report;
 pub mod store;
+pub mod untrusted;
 
 pub use build_number::BuildNumber;
 pub use hash::Blake3Hash;

@@ -11,6 +11,7 @@ use std::path::Path;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::ManifestError;
+use crate::untrusted::shown;
 use crate::{Blake3Hash, BuildNumber};
 
 /// The newest manifest schema this code writes and understands.
@@ -21,6 +22,18 @@ pub const RELEASE_JSON: &str = "release.json";
 pub const BUILD_LOG_JSON: &str = "build-log.json";
 /// The minisign signature of the sidecar's exact bytes, beside it (locally and in the store).
 pub const RELEASE_SIGNATURE: &str = "release.json.minisig";
+
+/// Most bytes a `release.json` may have. It lists every file (about 250 bytes each), so this
+/// allows well over 100,000 files, and anything larger is refused before it is read whole.
+pub const MAX_SIDECAR_BYTES: u64 = 32 << 20;
+
+/// The release's virtualenv, which the installer builds on the server.
+pub const VENV_DIR: &str = "venv";
+/// The marker `installer adopt` writes into the release that stands for an adopted checkout.
+pub const LEGACY_MARKER: &str = "legacy.json";
+/// Paths at a release's root that only the installer creates: an archive never contains them,
+/// or it could pass for a finished virtualenv or an adopted checkout.
+pub const INSTALLER_OWNED: [&str; 2] = [VENV_DIR, LEGACY_MARKER];
 
 /// A file mode as the archive records it, serialised as four octal digits (`"0644"`).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -50,7 +63,8 @@ impl<'de> Deserialize<'de> for Mode {
         match u32::from_str_radix(&s, 8) {
             Ok(m) if s.len() == 4 && m <= 0o7777 => Ok(Mode(m)),
             _ => Err(serde::de::Error::custom(format!(
-                "invalid mode `{s}`: expected four octal digits"
+                "invalid mode `{}`: expected four octal digits",
+                crate::untrusted::shown(&s)
             ))),
         }
     }
@@ -153,15 +167,26 @@ impl ReleaseManifest {
         if self.tag != self.build.tag() {
             return Err(invalid(format!(
                 "tag `{}` does not match build {:#}",
-                self.tag, self.build
+                shown(&self.tag),
+                self.build
             )));
         }
-        for path in self.files.keys() {
-            validate_relative_path(path).map_err(|m| invalid(format!("file `{path}`: {m}")))?;
+        for (path, entry) in &self.files {
+            validate_relative_path(path)
+                .map_err(|m| invalid(format!("file `{}`: {m}", shown(path))))?;
             if path == RELEASE_JSON {
                 return Err(invalid(format!(
                     "`{RELEASE_JSON}` must not be listed among the files"
                 )));
+            }
+            if let FileEntry::Symlink { target } = entry {
+                validate_link_target(target).map_err(|m| {
+                    invalid(format!(
+                        "symlink `{}` -> `{}`: {m}",
+                        shown(path),
+                        shown(target)
+                    ))
+                })?;
             }
         }
         Ok(())
@@ -262,9 +287,9 @@ impl Sidecar {
 
     /// Parses and validates; `origin` names the source in error messages.
     pub fn from_bytes(bytes: &[u8], origin: &str) -> Result<Self, ManifestError> {
-        let parse = |source| ManifestError::Parse {
+        let parse = |source: serde_json::Error| ManifestError::Parse {
             path: origin.to_owned(),
-            source,
+            message: crate::untrusted::shown(&source.to_string()),
         };
         // Look at the version first so a future format gets "upgrade", not a field error.
         let probe: SchemaProbe = serde_json::from_slice(bytes).map_err(parse)?;
@@ -284,7 +309,10 @@ impl Sidecar {
             if a.file_name != expected {
                 return Err(ManifestError::Invalid {
                     path: origin.to_owned(),
-                    message: format!("archive file name `{}` should be `{expected}`", a.file_name),
+                    message: format!(
+                        "archive file name `{}` should be `{expected}`",
+                        crate::untrusted::shown(&a.file_name)
+                    ),
                 });
             }
         }
@@ -375,7 +403,46 @@ pub fn validate_app_name(app: &str) -> Result<(), String> {
     }
 }
 
-/// A manifest path: `/`-separated, relative, no empty, `.` or `..` components, no NUL.
+/// Longest path a release may hold, in bytes: far beyond any real tree, and short enough that
+/// the server root plus a temporary directory name in front of it stays below `PATH_MAX`.
+pub const MAX_PATH_BYTES: usize = 1024;
+/// Longest path component, in bytes (`NAME_MAX` of every Linux filesystem).
+pub const MAX_NAME_BYTES: usize = 255;
+
+/// What is wrong with a name's length or characters, if anything (shared by every check of a
+/// path that came from outside).
+pub fn check_name_text(path: &str) -> Result<(), String> {
+    if path.len() > MAX_PATH_BYTES {
+        return Err(format!(
+            "is {} bytes long; release paths have at most {MAX_PATH_BYTES}",
+            path.len()
+        ));
+    }
+    if let Some(c) = path.split('/').find(|c| c.len() > MAX_NAME_BYTES) {
+        return Err(format!(
+            "has a component of {} bytes; a file name has at most {MAX_NAME_BYTES}",
+            c.len()
+        ));
+    }
+    if path.chars().any(crate::untrusted::is_unprintable) {
+        return Err("contains a control character".into());
+    }
+    Ok(())
+}
+
+/// A symlink target as a manifest may hold it: relative, of a sane length, printable.
+pub fn validate_link_target(target: &str) -> Result<(), String> {
+    if target.is_empty() {
+        return Err("empty target".into());
+    }
+    if target.contains('\0') {
+        return Err("NUL in target".into());
+    }
+    check_name_text(target).map_err(|m| format!("target {m}"))
+}
+
+/// A manifest path: `/`-separated, relative, no empty, `.` or `..` components, no NUL or other
+/// control character, at most [`MAX_PATH_BYTES`] with components of [`MAX_NAME_BYTES`].
 pub fn validate_relative_path(path: &str) -> Result<(), String> {
     if path.is_empty() {
         return Err("empty path".into());
@@ -386,6 +453,7 @@ pub fn validate_relative_path(path: &str) -> Result<(), String> {
     if path.contains('\0') {
         return Err("NUL in path".into());
     }
+    check_name_text(path).map_err(|m| format!("path {m}"))?;
     for c in path.split('/') {
         match c {
             "" | "." => return Err("empty or `.` component".into()),

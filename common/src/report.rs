@@ -150,7 +150,8 @@ impl Report {
     pub fn finish(&mut self, outcome: Outcome, error: Option<String>) {
         self.outcome = outcome;
         self.exit_code = outcome.exit_code().code();
-        self.error = error;
+        // It may quote what the store held: capped, and safe for whoever prints it raw.
+        self.error = error.map(|e| crate::untrusted::message(&e));
     }
 
     pub fn to_json(&self) -> String {

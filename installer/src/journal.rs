@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use common::report::Outcome;
+use common::report::{ExitCode, Outcome};
 use common::BuildNumber;
 use serde::{Deserialize, Serialize};
 
@@ -80,13 +80,45 @@ pub struct Journal {
     /// While a run is still checking its input, its records wait here: a refusal replaces them
     /// with one `refused` record (see [`Journal::hold`]).
     held: RefCell<Option<Vec<Record>>>,
+    /// This process's `started` record that no `finished` record has closed yet.
+    open_run: RefCell<Option<Record>>,
 }
+
+/// Most bytes of a record's `detail`: it can quote what the store held, and a refusal must not
+/// grow the journal by more than a line.
+const MAX_DETAIL_BYTES: usize = 4 << 10;
 
 impl Journal {
     pub fn new(path: &Path) -> Self {
         Self {
             path: path.to_owned(),
             held: RefCell::new(None),
+            open_run: RefCell::new(None),
+        }
+    }
+
+    /// Ends this process's run with a `finished` record when an error cut it short after its
+    /// `started` record, so `status` tells how it ended instead of showing an earlier run as
+    /// the last one. Nothing when the command succeeded or no run is open.
+    pub fn close_on_error<T>(&self, result: &anyhow::Result<T>) {
+        let Err(e) = result else {
+            return;
+        };
+        let Some(started) = self.open_run.borrow_mut().take() else {
+            return;
+        };
+        let outcome = match common::error::exit_code_for(e.as_ref()) {
+            ExitCode::BadInput => Outcome::BadInput,
+            ExitCode::Locked => Outcome::Locked,
+            _ => Outcome::Failed,
+        };
+        let detail = format!("{e:#}");
+        let mut r = Record::new(&started.command, Event::Finished, started.build);
+        r.previous = started.previous;
+        r.outcome = Some(outcome);
+        r.detail = Some(detail);
+        if let Err(e) = self.append(&r) {
+            eprintln!("warning: cannot write the journal: {e:#}");
         }
     }
 
@@ -120,6 +152,7 @@ impl Journal {
         detail: String,
     ) -> anyhow::Result<()> {
         self.held.borrow_mut().take();
+        self.open_run.borrow_mut().take();
         let mut r = Record::new(command, Event::Refused, build);
         r.previous = previous;
         r.outcome = Some(Outcome::BadInput);
@@ -130,6 +163,11 @@ impl Journal {
     /// Appends one record durably (or holds it, see [`Journal::hold`]). A torn last line
     /// (crash mid-write) is skipped by `read`.
     pub fn append(&self, record: &Record) -> anyhow::Result<()> {
+        match record.event {
+            Event::Started => *self.open_run.borrow_mut() = Some(record.clone()),
+            Event::Finished => *self.open_run.borrow_mut() = None,
+            _ => {}
+        }
         if let Some(held) = self.held.borrow_mut().as_mut() {
             held.push(record.clone());
             return Ok(());
@@ -138,6 +176,21 @@ impl Journal {
     }
 
     fn write(&self, record: &Record) -> anyhow::Result<()> {
+        let capped;
+        let record = match &record.detail {
+            Some(d) if d.len() > MAX_DETAIL_BYTES => {
+                let mut end = MAX_DETAIL_BYTES;
+                while !d.is_char_boundary(end) {
+                    end -= 1;
+                }
+                capped = Record {
+                    detail: Some(format!("{}…(cut: {} bytes in all)", &d[..end], d.len())),
+                    ..record.clone()
+                };
+                &capped
+            }
+            _ => record,
+        };
         let mut line = serde_json::to_string(record)?;
         line.push('\n');
         let mut f = OpenOptions::new()

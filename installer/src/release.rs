@@ -7,8 +7,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use common::error::BadInput;
-use common::manifest::{FileEntry, RELEASE_JSON};
+use common::archive::links::Reserved;
+use common::archive::reader::check_manifest;
+use common::error::{BadInput, UnpackError};
+use common::manifest::{FileEntry, LEGACY_MARKER, RELEASE_JSON, VENV_DIR};
 use common::{atomic, Blake3Hash, BuildNumber, Sidecar};
 
 use crate::config::InstallerConfig;
@@ -90,13 +92,86 @@ pub fn shared_paths(config: &InstallerConfig) -> BTreeSet<String> {
         .collect()
 }
 
+/// What the archive does not decide in a release on this server: the paths the installer
+/// creates, and those it replaces with links to `shared/`.
+pub fn reserved(config: &InstallerConfig) -> Reserved {
+    Reserved::installer_owned().with_linked(shared_paths(config))
+}
+
+/// Whether `release` is the adopted checkout: links into the operator's own tree, no manifest.
+/// An archive cannot make one (the reader refuses `legacy.json`), and a release unpacked
+/// before that rule has its `release.json`.
+pub fn is_legacy(release: &Path) -> bool {
+    fs::symlink_metadata(release.join(LEGACY_MARKER)).is_ok_and(|m| m.is_file())
+        && fs::symlink_metadata(release.join(RELEASE_JSON)).is_err()
+}
+
+/// Most bytes of a release's text file (template, version hash) the installer reads.
+const MAX_RELEASE_TEXT: u64 = 1 << 20;
+
+/// Where `rel` of `release` really is, when it exists and stays inside the release once every
+/// link is followed — so never a server file in `shared/` that a link leads to. A link that
+/// leads out is refused (bad input): such a release cannot come from a verified archive.
+/// The adopted checkout's links lead into the checkout by design and are followed.
+pub fn resolve_in_release(release: &Path, rel: &str) -> anyhow::Result<Option<PathBuf>> {
+    let path = release.join(rel);
+    let real = match fs::canonicalize(&path) {
+        Ok(p) => p,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot resolve `{}`", path.display())),
+    };
+    if is_legacy(release) {
+        return Ok(Some(real));
+    }
+    let root = fs::canonicalize(release)
+        .with_context(|| format!("cannot resolve `{}`", release.display()))?;
+    if !real.starts_with(&root) {
+        bail!(BadInput(format!(
+            "`{}` leads out of the release, to `{}`: the installer reads a release's own files only; move the release away and activate it again from the store",
+            path.display(),
+            real.display()
+        )));
+    }
+    Ok(Some(real))
+}
+
+/// Reads a text file of a release (see [`resolve_in_release`]): only a regular file inside the
+/// release, at most 1 MiB. `None` when it does not exist.
+pub fn read_in_release(release: &Path, rel: &str) -> anyhow::Result<Option<String>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let Some(real) = resolve_in_release(release, rel)? else {
+        return Ok(None);
+    };
+    let shown = release.join(rel);
+    let f = fs::File::options()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(&real)
+        .with_context(|| format!("cannot open `{}`", shown.display()))?;
+    if !f.metadata().is_ok_and(|m| m.is_file()) {
+        bail!(BadInput(format!(
+            "`{}` is not a regular file",
+            shown.display()
+        )));
+    }
+    let mut bytes = Vec::new();
+    f.take(MAX_RELEASE_TEXT + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read `{}`", shown.display()))?;
+    if bytes.len() as u64 > MAX_RELEASE_TEXT {
+        bail!(BadInput(format!(
+            "`{}` is larger than {MAX_RELEASE_TEXT} bytes, which no such file of a release is",
+            shown.display()
+        )));
+    }
+    Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
+}
+
 /// The release's `VERSION_HASH` (the commit it was built from).
 pub fn version_hash(release: &Path, config: &InstallerConfig) -> anyhow::Result<Option<String>> {
-    let path = release.join(&config.version_hash_file);
-    let text = match fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("cannot read `{}`", path.display())),
+    let Some(text) = read_in_release(release, &config.version_hash_file)? else {
+        return Ok(None);
     };
     let value = text.lines().find_map(|l| {
         l.trim().strip_prefix("VERSION_HASH").map(|r| {
@@ -117,12 +192,23 @@ pub fn version_hash(release: &Path, config: &InstallerConfig) -> anyhow::Result<
     }))
 }
 
+/// Whether [`link_static`] may re-point a link that another release on disk already has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StaticLink {
+    /// Before the swap: a link that serves another release (two builds of one commit) is left
+    /// as it is, so the live site keeps its own static files if this build never goes live.
+    Claim,
+    /// The build is live (or being made live again): the link is its.
+    TakeOver,
+}
+
 /// `static/<VERSION_HASH> -> ../releases/BuildNNNNNN/<static_root>`, so pages of every kept
-/// release find their static files.
+/// release find their static files. Returns the hash, when the release has one.
 pub fn link_static(
     layout: &Layout,
     config: &InstallerConfig,
     build: BuildNumber,
+    how: StaticLink,
 ) -> anyhow::Result<Option<String>> {
     let release = layout.release(build);
     let Some(hash) = version_hash(&release, config)? else {
@@ -132,8 +218,27 @@ pub fn link_static(
         .join("releases")
         .join(build.tag())
         .join(&config.static_root);
-    atomic::replace_symlink(&target, &layout.static_dir().join(&hash))?;
+    let link = layout.static_dir().join(&hash);
+    if how == StaticLink::Claim {
+        if let Some(other) = static_owner(layout, &link).filter(|b| *b != build) {
+            eprintln!(
+                "    `static/{hash}` serves {other:#} (the same commit); it is re-pointed at {build:#} once {build:#} is live"
+            );
+            return Ok(Some(hash));
+        }
+    }
+    if fs::read_link(&link).ok().as_deref() != Some(target.as_path()) {
+        atomic::replace_symlink(&target, &link)?;
+    }
     Ok(Some(hash))
+}
+
+/// The release a static link leads into, when that release is still on disk.
+fn static_owner(layout: &Layout, link: &Path) -> Option<BuildNumber> {
+    let target = fs::read_link(link).ok()?;
+    let mut parts = target.components().skip(2);
+    let build = BuildNumber::parse(parts.next()?.as_os_str().to_str()?).ok()?;
+    layout.release(build).is_dir().then_some(build)
 }
 
 /// Builds `venv/` from the release's own wheels only (no index). Reused when complete.
@@ -142,11 +247,22 @@ pub fn build_venv(
     release: &Path,
     lock: &DeployLock,
 ) -> anyhow::Result<bool> {
-    let venv = release.join("venv");
+    let venv = release.join(VENV_DIR);
     if venv.join(VENV_COMPLETE).is_file() {
         return Ok(false);
     }
     atomic::remove_tree(&venv)?;
+    // pip reads these, and prints what it cannot parse: they must be the release's own files.
+    resolve_in_release(release, "requirements.txt")?;
+    if let Some(wheels) = resolve_in_release(release, "wheels")? {
+        for e in fs::read_dir(&wheels)
+            .with_context(|| format!("cannot read `{}`", wheels.display()))?
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            resolve_in_release(release, &format!("wheels/{name}"))?;
+        }
+    }
     let py = &config.python;
     let install_args: Vec<String> = if release.join("requirements.txt").is_file() {
         procs::argv(&[
@@ -239,25 +355,38 @@ fn pip_supports_python_option(python: &str) -> bool {
 }
 
 /// A line diff of the production template between two releases, when it changed.
+///
+/// Each side is read only from inside its release ([`read_in_release`]): a template that is a
+/// link to the server's `production.py` would otherwise print its secrets. A side that cannot
+/// be read that way counts as changed, and the diff says why instead of showing it.
 pub fn template_change(
     config: &InstallerConfig,
     old_release: &Path,
     new_release: &Path,
 ) -> anyhow::Result<Option<String>> {
-    let read =
-        |dir: &Path| fs::read_to_string(dir.join(&config.production_template)).unwrap_or_default();
+    let read = |dir: &Path| read_in_release(dir, &config.production_template);
     let (old, new) = (read(old_release), read(new_release));
-    if old == new {
-        return Ok(None);
+    if let (Ok(old), Ok(new)) = (&old, &new) {
+        if old == new {
+            return Ok(None);
+        }
     }
+    let mut diff = String::new();
+    let lines = |side: &anyhow::Result<Option<String>>, diff: &mut String| match side {
+        Ok(text) => text.clone().unwrap_or_default(),
+        Err(e) => {
+            diff.push_str(&format!("! not compared: {e:#}\n"));
+            String::new()
+        }
+    };
+    let (old, new) = (lines(&old, &mut diff), lines(&new, &mut diff));
     let old_lines: BTreeSet<&str> = old.lines().collect();
     let new_lines: BTreeSet<&str> = new.lines().collect();
-    let mut diff = String::new();
     for l in old.lines().filter(|l| !new_lines.contains(l)) {
-        diff.push_str(&format!("- {l}\n"));
+        diff.push_str(&format!("- {}\n", common::untrusted::message(l)));
     }
     for l in new.lines().filter(|l| !old_lines.contains(l)) {
-        diff.push_str(&format!("+ {l}\n"));
+        diff.push_str(&format!("+ {}\n", common::untrusted::message(l)));
     }
     Ok(Some(diff))
 }
@@ -283,7 +412,9 @@ impl Drift {
     }
 }
 
-/// Re-hashes a release against its manifest.
+/// Re-hashes a release against its manifest, and judges its manifest by today's rules: a
+/// release unpacked before a rule existed (a link into `shared/`, a path the installer owns)
+/// is drift too.
 pub fn verify(config: &InstallerConfig, release: &Path) -> anyhow::Result<Drift> {
     let sidecar = manifest_of(release)?;
     let shared = shared_paths(config);
@@ -293,6 +424,17 @@ pub fn verify(config: &InstallerConfig, release: &Path) -> anyhow::Result<Drift>
             .any(|s| p == s || p.starts_with(&format!("{s}/")))
     };
     let mut drift = Drift::default();
+    if let Err(e) = check_manifest(&sidecar, &reserved(config)) {
+        let entry = match &e {
+            UnpackError::InstallerOwned { entry, .. }
+            | UnpackError::UnsafeLink { entry, .. }
+            | UnpackError::LinkEscapes { entry, .. } => entry.clone(),
+            _ => String::new(),
+        };
+        drift
+            .changed
+            .push((entry, format!("refused by the installer: {e}")));
+    }
     for (path, entry) in &sidecar.manifest.files {
         if under_shared(path) {
             continue;
@@ -346,7 +488,7 @@ pub fn verify(config: &InstallerConfig, release: &Path) -> anyhow::Result<Drift>
             .into_owned();
         let name = entry.file_name().to_string_lossy();
         let ours =
-            rel == "venv" || rel == RELEASE_JSON || name == "__pycache__" || under_shared(&rel);
+            rel == VENV_DIR || rel == RELEASE_JSON || name == "__pycache__" || under_shared(&rel);
         if ours {
             if entry.file_type().is_dir() {
                 walk.skip_current_dir();

@@ -291,12 +291,13 @@ pub fn switch(
     build: BuildNumber,
     previous: Option<BuildNumber>,
 ) -> anyhow::Result<Switched> {
+    let whole = *server;
     let Server {
         layout,
         config,
         app: server,
         journal,
-    } = *server;
+    } = whole;
     let timeout = Duration::from_secs(config.health.timeout_secs);
     let t = Instant::now();
     let swapped_at = if layout.current_build()? == Some(build) {
@@ -310,6 +311,9 @@ pub fn switch(
         layout.set_current(build)?;
         at
     };
+    // Two builds of one commit share `static/<VERSION_HASH>`: it follows `current`, so the
+    // pages being served always find their own build's files (and a restore takes it back).
+    take_static_link(&whole, report, build);
     common::fault::point("switch:after-swap");
     phase_done(journal, report, command, build, "swap", t, true);
     eprintln!(
@@ -356,6 +360,7 @@ pub fn switch(
     let restore = (|| -> anyhow::Result<()> {
         let at = SystemTime::now();
         layout.set_current(previous)?;
+        take_static_link(&whole, report, previous);
         server
             .reload()
             .context("reload after swapping back failed")?;
@@ -378,6 +383,22 @@ pub fn switch(
             "{e:#}; `current` points at {previous:#}: check the application server (uWSGI) and its log, then run `installer status`"
         ))),
     })
+}
+
+/// Points `build`'s static link at it even when another release has it; a failure is a warning
+/// (the release is already live, only a page of another build of the same commit may lack a
+/// file).
+fn take_static_link(server: &Server<'_>, report: &mut Report, build: BuildNumber) {
+    if let Err(e) = crate::release::link_static(
+        server.layout,
+        server.config,
+        build,
+        crate::release::StaticLink::TakeOver,
+    ) {
+        let w = format!("cannot point the static link at {build:#}: {e:#}");
+        eprintln!("warning: {w}");
+        report.warnings.push(w);
+    }
 }
 
 /// Records a finished phase in the report and the journal.

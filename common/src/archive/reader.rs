@@ -19,20 +19,23 @@ use std::time::{Duration, SystemTime};
 
 use flate2::bufread::GzDecoder;
 
-use crate::archive::links::{check_link_target, find_escaping_link};
+use crate::archive::links::{check_link_target, find_unsafe_link, LinkProblem, Reserved};
 use crate::atomic;
 use crate::error::{FsError, UnpackError};
 use crate::hash::HashingReader;
-use crate::manifest::{FileEntry, Mode, Sidecar, RELEASE_JSON};
+use crate::manifest::{FileEntry, Mode, Sidecar, MAX_SIDECAR_BYTES, RELEASE_JSON};
 use crate::Blake3Hash;
 
-/// Limits against decompression bombs.
+/// Limits against decompression bombs, and the paths the archive does not decide.
 #[derive(Debug, Clone)]
 pub struct UnpackOptions {
     /// Most bytes the unpacked tree may hold (file contents).
     pub max_unpacked_bytes: u64,
     /// Most the decompressed stream may expand relative to the compressed archive.
     pub max_ratio: u64,
+    /// Paths the installer creates or replaces in the unpacked tree (none by default: a plain
+    /// archive). Entries at owned paths are refused, and no link may lead to any of them.
+    pub reserved: Reserved,
 }
 
 impl Default for UnpackOptions {
@@ -40,6 +43,7 @@ impl Default for UnpackOptions {
         Self {
             max_unpacked_bytes: 8 << 30,
             max_ratio: 200,
+            reserved: Reserved::default(),
         }
     }
 }
@@ -55,8 +59,6 @@ pub struct Unpacked {
 
 /// Decompressed block size handed from the inflating thread to the writing thread.
 const BLOCK: usize = 256 * 1024;
-/// The embedded `release.json` is read into memory; anything this large is not a sidecar.
-const MAX_EMBEDDED_SIDECAR: u64 = 256 << 20;
 
 /// Verifies `archive` against `sidecar` and unpacks it into `dest`, which must not exist.
 /// On any error nothing is left behind.
@@ -88,6 +90,7 @@ pub fn unpack(
         });
     }
     check_declared_size(sidecar, size, options)?;
+    check_manifest(sidecar, &options.reserved)?;
     let tmp = atomic::temp_sibling(dest, "unpack");
     fs::create_dir(&tmp).map_err(|e| FsError::new("cannot create directory", &tmp, e))?;
     let result = unpack_into(file, size, sidecar, &tmp, options).and_then(|summary| {
@@ -148,6 +151,62 @@ fn check_declared_size(
         });
     }
     Ok(())
+}
+
+/// Refuses, before a byte is written, a manifest that lists a path the installer owns or a link
+/// that does not lead to an entry of the release, or leads to, into or above a reserved path.
+/// The archive must match the manifest exactly, so this judges the tree that would be unpacked.
+pub fn check_manifest(sidecar: &Sidecar, reserved: &Reserved) -> Result<(), UnpackError> {
+    if let Some((entry, owned)) = sidecar
+        .manifest
+        .files
+        .keys()
+        .find_map(|k| reserved.owned_by(k).map(|o| (k, o)))
+    {
+        return Err(UnpackError::InstallerOwned {
+            entry: entry.clone(),
+            owned: owned.to_owned(),
+        });
+    }
+    // One link's own text first: it names the plainest mistake.
+    for (entry, e) in &sidecar.manifest.files {
+        if let FileEntry::Symlink { target } = e {
+            if target.starts_with('/') {
+                return Err(UnpackError::AbsoluteLink {
+                    entry: entry.clone(),
+                    target: target.clone(),
+                });
+            }
+            if check_link_target(entry, target).is_err() {
+                return Err(UnpackError::LinkEscapes {
+                    entry: entry.clone(),
+                    target: target.clone(),
+                });
+            }
+        }
+    }
+    match find_unsafe_link(&sidecar.manifest.files, reserved) {
+        None => Ok(()),
+        Some((entry, target, LinkProblem::Escapes)) => {
+            Err(UnpackError::LinkEscapes { entry, target })
+        }
+        Some((entry, target, problem)) => Err(UnpackError::UnsafeLink {
+            entry,
+            target,
+            reason: problem.reason(),
+        }),
+    }
+}
+
+/// The tar parser's errors name what it choked on only vaguely; a GNU sparse header (which no
+/// release contains) is said to be one.
+fn parse_error(e: io::Error) -> UnpackError {
+    let text = e.to_string();
+    if text.contains("sparse") || text.contains("real_size") {
+        UnpackError::Sparse(text)
+    } else {
+        UnpackError::Corrupt(text)
+    }
 }
 
 /// What the inflating thread reports when it is done.
@@ -324,12 +383,24 @@ fn write_entries(
     let mut embedded_ok = false;
     let mut buf = vec![0u8; BLOCK];
     let corrupt = |e: io::Error| UnpackError::Corrupt(e.to_string());
-    for entry in archive.entries().map_err(corrupt)? {
-        let mut entry = entry.map_err(corrupt)?;
+    for entry in archive.entries().map_err(parse_error)? {
+        let mut entry = entry.map_err(parse_error)?;
         crate::fault::point("unpack:entry");
         let raw = entry.path_bytes().into_owned();
         let kind = entry.header().entry_type();
+        if kind.is_gnu_sparse() {
+            return Err(UnpackError::Sparse(format!(
+                "entry `{}`",
+                crate::untrusted::shown_bytes(&raw)
+            )));
+        }
         let name = check_path(&raw, kind.is_dir())?;
+        if let Some(owned) = options.reserved.owned_by(&name) {
+            return Err(UnpackError::InstallerOwned {
+                entry: name,
+                owned: owned.to_owned(),
+            });
+        }
         if !seen.insert(name.clone()) {
             return Err(UnpackError::Duplicate { entry: name });
         }
@@ -396,7 +467,7 @@ fn write_entries(
         // The entry's real size: a PAX `size` record overrides the header's field.
         let size = entry.size();
         if name == RELEASE_JSON {
-            if kind.is_dir() || kind == tar::EntryType::Symlink || size > MAX_EMBEDDED_SIDECAR {
+            if kind.is_dir() || kind == tar::EntryType::Symlink || size > MAX_SIDECAR_BYTES {
                 return Err(UnpackError::EmbeddedSidecarMismatch);
             }
             // Compared by hash and length as it streams to disk: it lists every file, so holding
@@ -529,10 +600,6 @@ fn write_entries(
     if !embedded_ok {
         return Err(UnpackError::EmbeddedSidecarMissing);
     }
-    // Only now is every link known: a link may escape through another that comes after it.
-    if let Some((entry, target)) = find_escaping_link(&manifest.files) {
-        return Err(UnpackError::LinkEscapes { entry, target });
-    }
     let missing: Vec<&String> = manifest
         .files
         .keys()
@@ -575,6 +642,10 @@ fn check_path(raw: &[u8], is_dir: bool) -> Result<String, UnpackError> {
             entry: text.to_owned(),
         });
     }
+    crate::manifest::check_name_text(trimmed).map_err(|reason| UnpackError::BadName {
+        entry: text.to_owned(),
+        reason: format!("is refused: the name {reason}"),
+    })?;
     Ok(trimmed.to_owned())
 }
 

@@ -19,7 +19,7 @@ use std::thread;
 
 use flate2::{Compress, Compression, FlushCompress, Status};
 
-use crate::archive::links::{check_link_target, find_escaping_link};
+use crate::archive::links::{check_link_target, find_unsafe_link, Reserved};
 use crate::atomic;
 use crate::error::{FsError, PackError};
 use crate::hash::HashingWriter;
@@ -143,11 +143,12 @@ fn pack_to(
     let mut pipeline = Pipeline::start(file, dest.to_owned(), threads)?;
     let mut tar = tar::Builder::new(&mut pipeline);
     let entries = add_tree(&mut tar, staged, manifest.source_date).and_then(|files| {
-        // A link can escape through another link that only comes later in the walk.
-        match find_escaping_link(&files) {
-            Some((entry, target)) => Err(unsupported(
+        // A link can escape through another link that only comes later in the walk; and
+        // what every installer refuses is refused here, where it can still be fixed.
+        match find_unsafe_link(&files, &Reserved::installer_owned()) {
+            Some((entry, target, problem)) => Err(unsupported(
                 &staged.join(entry),
-                &format!("symlink to `{target}` leaves the release tree through another symlink"),
+                &format!("symlink to `{target}` {}", problem.reason()),
             )),
             None => Ok(files),
         }
@@ -229,6 +230,12 @@ fn add_tree(
             .to_owned();
         if name == RELEASE_JSON {
             return Err(PackError::ReservedName);
+        }
+        if let Some(owned) = Reserved::installer_owned().owned_by(&name) {
+            return Err(unsupported(
+                path,
+                &format!("`{owned}` is created by the installer on each server; leave it out of the release (exclude it in `deploy.toml`)"),
+            ));
         }
         if name.contains('\\') || name.chars().any(char::is_control) {
             return Err(unsupported(

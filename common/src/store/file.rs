@@ -1,7 +1,8 @@
 //! The file-system backend: a directory tree, used as the builder's default store and in tests.
 
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use super::{DownloadSource, ObjectStore, PutOutcome};
@@ -96,9 +97,15 @@ impl ObjectStore for FileStore {
         Ok(())
     }
 
-    fn get(&self, key: &str, out: &mut dyn Write) -> Result<u64, StoreError> {
+    fn get(&self, key: &str, out: &mut dyn Write, limit: u64) -> Result<u64, StoreError> {
         let path = self.path_of(key)?;
-        let mut f = match File::open(&path) {
+        // Non-blocking, so a FIFO planted under the key cannot hang the reader (and the deploy
+        // lock it holds); only a regular file is an object.
+        let f = match File::options()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+            .open(&path)
+        {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(StoreError::NotFound {
@@ -108,7 +115,45 @@ impl ObjectStore for FileStore {
             }
             Err(e) => return Err(FsError::new("cannot open", &path, e).into()),
         };
-        let n = io::copy(&mut f, out).map_err(|e| FsError::new("cannot read", &path, e))?;
+        let meta = f
+            .metadata()
+            .map_err(|e| FsError::new("cannot stat", &path, e))?;
+        let ft = meta.file_type();
+        if !ft.is_file() {
+            let kind = if ft.is_dir() {
+                "directory"
+            } else if ft.is_fifo() {
+                "FIFO"
+            } else if ft.is_char_device() {
+                "character device"
+            } else if ft.is_block_device() {
+                "block device"
+            } else if ft.is_socket() {
+                "socket"
+            } else {
+                "special file"
+            };
+            return Err(StoreError::NotAFile {
+                store: self.location(),
+                key: key.to_owned(),
+                kind,
+            });
+        }
+        let too_large = |actual| StoreError::TooLarge {
+            store: self.location(),
+            key: key.to_owned(),
+            what: "allowed".into(),
+            limit,
+            actual,
+        };
+        if meta.len() > limit {
+            return Err(too_large(Some(meta.len())));
+        }
+        let n = io::copy(&mut (&f).take(limit.saturating_add(1)), out)
+            .map_err(|e| FsError::new("cannot read", &path, e))?;
+        if n > limit {
+            return Err(too_large(None)); // it grew while being read
+        }
         Ok(n)
     }
 

@@ -26,7 +26,7 @@ pub use s3::S3Store;
 use crate::atomic;
 use crate::error::{FsError, ManifestError, StoreError};
 use crate::hash::{HashingWriter, Sha256Hash, Sha256Writer};
-use crate::manifest::{BUILD_LOG_JSON, RELEASE_JSON, RELEASE_SIGNATURE};
+use crate::manifest::{BUILD_LOG_JSON, MAX_SIDECAR_BYTES, RELEASE_JSON, RELEASE_SIGNATURE};
 use crate::progress::ProgressWriter;
 use crate::{progress, Blake3Hash, BuildNumber, Sidecar};
 
@@ -50,8 +50,10 @@ pub trait ObjectStore: Send + Sync {
     fn put_new_bytes(&self, key: &str, data: &[u8]) -> Result<PutOutcome, StoreError>;
     /// Writes bytes under `key`, replacing what is there (informational objects only).
     fn put_bytes(&self, key: &str, data: &[u8]) -> Result<(), StoreError>;
-    /// Streams the object into `out`; [`StoreError::NotFound`] when absent. Returns its length.
-    fn get(&self, key: &str, out: &mut dyn Write) -> Result<u64, StoreError>;
+    /// Streams the object into `out`; [`StoreError::NotFound`] when absent,
+    /// [`StoreError::NotAFile`] when it is not a regular file, [`StoreError::TooLarge`] (with
+    /// at most `limit + 1` bytes read) when it holds more than `limit` bytes. Returns its length.
+    fn get(&self, key: &str, out: &mut dyn Write, limit: u64) -> Result<u64, StoreError>;
     /// Every key under `prefix` (which ends with `/`), in any order.
     fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
     /// How a server with nothing but a shell, `curl` or `wget`, and coreutils can read `key`
@@ -220,7 +222,21 @@ impl ArtifactStore {
         let outcome = self.backend.put_new_file(&key, src)?;
         if outcome == PutOutcome::AlreadyExists {
             let mut w = Sha256Writer::new(std::io::sink());
-            self.backend.get(&key, &mut w)?;
+            let size = std::fs::metadata(src)
+                .map_err(|e| FsError::new("cannot stat", src, e))?
+                .len();
+            match self.backend.get(&key, &mut w, size) {
+                Err(StoreError::TooLarge { .. }) => {
+                    return Err(StoreError::Corrupt {
+                        store: self.location(),
+                        key,
+                        reason: format!(
+                            "it is larger than the {size}-byte tool its key names: delete the object and upload again"
+                        ),
+                    })
+                }
+                other => other?,
+            };
             let (_, existing, _) = w.finish();
             if existing != *sha256 {
                 return Err(StoreError::Corrupt {
@@ -294,7 +310,7 @@ impl ArtifactStore {
             // A previous publish stopped before its sidecar, or a racing publisher of the same
             // archive got here first: fine if the bytes are the ones we hold.
             let mut w = HashingWriter::new(std::io::sink());
-            self.backend.get(&artifact_key, &mut w)?;
+            self.get_limited(&artifact_key, &mut w, archive.size, "the local artifact")?;
             let (_, existing_hash, existing_size) = w.finish();
             if existing_hash != archive.blake3 || existing_size != archive.size {
                 return Err(StoreError::Corrupt {
@@ -375,13 +391,40 @@ impl ArtifactStore {
         })
     }
 
+    /// A small object (a sidecar or a signature), `None` when absent.
     fn get_optional(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let mut buf = Vec::new();
-        match self.backend.get(key, &mut buf) {
+        match self.get_limited(key, &mut buf, MAX_SIDECAR_BYTES, "any sidecar may be") {
             Ok(_) => Ok(Some(buf)),
             Err(StoreError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// [`ObjectStore::get`] with `limit`, saying in a refusal what sets it.
+    fn get_limited(
+        &self,
+        key: &str,
+        out: &mut dyn Write,
+        limit: u64,
+        what: &str,
+    ) -> Result<u64, StoreError> {
+        self.backend.get(key, out, limit).map_err(|e| match e {
+            StoreError::TooLarge {
+                store,
+                key,
+                limit,
+                actual,
+                ..
+            } => StoreError::TooLarge {
+                store,
+                key,
+                what: what.to_owned(),
+                limit,
+                actual,
+            },
+            other => other,
+        })
     }
 
     /// Writes the informational build log beside the release (may be overwritten).
@@ -402,31 +445,51 @@ impl ArtifactStore {
         app: &str,
         build: BuildNumber,
     ) -> Result<(Sidecar, Vec<u8>), StoreError> {
+        let bytes = self.fetch_sidecar_bytes(app, build)?;
+        let sidecar = self.parse_sidecar(app, build, &bytes)?;
+        Ok((sidecar, bytes))
+    }
+
+    /// A build's sidecar exactly as the store holds it, unparsed and at most
+    /// [`MAX_SIDECAR_BYTES`]: a signature is checked over these bytes before anything in them
+    /// is believed (or quoted in a message).
+    pub fn fetch_sidecar_bytes(
+        &self,
+        app: &str,
+        build: BuildNumber,
+    ) -> Result<Vec<u8>, StoreError> {
         let key = Self::sidecar_key(app, build);
         let mut bytes = Vec::new();
-        self.backend.get(&key, &mut bytes)?;
+        self.get_limited(&key, &mut bytes, MAX_SIDECAR_BYTES, "any sidecar may be")?;
+        Ok(bytes)
+    }
+
+    /// Parses the sidecar fetched for `app` and `build`; it must describe exactly that release.
+    pub fn parse_sidecar(
+        &self,
+        app: &str,
+        build: BuildNumber,
+        bytes: &[u8],
+    ) -> Result<Sidecar, StoreError> {
+        let key = Self::sidecar_key(app, build);
         let origin = format!("{}/{key}", self.location());
-        let sidecar = Sidecar::from_bytes(&bytes, &origin)?;
-        if sidecar.manifest.app != app
-            || sidecar.manifest.build != build
-            || sidecar.archive.is_none()
-        {
+        let sidecar = Sidecar::from_bytes(bytes, &origin)?;
+        if sidecar.manifest.app != app || sidecar.manifest.build != build {
+            return Err(StoreError::WrongRelease {
+                store: self.location(),
+                key,
+                found: format!("{} {:#}", sidecar.manifest.app, sidecar.manifest.build),
+                wanted: format!("{app} {build:#}"),
+            });
+        }
+        if sidecar.archive.is_none() {
             return Err(StoreError::Corrupt {
                 store: self.location(),
                 key,
-                reason: format!(
-                    "it describes {} {:#}{}, not {app} {build:#}",
-                    sidecar.manifest.app,
-                    sidecar.manifest.build,
-                    if sidecar.archive.is_none() {
-                        " without an archive section"
-                    } else {
-                        ""
-                    }
-                ),
+                reason: "it has no archive section (it is the copy from inside an archive)".into(),
             });
         }
-        Ok((sidecar, bytes))
+        Ok(sidecar)
     }
 
     /// The signature of a build's sidecar, `None` when the build is published unsigned.
@@ -436,17 +499,15 @@ impl ArtifactStore {
         build: BuildNumber,
     ) -> Result<Option<Vec<u8>>, StoreError> {
         let key = Self::signature_key(app, build);
-        let mut out = BoundedWriter::new(MAX_SIGNATURE_BYTES);
-        match self.backend.get(&key, &mut out) {
-            Ok(_) => Ok(Some(out.buf)),
+        let mut out = Vec::new();
+        match self.get_limited(
+            &key,
+            &mut out,
+            MAX_SIGNATURE_BYTES as u64,
+            "any minisign signature is",
+        ) {
+            Ok(_) => Ok(Some(out)),
             Err(StoreError::NotFound { .. }) => Ok(None),
-            Err(_) if out.overflowed => Err(StoreError::Corrupt {
-                store: self.location(),
-                key,
-                reason: format!(
-                    "it is larger than {MAX_SIGNATURE_BYTES} bytes, which no minisign signature is"
-                ),
-            }),
             Err(e) => Err(e),
         }
     }
@@ -494,7 +555,14 @@ impl ArtifactStore {
                 BufWriter::with_capacity(1 << 20, file),
                 bar,
             ));
-            self.backend.get(&key, &mut DownloadFaultPoint(&mut w))?;
+            // At most one byte past the declared size is read: an object replaced by a larger
+            // one cannot fill the server's disk.
+            self.get_limited(
+                &key,
+                &mut DownloadFaultPoint(&mut w),
+                archive.size,
+                "its sidecar says",
+            )?;
             let (inner, hash, size) = w.finish();
             let corrupt = |reason: String| StoreError::Corrupt {
                 store: self.location(),
@@ -546,38 +614,6 @@ impl ArtifactStore {
         builds.sort();
         builds.dedup();
         Ok(builds)
-    }
-}
-
-/// Collects at most `limit` bytes and fails past that, so an oversized object is not read whole.
-struct BoundedWriter {
-    buf: Vec<u8>,
-    limit: usize,
-    overflowed: bool,
-}
-
-impl BoundedWriter {
-    fn new(limit: usize) -> Self {
-        Self {
-            buf: Vec::new(),
-            limit,
-            overflowed: false,
-        }
-    }
-}
-
-impl Write for BoundedWriter {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        if self.buf.len() + data.len() > self.limit {
-            self.overflowed = true;
-            return Err(std::io::Error::other("object too large"));
-        }
-        self.buf.extend_from_slice(data);
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }
 
@@ -633,7 +669,7 @@ mod tests {
         // Something far larger than a signature is refused without being read whole.
         std::fs::write(dir.path().join(&key), vec![b'x'; MAX_SIGNATURE_BYTES + 1]).unwrap();
         let err = store.fetch_signature("app", build).unwrap_err();
-        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+        assert!(matches!(err, StoreError::TooLarge { .. }), "{err}");
     }
 
     #[test]

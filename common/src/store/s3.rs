@@ -551,7 +551,7 @@ impl ObjectStore for S3Store {
         })
     }
 
-    fn get(&self, key: &str, out: &mut dyn Write) -> Result<u64, StoreError> {
+    fn get(&self, key: &str, out: &mut dyn Write, limit: u64) -> Result<u64, StoreError> {
         let full = self.full_key(key)?;
         self.runtime.block_on(async {
             let response = match self
@@ -574,11 +574,25 @@ impl ObjectStore for S3Store {
             let expected = response
                 .content_length()
                 .and_then(|n| u64::try_from(n).ok());
+            let too_large = |actual| StoreError::TooLarge {
+                store: self.location(),
+                key: key.to_owned(),
+                what: "allowed".into(),
+                limit,
+                actual,
+            };
+            // Refused before the body is read; dropping the response closes the connection.
+            if let Some(n) = expected.filter(|&n| n > limit) {
+                return Err(too_large(Some(n)));
+            }
             let mut body = response.body;
             let mut written = 0u64;
             loop {
                 match body.try_next().await {
                     Ok(Some(chunk)) => {
+                        if written.saturating_add(chunk.len() as u64) > limit {
+                            return Err(too_large(expected));
+                        }
                         out.write_all(&chunk).map_err(|e| StoreError::Backend {
                             store: self.location(),
                             op: "get",

@@ -212,3 +212,34 @@ fn near_misses_are_accepted() {
         b"{\"not\": \"the sidecar\"}\n"
     );
 }
+
+#[test]
+fn dangling_symlink_is_refused() {
+    // The installer refuses a link to nothing (it could be made to lead anywhere later, once
+    // the installer puts its own files at that path): say so where it can still be fixed.
+    refused(
+        "dangling symlink",
+        |s| std::os::unix::fs::symlink("gone.txt", s.join("sub/l")).unwrap(),
+        |e, s| unsupported(e, s, "sub/l", "which the release does not have"),
+        &["sub/l", "gone.txt", "`sub/gone.txt`"],
+    );
+}
+
+#[test]
+fn paths_the_installer_creates_are_refused() {
+    refused(
+        "a virtualenv at the root",
+        |s| {
+            fs::create_dir_all(s.join("venv/bin")).unwrap();
+            fs::write(s.join("venv/bin/python"), b"#!/bin/sh\n").unwrap();
+        },
+        |e, s| unsupported(e, s, "venv", "created by the installer"),
+        &["venv", "leave it out of the release"],
+    );
+    refused(
+        "a link into the virtualenv's place",
+        |s| std::os::unix::fs::symlink("../venv/bin/python", s.join("sub/py")).unwrap(),
+        |e, s| unsupported(e, s, "sub/py", "creates on the server"),
+        &["sub/py", "`venv`"],
+    );
+}

@@ -73,6 +73,7 @@ pub fn activate(
     journal.hold();
     let result = activate_checked(args, config, server, report, &journal);
     if !journal.holding() {
+        journal.close_on_error(&result);
         return result;
     }
     match &result {
@@ -87,6 +88,7 @@ pub fn activate(
             if let Err(e) = journal.release() {
                 eprintln!("warning: cannot write the journal: {e:#}");
             }
+            journal.close_on_error(&result);
         }
     }
     result
@@ -156,11 +158,7 @@ fn activate_checked(
         }
     }
     // The adopted checkout has no artifact in the store: going back to it is a rollback.
-    if layout
-        .release(build)
-        .join(crate::cmd::adopt::LEGACY_MARKER)
-        .exists()
-    {
+    if release::is_legacy(&layout.release(build)) {
         bail!(BadInput(format!(
             "{build:#} is the adopted checkout (a legacy release, not a packaged build): return to it with `installer rollback --to {build:#}`"
         )));
@@ -179,25 +177,16 @@ fn activate_checked(
         _ => journal.previous_good(Some(build))?,
     };
 
-    // Phase: fetch the sidecar (always: it says whether an unpacked release is this one).
+    // Phase: fetch the sidecar (always: it says whether an unpacked release is this one). Its
+    // signature is checked over the exact bytes before a field of it is believed or quoted.
     let t = Instant::now();
     let release_dir = layout.release(build);
     let store = open_store(args.store.as_deref(), args.s3_endpoint.as_deref(), config)?;
-    let (sidecar, sidecar_bytes) = store.fetch_sidecar(&config.app, build)?;
+    let sidecar_bytes = store.fetch_sidecar_bytes(&config.app, build)?;
     crate::signing::check_release(&store, config, build, &sidecar_bytes, report)?;
+    let sidecar = store.parse_sidecar(&config.app, build, &sidecar_bytes)?;
     let reuse = if release_dir.exists() {
-        let on_disk = release::manifest_of(&release_dir).with_context(|| {
-            format!(
-                "`{}` exists but is not a complete release: move it away",
-                release_dir.display()
-            )
-        })?;
-        if on_disk.manifest != sidecar.manifest {
-            bail!(BadInput(format!(
-                "`{}` exists with different content than {build:#} in the store: build numbers are immutable; move the directory away if it is a leftover",
-                release_dir.display()
-            )));
-        }
+        check_reusable(config, &release_dir, &sidecar, build)?;
         true
     } else {
         false
@@ -221,7 +210,11 @@ fn activate_checked(
     let t = Instant::now();
     if let Some(artifact) = &artifact {
         eprintln!("==> unpack into `{}`", release_dir.display());
-        unpack(artifact, &sidecar, &release_dir, &UnpackOptions::default())
+        let options = UnpackOptions {
+            reserved: release::reserved(config),
+            ..UnpackOptions::default()
+        };
+        unpack(artifact, &sidecar, &release_dir, &options)
             .with_context(|| format!("refused to install {build:#}; nothing changed"))?;
     } else {
         eprintln!(
@@ -253,7 +246,14 @@ fn activate_checked(
     }
     release::link_shared(&layout, config, &release_dir)?;
     release::install_loader(&layout)?;
-    if let Some(hash) = release::link_static(&layout, config, build)? {
+    // A link another release on disk has (same commit) is taken over only once this one is
+    // live: until then it keeps serving what it served.
+    let how = if current == Some(build) {
+        release::StaticLink::TakeOver
+    } else {
+        release::StaticLink::Claim
+    };
+    if let Some(hash) = release::link_static(&layout, config, build, how)? {
         report.details.insert("version_hash".into(), hash.into());
     }
     phase_done(journal, report, CMD, build, "link", t, true);
@@ -262,9 +262,12 @@ fn activate_checked(
     // Phase: venv from the release's own wheels.
     let t = Instant::now();
     eprintln!("==> venv");
-    let built = release::build_venv(config, &release_dir, &deploy_lock).context(
-        "building the release's virtualenv failed; the previous release is still serving",
-    )?;
+    let built = release::build_venv(config, &release_dir, &deploy_lock).with_context(|| {
+        format!(
+            "building the release's virtualenv failed; {}",
+            still_serving(current)
+        )
+    })?;
     if !built {
         eprintln!("    reusing the complete venv");
     }
@@ -290,9 +293,10 @@ fn activate_checked(
             Outcome::Failed,
             Some(format!("{e:#}")),
         );
-        return Err(e.context(
-            "migrate failed; `current` was not changed and the previous release is still serving",
-        ));
+        return Err(e.context(format!(
+            "migrate failed; `current` was not changed and {}",
+            still_serving(current)
+        )));
     }
     phase_done(journal, report, CMD, build, "migrate", t, true);
     common::fault::point("activate:after-migrate");
@@ -307,6 +311,53 @@ fn activate_checked(
     let switched = switch(&live, report, CMD, build, previous)?;
     let was_live = resumed.and_then(|r| r.previous).or(current);
     conclude(&live, report, CMD, build, was_live, switched)
+}
+
+/// What serves after a failure before the swap.
+fn still_serving(current: Option<BuildNumber>) -> String {
+    match current {
+        Some(c) => format!("{c:#}, the previous release, is still serving"),
+        None => "no release was live before this one, and none is now".into(),
+    }
+}
+
+/// A release directory already on disk may be made live again only when it is exactly this
+/// build: the same manifest as the store's, and every file still matching it under today's
+/// rules (an edited file, or a link into `shared/` from before those rules, is refused).
+fn check_reusable(
+    config: &InstallerConfig,
+    dir: &std::path::Path,
+    sidecar: &Sidecar,
+    build: BuildNumber,
+) -> anyhow::Result<()> {
+    let on_disk = release::manifest_of(dir).with_context(|| {
+        format!(
+            "`{}` exists but is not a complete release: move it away",
+            dir.display()
+        )
+    })?;
+    if on_disk.manifest != sidecar.manifest {
+        bail!(BadInput(format!(
+            "`{}` exists with different content than {build:#} in the store: build numbers are immutable; move the directory away if it is a leftover",
+            dir.display()
+        )));
+    }
+    let drift = release::verify(config, dir)?;
+    if !drift.changed.is_empty() {
+        let list: Vec<String> = drift
+            .changed
+            .iter()
+            .take(10)
+            .map(|(p, what)| format!("  {}: {what}", common::untrusted::shown(p)))
+            .collect();
+        bail!(BadInput(format!(
+            "`{}` no longer matches {build:#}'s manifest ({} changed or missing), refusing to make it live:\n{}\nmove the directory away and run again: it is unpacked afresh from the store",
+            dir.display(),
+            drift.changed.len(),
+            list.join("\n")
+        )));
+    }
+    Ok(())
 }
 
 /// Says so when the error is a full disk, naming the path that could not be written.

@@ -31,7 +31,7 @@ use crate::layout::Layout;
 use crate::{lock, release};
 
 /// The marker that makes a `releases/BuildNNNNNN` a legacy release (the adopted checkout).
-pub const LEGACY_MARKER: &str = "legacy.json";
+pub use common::manifest::LEGACY_MARKER;
 /// The checkout's Django project, which is also the directory of its virtualenv (`bin/`, `lib/`).
 const PROJECT: &str = "binarycrate";
 const CMD: &str = "adopt";
@@ -54,6 +54,9 @@ pub struct Legacy {
 
 /// The legacy marker of a release directory, when it is one.
 pub fn legacy_of(release_dir: &Path) -> Option<Legacy> {
+    if !release::is_legacy(release_dir) {
+        return None;
+    }
     let text = fs::read(release_dir.join(LEGACY_MARKER)).ok()?;
     serde_json::from_slice::<Legacy>(&text)
         .ok()
@@ -659,7 +662,8 @@ fn adopt(
     if plan.loader {
         release::install_loader(&layout)?;
     }
-    if let Some(hash) = release::link_static(&layout, config, build)? {
+    if let Some(hash) = release::link_static(&layout, config, build, release::StaticLink::TakeOver)?
+    {
         report.details.insert("version_hash".into(), hash.into());
     }
     if plan.set_current {

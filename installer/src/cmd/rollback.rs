@@ -28,10 +28,22 @@ pub fn rollback(
     server: &dyn AppServer,
     report: &mut Report,
 ) -> anyhow::Result<Outcome> {
+    let journal = Journal::new(&Layout::new(&config.root).journal());
+    let result = rollback_checked(args, config, server, report, &journal);
+    journal.close_on_error(&result);
+    result
+}
+
+fn rollback_checked(
+    args: &RollbackArgs,
+    config: &InstallerConfig,
+    server: &dyn AppServer,
+    report: &mut Report,
+    journal: &Journal,
+) -> anyhow::Result<Outcome> {
     const CMD: &str = "rollback";
     let layout = Layout::new(&config.root);
     layout.ensure()?;
-    let journal = Journal::new(&layout.journal());
     let timeout = Duration::from_secs(args.lock_timeout.unwrap_or(config.lock_timeout_secs));
     let t = Instant::now();
     let deploy_lock = lock::acquire(&layout.lock_file(), timeout, "installer rollback")?;
@@ -93,7 +105,7 @@ pub fn rollback(
             list.join("\n")
         )));
     }
-    phase_done(&journal, report, CMD, target, "verify", t, true);
+    phase_done(journal, report, CMD, target, "verify", t, true);
     common::fault::point("rollback:after-verify");
 
     let mut started = Record::new(CMD, Event::Started, Some(target));
@@ -113,8 +125,9 @@ pub fn rollback(
         release::link_shared(&layout, config, &dir)?;
         release::build_venv(config, &dir, &deploy_lock)?;
     }
-    release::link_static(&layout, config, target)?;
-    phase_done(&journal, report, CMD, target, "link", t, true);
+    // Taken over at the swap if another release has it (see `switch`).
+    release::link_static(&layout, config, target, release::StaticLink::Claim)?;
+    phase_done(journal, report, CMD, target, "link", t, true);
     common::fault::point("rollback:after-link");
 
     if let Some(current) = was_live.filter(|b| *b != target) {
@@ -139,7 +152,7 @@ pub fn rollback(
         layout: &layout,
         config,
         app: server,
-        journal: &journal,
+        journal,
     };
     let switched = switch(&live, report, CMD, target, was_live)?;
     conclude(&live, report, CMD, target, was_live, switched)

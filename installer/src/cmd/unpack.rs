@@ -3,6 +3,7 @@
 use std::time::Instant;
 
 use anyhow::Context;
+use common::archive::links::Reserved;
 use common::archive::reader::{unpack, UnpackOptions};
 use common::error::exit_code_for;
 use common::manifest::RELEASE_JSON;
@@ -33,7 +34,7 @@ pub fn run(args: &UnpackArgs) -> anyhow::Result<ExitCode> {
             };
             report.finish(outcome, Some(format!("{err:#}")));
             println!("{}", report.to_json());
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", common::untrusted::message(&format!("{err:#}")));
             Ok(code)
         }
         Err(err) => Err(err),
@@ -50,6 +51,7 @@ fn unpack_verified(args: &UnpackArgs, report: &mut Report) -> anyhow::Result<()>
     let options = UnpackOptions {
         max_unpacked_bytes: args.max_unpacked_bytes,
         max_ratio: args.max_ratio,
+        reserved: Reserved::installer_owned(),
     };
     let summary = unpack(&args.artifact, &sidecar, &args.dest, &options).with_context(|| {
         format!(

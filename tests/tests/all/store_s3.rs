@@ -146,7 +146,7 @@ fn publish_then_fetch_round_trips_under_the_prefix() {
     let mut log = Vec::new();
     store
         .backend()
-        .get("binarycrate/Build000034/build-log.json", &mut log)
+        .get("binarycrate/Build000034/build-log.json", &mut log, u64::MAX)
         .unwrap();
     assert_eq!(log, b"{\"second\": true}\n");
 
@@ -244,11 +244,11 @@ fn conditional_writes_refuse_existing_keys() {
         PutOutcome::AlreadyExists
     );
     let mut got = Vec::new();
-    assert_eq!(backend.get("a/b.json", &mut got).unwrap(), 3);
+    assert_eq!(backend.get("a/b.json", &mut got, u64::MAX).unwrap(), 3);
     assert_eq!(got, b"one");
     backend.put_bytes("a/b.json", b"four").unwrap();
     got.clear();
-    backend.get("a/b.json", &mut got).unwrap();
+    backend.get("a/b.json", &mut got, u64::MAX).unwrap();
     assert_eq!(got, b"four");
     let mut keys = backend.list("a/").unwrap();
     keys.sort();
@@ -418,7 +418,7 @@ fn racing_multipart_uploads_create_the_object_once() {
     assert_eq!(
         store
             .backend()
-            .get("race/artifact.tar.gz", &mut got)
+            .get("race/artifact.tar.gz", &mut got, u64::MAX)
             .unwrap(),
         11 * MIB
     );
@@ -596,7 +596,7 @@ fn a_body_that_ends_early_is_reported_as_corrupt() {
     let mut out = Vec::new();
     let err = store
         .backend()
-        .get("binarycrate/Build000001/release.json", &mut out)
+        .get("binarycrate/Build000001/release.json", &mut out, u64::MAX)
         .unwrap_err();
     assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
     let message = err.to_string();
