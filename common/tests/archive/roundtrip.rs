@@ -88,10 +88,6 @@ fn join(dir: &str, name: &str) -> String {
     }
 }
 
-fn parent(path: &str) -> &str {
-    path.rsplit_once('/').map_or("", |(p, _)| p)
-}
-
 /// The relative path from directory `from` to entry `to` (both relative to the root; "" is it).
 pub fn relative(from: &str, to: &str) -> String {
     let split = |s: &str| -> Vec<String> {

@@ -12,7 +12,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::manifest::{ArtifactRef, FileEntry, Mode, RELEASE_JSON};
+use common::manifest::{ArtifactRef, FileEntry, Mode, RELEASE_JSON, RELEASE_SIGNATURE};
 use common::{Blake3Hash, BuildNumber, Sidecar};
 use tar::EntryType;
 use tests::bins;
@@ -282,9 +282,15 @@ struct Case {
     code: i32,
     /// Each must appear in standard error.
     expect: Vec<String>,
+    /// None may appear in standard output or error.
+    forbid: Vec<String>,
     /// Whether the run gets as far as the lock, so the journal must get its one `refused`
     /// record; runs refused earlier must not write to it.
     journaled: bool,
+    /// Puts in place what the case needs on the server (before the state is taken).
+    prepare: Option<Box<dyn FnOnce()>>,
+    /// Takes it away again (after the state is compared).
+    cleanup: Option<Box<dyn FnOnce()>>,
 }
 
 impl Case {
@@ -300,10 +306,33 @@ impl Case {
             cmd,
             code,
             expect: expect.iter().map(|s| s.to_string()).collect(),
+            forbid: Vec::new(),
             journaled,
+            prepare: None,
+            cleanup: None,
         }
     }
+
+    fn forbidding(mut self, texts: &[&str]) -> Self {
+        self.forbid.extend(texts.iter().map(|s| s.to_string()));
+        self
+    }
+
+    fn around(
+        mut self,
+        prepare: impl FnOnce() + 'static,
+        cleanup: impl FnOnce() + 'static,
+    ) -> Self {
+        self.prepare = Some(Box::new(prepare));
+        self.cleanup = Some(Box::new(cleanup));
+        self
+    }
 }
+
+/// Whatever a refusal quotes from the store, it may not write escape sequences to the terminal,
+/// print more than this, or grow the journal by more than a short record.
+const MAX_STDERR_BYTES: usize = 64 << 10;
+const MAX_JOURNAL_GROWTH: usize = 8 << 10;
 
 /// Everything the cases share.
 struct Site {
@@ -341,17 +370,10 @@ impl Site {
     /// The same, allowed to write at most [`FILE_SIZE_LIMIT`] bytes to any file (`prlimit
     /// --fsize`): a refusal that came only after inflating the bomb would die of it instead.
     fn activate_limited(&self, backend: Backend, build: BuildNumber) -> Command {
-        let plain = self.activate(backend, build);
-        let mut cmd = Command::new("prlimit");
-        cmd.arg(format!("--fsize={FILE_SIZE_LIMIT}"))
-            .arg(plain.get_program())
-            .args(plain.get_args());
-        for (k, v) in plain.get_envs() {
-            if let Some(v) = v {
-                cmd.env(k, v);
-            }
-        }
-        cmd
+        wrapped(
+            &["prlimit", &format!("--fsize={FILE_SIZE_LIMIT}")],
+            self.activate(backend, build),
+        )
     }
 
     fn config_file(&self, name: &str, text: &str) -> PathBuf {
@@ -361,6 +383,20 @@ impl Site {
         fs::write(&path, text).unwrap();
         path
     }
+}
+
+/// `plain` run by another program (`prlimit …`, `timeout …`), with the same environment.
+fn wrapped(prefix: &[&str], plain: Command) -> Command {
+    let mut cmd = Command::new(prefix[0]);
+    cmd.args(&prefix[1..])
+        .arg(plain.get_program())
+        .args(plain.get_args());
+    for (k, v) in plain.get_envs() {
+        if let Some(v) = v {
+            cmd.env(k, v);
+        }
+    }
+    cmd
 }
 
 /// The live configuration: `root`, the file store, `top` more top-level keys and `tables` at
@@ -537,11 +573,11 @@ fn store_cases(site: &Site, backend: Backend, next: &mut u32) -> Vec<Case> {
         2,
         &[
             &format!(
-                "got {} bytes, the sidecar says {}",
+                "is larger than its sidecar says ({} bytes), it has {}",
+                gz.len(),
                 site.real_artifact.len(),
-                gz.len()
             ),
-            "truncated or replaced",
+            "replaced or appended to after publishing",
         ],
         true,
     ));
@@ -573,9 +609,9 @@ fn store_cases(site: &Site, backend: Backend, next: &mut u32) -> Vec<Case> {
         site.activate(backend, n),
         2,
         &[&format!(
-            "got {} bytes, the sidecar says {}",
-            big.len(),
-            gz.len()
+            "is larger than its sidecar says ({} bytes), it has {}",
+            gz.len(),
+            big.len()
         )],
         true,
     ));
@@ -658,7 +694,7 @@ fn store_cases(site: &Site, backend: Backend, next: &mut u32) -> Vec<Case> {
         site.activate(backend, n),
         2,
         &[&format!(
-            "it describes {APP} {}, not {APP} {}",
+            "is the sidecar of {APP} {}, not of {APP} {}: a replayed or mis-published sidecar",
             elsewhere.tag(),
             n.tag()
         )],
@@ -781,7 +817,8 @@ fn archive_cases(site: &Site, backend: Backend, next: &mut u32, all: bool) -> Ve
             recipe(
                 "entry through a symlink",
                 |c| {
-                    c.symlink("binarycrate/up", "..")
+                    c.dir("binarycrate/sub")
+                        .symlink("binarycrate/up", "sub")
                         .file("binarycrate/up/escaped.py", b"x");
                 },
                 &["entry `binarycrate/up/escaped.py` passes through symlink `binarycrate/up`"],
@@ -1263,6 +1300,839 @@ fn deploy_cases(site: &Site, build: BuildNumber, pwned: &Path, sent: &Path) -> V
     v
 }
 
+// ---------------------------------------------------------------------------------------------
+// A hostile store (issue 13): what whoever can write the bucket tries once the archive checks
+// hold — links through the installer's own links into `shared/`, objects that never end, text
+// meant for the operator's terminal, markers the installer trusts.
+
+/// A release signing key made by `builder keygen`, and an `installer.toml` that requires it.
+struct Signer {
+    secret: PathBuf,
+    config: PathBuf,
+}
+
+impl Signer {
+    fn new(site: &Site) -> Self {
+        let dir = site.tmp.path().join("keys");
+        fs::create_dir_all(&dir).unwrap();
+        let out = Command::new(bins::builder())
+            .current_dir(&dir)
+            .args(["keygen", "--name", "release", "--out-dir"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let public = fs::read_to_string(dir.join("release.pub"))
+            .unwrap()
+            .lines()
+            .nth(1)
+            .unwrap()
+            .to_owned();
+        let config = site.config_file(
+            "signed",
+            &config_text(
+                &site.root.display().to_string(),
+                &site.stores.url(Backend::File),
+                "",
+                &format!("[signing]\npublic_keys = [{public:?}]\n"),
+            ),
+        );
+        Signer {
+            secret: dir.join("release.key"),
+            config,
+        }
+    }
+
+    /// What `builder sign` writes for `sidecar`.
+    fn sign(&self, sidecar: &[u8]) -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(RELEASE_JSON), sidecar).unwrap();
+        let out = Command::new(bins::builder())
+            .current_dir(dir.path())
+            .arg("sign")
+            .arg(dir.path())
+            .arg("--signing-key")
+            .arg(&self.secret)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        fs::read(dir.path().join(RELEASE_SIGNATURE)).unwrap()
+    }
+}
+
+/// Where a build's objects live in the file store.
+fn file_dir(site: &Site, build: BuildNumber) -> PathBuf {
+    let dir = site.stores.file.join(APP).join(build.tag());
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The example app's directories that the link cases aim at: the settings package with a
+/// `production.py` the server replaces, `media/` and `private/`, and the static root.
+fn app_layout(c: &mut Crafted) {
+    c.dir("binarycrate/binarycrate")
+        .dir("binarycrate/binarycrate/settings")
+        .file(
+            "binarycrate/binarycrate/settings/base.py",
+            b"DEBUG = False\n",
+        )
+        .file(
+            "binarycrate/binarycrate/settings/production.py",
+            b"# the server's own replaces this\n",
+        )
+        .dir("binarycrate/media")
+        .dir("binarycrate/private")
+        .dir("binarycrate/public");
+}
+
+fn static_root(c: &mut Crafted) {
+    c.dir("binarycrate/public/static")
+        .file("binarycrate/public/static/app.css", b"body {}\n");
+}
+
+const INTO_SHARED: &str = "which the installer replaces with the server's own files in `shared/`";
+
+/// Packs a staged tree with `builder archive` and signs it with `builder sign`, as a release
+/// builder would: the artifact, the sidecar's bytes and the signature.
+fn archive_and_sign(
+    site: &Site,
+    signer: &Signer,
+    build: BuildNumber,
+    stage: impl FnOnce(&Path),
+) -> (Vec<u8>, Sidecar, Vec<u8>) {
+    let work = site.tmp.path().join(format!("archive-{}", build.tag()));
+    let tree = work.join("tree");
+    fs::create_dir_all(&tree).unwrap();
+    stage(&tree);
+    let out_dir = work.join("out");
+    let out = Command::new(bins::builder())
+        .current_dir(&work)
+        .arg("archive")
+        .arg(&tree)
+        .args([
+            "--build",
+            &build.tag(),
+            "--source-date",
+            "1700000000",
+            "--out",
+        ])
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let artifact = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+    let sidecar_bytes = fs::read(out_dir.join(RELEASE_JSON)).unwrap();
+    let signature = signer.sign(&sidecar_bytes);
+    let sidecar = Sidecar::from_bytes(&sidecar_bytes, "release.json").unwrap();
+    (fs::read(artifact).unwrap(), sidecar, signature)
+}
+
+fn hostile_cases(site: &Site, signer: &Signer, next: &mut u32) -> Vec<Case> {
+    let s = &site.stores;
+    let mut v = Vec::new();
+    let mut build = || {
+        *next += 1;
+        b(*next)
+    };
+    let refused_to = |n: BuildNumber| format!("refused to install {}; nothing changed", n.tag());
+
+    // 1. Links that resolve inside the release's manifest, but through (or to) a path the
+    //    installer replaces with a link into `shared/`. First as a release builder makes and
+    //    signs it, installed on a server that requires signatures.
+    let n = build();
+    let (gz, sidecar, signature) = archive_and_sign(site, signer, n, |t| {
+        let settings = t.join("binarycrate/binarycrate/settings");
+        fs::create_dir_all(&settings).unwrap();
+        fs::write(settings.join("production.py"), "# placeholder\n").unwrap();
+        let stat = t.join("binarycrate/public/static");
+        fs::create_dir_all(&stat).unwrap();
+        fs::write(stat.join("app.css"), "body {}\n").unwrap();
+        std::os::unix::fs::symlink(
+            "../../binarycrate/settings/production.py",
+            stat.join("leak"),
+        )
+        .unwrap();
+    });
+    s.put(Backend::File, n, RELEASE_SIGNATURE, &signature);
+    s.publish(Backend::File, &gz, &sidecar);
+    v.push(Case::new(
+        "signed by the release builder: a static file linked to `production.py`",
+        site.installer(&signer.config, &["activate", "--build", &n.tag(), "--json"]),
+        2,
+        &[
+            "symlink `binarycrate/public/static/leak` -> `../../binarycrate/settings/production.py` resolves into `binarycrate/binarycrate/settings/production.py`",
+            INTO_SHARED,
+            &refused_to(n),
+        ],
+        true,
+    ));
+    let links: [(&str, &str, &str, &str); 7] = [
+        (
+            "static root linked to `media/..` (all of `shared/`)",
+            "binarycrate/public/static",
+            "../media/..",
+            "resolves into `binarycrate/media`",
+        ),
+        (
+            "static root linked to `private/`",
+            "binarycrate/public/static",
+            "../private",
+            "resolves into `binarycrate/private`",
+        ),
+        (
+            "`requirements.txt` linked to `production.py`",
+            "requirements.txt",
+            "binarycrate/binarycrate/settings/production.py",
+            "resolves into `binarycrate/binarycrate/settings/production.py`",
+        ),
+        (
+            "`wheels` linked to the user uploads",
+            "wheels",
+            "binarycrate/media",
+            "resolves into `binarycrate/media`",
+        ),
+        (
+            "the settings package linked to `media/`",
+            "binarycrate/binarycrate/settings2",
+            "../media",
+            "resolves into `binarycrate/media`",
+        ),
+        (
+            "a static link to the directory that holds `production.py`",
+            "binarycrate/public/static/conf",
+            "../../binarycrate/settings",
+            "resolves to a directory that holds `binarycrate/binarycrate/settings/production.py`",
+        ),
+        (
+            "a link to a file the release does not have",
+            "binarycrate/public/static/gone.css",
+            "missing.css",
+            "resolves to `binarycrate/public/static/missing.css`, which the release does not have",
+        ),
+    ];
+    for (what, link, target, expect) in links {
+        let n = build();
+        let (gz, sidecar) = crafted(n, |c| {
+            app_layout(c);
+            if link != "binarycrate/public/static" {
+                static_root(c);
+            }
+            c.symlink(link, target);
+        })
+        .seal();
+        s.publish(Backend::File, &gz, &sidecar);
+        v.push(Case::new(
+            format!("file store: {what}"),
+            site.activate(Backend::File, n),
+            2,
+            &[
+                &format!("symlink `{link}` -> `{target}`"),
+                expect,
+                &refused_to(n),
+            ],
+            true,
+        ));
+    }
+
+    // 6. Paths only the installer creates: a finished virtualenv with the artifact's own
+    //    Python, a `venv` that is a file, the adopted checkout's marker.
+    let owned: [(&str, Box<dyn FnOnce(&mut Crafted)>, &str); 3] = [
+        (
+            "a finished virtualenv",
+            Box::new(|c: &mut Crafted| {
+                c.dir("venv")
+                    .dir("venv/bin")
+                    .file("venv/bin/python", b"#!/bin/sh\ntouch /tmp/pwned\n")
+                    .file("venv/.binarycrate-venv-complete", b"");
+            }),
+            "entry `venv` is inside `venv`",
+        ),
+        (
+            "`venv` as a regular file",
+            Box::new(|c: &mut Crafted| {
+                c.file("venv", b"not a directory\n");
+            }),
+            "entry `venv` is inside `venv`",
+        ),
+        (
+            "the adopted checkout's marker",
+            Box::new(|c: &mut Crafted| {
+                c.file(
+                    "legacy.json",
+                    br#"{"kind": "legacy", "build": "000001", "checkout": "/"}"#,
+                );
+            }),
+            "entry `legacy.json` is inside `legacy.json`",
+        ),
+    ];
+    for (what, craft, expect) in owned {
+        let n = build();
+        let (gz, sidecar) = crafted(n, craft).seal();
+        s.publish(Backend::File, &gz, &sidecar);
+        v.push(Case::new(
+            format!("file store: {what}"),
+            site.activate(Backend::File, n),
+            2,
+            &[
+                expect,
+                "which the installer creates on the server",
+                &refused_to(n),
+            ],
+            true,
+        ));
+    }
+
+    // 3. Objects larger than they may be, or not files at all.
+    let n = build();
+    let (gz, sidecar) = crafted(n, |_| {}).seal();
+    let sidecar_bytes = sidecar.to_bytes();
+    s.put(
+        Backend::File,
+        n,
+        RELEASE_SIGNATURE,
+        &signer.sign(&sidecar_bytes),
+    );
+    s.publish(Backend::File, &gz, &sidecar);
+    let name = sidecar.archive.as_ref().unwrap().file_name.clone();
+    let gib = fs::File::create(file_dir(site, n).join(&name)).unwrap();
+    gib.set_len(1 << 30).unwrap();
+    v.push(Case::new(
+        format!(
+            "file store: a signed {}-byte artifact replaced by 1 GiB",
+            gz.len()
+        ),
+        wrapped(
+            &["prlimit", &format!("--fsize={FILE_SIZE_LIMIT}")],
+            site.installer(&signer.config, &["activate", "--build", &n.tag()]),
+        ),
+        2,
+        &[&format!(
+            "is larger than its sidecar says ({} bytes), it has {}",
+            gz.len(),
+            1u64 << 30
+        )],
+        true,
+    ));
+    let n = build();
+    let (gz, sidecar) = crafted(n, |_| {}).seal();
+    s.publish(Backend::S3, &gz, &sidecar);
+    let name = sidecar.archive.as_ref().unwrap().file_name.clone();
+    s.put(Backend::S3, n, &name, &vec![0u8; 40 << 20]);
+    v.push(Case::new(
+        format!("S3: a {}-byte artifact replaced by 40 MiB", gz.len()),
+        site.activate_limited(Backend::S3, n),
+        2,
+        &[&format!(
+            "is larger than its sidecar says ({} bytes), it has {}",
+            gz.len(),
+            40u64 << 20
+        )],
+        true,
+    ));
+    let n = build();
+    let (gz, sidecar) = crafted(n, |_| {}).seal();
+    s.publish(Backend::File, &gz, &sidecar);
+    let name = sidecar.archive.as_ref().unwrap().file_name.clone();
+    let path = file_dir(site, n).join(&name);
+    fs::remove_file(&path).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &path).unwrap();
+    v.push(Case::new(
+        "file store: the artifact a link to /dev/zero",
+        site.activate_limited(Backend::File, n),
+        2,
+        &[
+            &format!("`{APP}/{}/{name}`", n.tag()),
+            "is a character device, not a file",
+        ],
+        true,
+    ));
+    let n = build();
+    let path = file_dir(site, n).join(RELEASE_JSON);
+    std::os::unix::fs::symlink("/dev/zero", &path).unwrap();
+    v.push(Case::new(
+        "file store: `release.json` a link to /dev/zero",
+        site.activate(Backend::File, n),
+        2,
+        &["release.json` in", "is a character device, not a file"],
+        true,
+    ));
+    let n = build();
+    fs::File::create(file_dir(site, n).join(RELEASE_JSON))
+        .unwrap()
+        .set_len(100 << 20)
+        .unwrap();
+    v.push(Case::new(
+        "file store: a 100 MB `release.json`",
+        site.activate(Backend::File, n),
+        2,
+        &[&format!(
+            "is larger than any sidecar may be ({} bytes), it has {}",
+            32u64 << 20,
+            100u64 << 20
+        )],
+        true,
+    ));
+    let n = build();
+    let fifo = file_dir(site, n).join(RELEASE_JSON);
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    v.push(Case::new(
+        "file store: `release.json` a FIFO (must not hang holding the lock)",
+        wrapped(&["timeout", "60"], site.activate(Backend::File, n)),
+        2,
+        &["is a FIFO, not a file"],
+        true,
+    ));
+    let n = build();
+    fs::create_dir_all(file_dir(site, n).join(RELEASE_JSON)).unwrap();
+    v.push(Case::new(
+        "file store: `release.json` a directory",
+        site.activate(Backend::File, n),
+        2,
+        &["is a directory, not a file"],
+        true,
+    ));
+    let n = build();
+    let (gz, sidecar) = crafted(n, |_| {}).seal();
+    s.publish(Backend::File, &gz, &sidecar);
+    fs::create_dir_all(file_dir(site, n).join(RELEASE_SIGNATURE)).unwrap();
+    v.push(Case::new(
+        "file store, signatures required: `release.json.minisig` a directory",
+        site.installer(&signer.config, &["activate", "--build", &n.tag()]),
+        2,
+        &["release.json.minisig` in", "is a directory, not a file"],
+        true,
+    ));
+
+    // 4. Text for the operator's terminal and the journal.
+    let n = build();
+    let (gz, sidecar) = crafted(n, |c| {
+        c.tar
+            .file("binarycrate/x\n\u{1b}[2K\u{1b}[1ABuild000034 is live", b"x");
+    })
+    .seal();
+    s.publish(Backend::File, &gz, &sidecar);
+    v.push(
+        Case::new(
+            "file store: an entry name that rewrites the terminal",
+            site.activate(Backend::File, n),
+            2,
+            &[
+                "entry `binarycrate/x\\n\\u{1b}[2K\\u{1b}[1ABuild000034 is live` is refused: the name contains a control character",
+            ],
+            true,
+        )
+        .forbidding(&["\nBuild000034 is live"]),
+    );
+    let n = build();
+    let (gz, sidecar) = crafted(n, |_| {}).seal();
+    s.put(
+        Backend::File,
+        n,
+        &sidecar.archive.as_ref().unwrap().file_name,
+        &gz,
+    );
+    let evil = edited_json(&sidecar, |j| {
+        j["manifest"]["files"]["binarycrate/hello.py"]["mode"] =
+            "\u{1b}[2K\u{1b}[1A0644 Build000034 is live".into();
+    });
+    s.put(Backend::File, n, RELEASE_JSON, &evil);
+    v.push(
+        Case::new(
+            "file store, signatures required: an unsigned sidecar whose mode rewrites the terminal",
+            site.installer(&signer.config, &["activate", "--build", &n.tag()]),
+            2,
+            &[&format!("{} is not signed", n.tag())],
+            true,
+        )
+        .forbidding(&["Build000034 is live"]),
+    );
+    let n = build();
+    // Letters that do not compress well, so the name is not also refused as a bomb.
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let letters: String = (0..16 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (b'a' + (x % 26) as u8) as char
+        })
+        .collect();
+    let long = format!("binarycrate/{letters}");
+    let (gz, sidecar) = crafted(n, |c| {
+        c.tar
+            .pax(&[("path", long.as_bytes())])
+            .file("binarycrate/short.py", b"x");
+    })
+    .seal();
+    s.publish(Backend::File, &gz, &sidecar);
+    v.push(Case::new(
+        "file store: a 16 MiB entry name",
+        site.activate(Backend::File, n),
+        2,
+        &[
+            &format!("({} bytes in all)", long.len()),
+            &format!(
+                "the name is {} bytes long; release paths have at most 1024",
+                long.len()
+            ),
+        ],
+        true,
+    ));
+
+    // 5. Bad input that was answered as a local failure, or in the wrong words.
+    let n = build();
+    let component = "n".repeat(300);
+    let (gz, sidecar) = crafted(n, |c| {
+        c.file(&format!("binarycrate/{component}"), b"x");
+    })
+    .seal();
+    s.publish(Backend::File, &gz, &sidecar);
+    v.push(Case::new(
+        "file store: a path component over 255 bytes",
+        site.activate(Backend::File, n),
+        2,
+        &["has a component of 300 bytes; a file name has at most 255"],
+        true,
+    ));
+    let n = build();
+    let deep: Vec<String> = (0..42)
+        .map(|i| format!("{i:02}{}", "d".repeat(98)))
+        .collect();
+    let (gz, sidecar) = crafted(n, |c| {
+        let mut path = "binarycrate".to_owned();
+        for d in &deep {
+            path = format!("{path}/{d}");
+            c.dir(&path);
+        }
+        c.file(&format!("{path}/deep.py"), b"x");
+    })
+    .seal();
+    s.publish(Backend::File, &gz, &sidecar);
+    v.push(Case::new(
+        "file store: a path longer than PATH_MAX",
+        site.activate(Backend::File, n),
+        2,
+        &["release paths have at most 1024"],
+        true,
+    ));
+    let n = build();
+    let (gz, sidecar) = crafted(n, |c| {
+        let mut h = RawTar::header(b"binarycrate/sparse", EntryType::GNUSparse, 0o644, 0, b"");
+        h.as_gnu_mut().unwrap().realsize = *b"not a number";
+        h.set_cksum();
+        c.tar.push(&h, b"");
+        c.list_file("binarycrate/sparse", b"", 0o644);
+    })
+    .seal();
+    s.publish(Backend::File, &gz, &sidecar);
+    v.push(Case::new(
+        "file store: a GNU sparse entry with a malformed size",
+        site.activate(Backend::File, n),
+        2,
+        &["the archive has a GNU sparse entry, which release archives never contain"],
+        true,
+    ));
+    let n = build();
+    let (gz, mut sidecar) = crafted(n, |_| {}).seal();
+    sidecar.manifest.app = "otherapp".into();
+    let info = sidecar.archive.as_mut().unwrap();
+    info.file_name = ArtifactRef::new("otherapp", n, info.blake3).file_name();
+    s.put(Backend::File, n, &info.file_name.clone(), &gz);
+    s.put(Backend::File, n, RELEASE_JSON, &sidecar.to_bytes());
+    v.push(Case::new(
+        "file store: another app's sidecar under this build's key",
+        site.activate(Backend::File, n),
+        2,
+        &[&format!(
+            "is the sidecar of otherapp {}, not of {APP} {}",
+            n.tag(),
+            n.tag()
+        )],
+        true,
+    ));
+
+    // 1 again, for a release already on disk: unpacked before the rule existed (here with the
+    // plain `installer unpack`, which knows no server's shared paths), then verified, made
+    // live again, rolled back to.
+    let n = build();
+    let (gz, sidecar) = crafted(n, |c| {
+        app_layout(c);
+        static_root(c);
+        c.symlink(
+            "binarycrate/public/static/leak",
+            "../../binarycrate/settings/production.py",
+        );
+    })
+    .seal();
+    s.publish(Backend::File, &gz, &sidecar);
+    let artifact = file_dir(site, n).join(&sidecar.archive.as_ref().unwrap().file_name);
+    let dest = site.root.join("releases").join(n.tag());
+    let (installer, config) = (bins::installer(), site.config.clone());
+    let plant = move || {
+        let out = Command::new(installer)
+            .env("BINARYCRATE_INSTALLER_CONFIG", config)
+            .arg("unpack")
+            .arg(&artifact)
+            .arg(&dest)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    };
+    let dest = site.root.join("releases").join(n.tag());
+    let remove = move || fs::remove_dir_all(&dest).unwrap();
+    let tag = n.tag();
+    let leak = "`binarycrate/public/static/leak`";
+    v.push(
+        Case::new(
+            "on disk from before the rule: `installer verify` of a release with a link into `shared/`",
+            site.installer(&site.config, &["verify", &tag]),
+            2,
+            &[leak, "refused by the installer", INTO_SHARED, "does not verify"],
+            false,
+        )
+        .around(plant, || {}),
+    );
+    v.push(Case::new(
+        "on disk from before the rule: `installer activate` reusing it",
+        site.installer(&site.config, &["activate", "--build", &tag]),
+        2,
+        &[leak, "no longer matches", "move the directory away"],
+        true,
+    ));
+    v.push(
+        Case::new(
+            "on disk from before the rule: `installer rollback --to` it",
+            site.installer(&site.config, &["rollback", "--to", &tag]),
+            2,
+            &[leak, "does not verify against its manifest"],
+            false,
+        )
+        .around(|| {}, remove),
+    );
+    v
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hostile-store findings that are not refusals of one command: each a named step over the
+// same live site, after the cases above.
+
+/// 5: a failure before anything was unpacked (the store unreachable: exit 1) ends the run's
+/// journal entry, so `status` names it as the last command instead of the last success.
+fn step_a_failure_before_unpack_is_the_last_command(site: &Site, next: &mut u32) {
+    *next += 1;
+    let n = b(*next);
+    let out = site
+        .installer(
+            &site.config,
+            &[
+                "activate",
+                "--build",
+                &n.tag(),
+                "--store",
+                "s3://bad-input/releases",
+                "--s3-endpoint",
+                "http://127.0.0.1:9",
+            ],
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let status = site
+        .installer(&site.config, &["status", "--json"])
+        .output()
+        .unwrap();
+    let report: common::report::Report = serde_json::from_slice(&status.stdout).unwrap();
+    let last = &report.details["last_command"];
+    assert_eq!(
+        (last["build"].as_str(), last["outcome"].as_str()),
+        (Some(n.digits().as_str()), Some("failed")),
+        "{}",
+        text(&status)
+    );
+    assert_eq!(report.build, Some(b(1)), "{}", text(&status));
+}
+
+/// 1: the live release (unpacked before the link rules) has a `production_template.py` that is
+/// a link to `production.py`, i.e. to the server's secrets: the next activation's template
+/// check must refuse without printing a line of them.
+fn step_a_live_template_linked_to_the_secrets_is_not_printed(site: &Site, next: &mut u32) {
+    let template = site
+        .root
+        .join("releases/Build000001/binarycrate/binarycrate/settings/production_template.py");
+    let original = fs::read(&template).unwrap();
+    let secrets = fs::read_to_string(site.root.join("shared/production.py")).unwrap();
+    assert!(secrets.contains("SECRET_KEY = 'test-secret"), "{secrets}");
+    let shared = listing(&site.root.join("shared"), |_| false);
+    fs::remove_file(&template).unwrap();
+    std::os::unix::fs::symlink("production.py", &template).unwrap();
+    *next += 1;
+    let n = b(*next);
+    let (gz, sidecar) = crafted(n, |_| {}).seal();
+    site.stores.publish(Backend::File, &gz, &sidecar);
+    let out = site.activate(Backend::File, n).output().unwrap();
+    fs::remove_file(&template).unwrap();
+    fs::write(&template, &original).unwrap();
+    fs::set_permissions(&template, fs::Permissions::from_mode(0o644)).unwrap();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert!(
+        all.contains("leads out of the release") && all.contains("--template-reviewed"),
+        "{all}"
+    );
+    assert!(
+        !all.contains("test-secret-key"),
+        "the secrets were printed: {all}"
+    );
+    assert_eq!(listing(&site.root.join("shared"), |_| false), shared);
+    assert_eq!(
+        fs::read_link(site.root.join("current")).unwrap(),
+        Path::new("releases/Build000001")
+    );
+    assert!(!site.root.join("releases").join(n.tag()).exists());
+}
+
+/// 5: a failure with no release live says so, not that "the previous release is still serving".
+fn step_a_failure_with_nothing_live_says_so(site: &Site, next: &mut u32) {
+    let root = site.tmp.path().join("empty-srv");
+    fs::create_dir_all(root.join("shared")).unwrap();
+    fs::write(root.join("shared/production.py"), "DEBUG = False\n").unwrap();
+    let config = site.config_file(
+        "nothing-live",
+        &config_text(
+            &root.display().to_string(),
+            &site.stores.url(Backend::File),
+            "migrate = [\"false\"]",
+            "",
+        ),
+    );
+    *next += 1;
+    let n = b(*next);
+    let (gz, sidecar) = crafted(n, |c| {
+        c.file("requirements.txt", b"").dir("wheels");
+    })
+    .seal();
+    site.stores.publish(Backend::File, &gz, &sidecar);
+    let out = site
+        .installer(&config, &["activate", "--build", &n.tag()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        err.contains("migrate failed; `current` was not changed and no release was live before this one, and none is now"),
+        "{err}"
+    );
+    assert!(!err.contains("still serving"), "{err}");
+    assert!(fs::symlink_metadata(root.join("current")).is_err());
+}
+
+/// The static link of `hash`, as a target path.
+fn static_link(site: &Site, hash: &str) -> PathBuf {
+    fs::read_link(site.root.join("static").join(hash)).unwrap()
+}
+
+/// 2: a build of the same commit as the live one (same `VERSION_HASH`) whose activation fails
+/// before the swap leaves the live release's static link alone; one that goes live takes the
+/// link over, and a rollback takes it back.
+fn step_a_build_of_the_live_commit_leaves_the_live_static_link(site: &Site, next: &mut u32) {
+    let hash_file = "binarycrate/binarycrate/settings/version_hash.py";
+    let live = site.root.join("releases/Build000001");
+    let version_hash = fs::read(live.join(hash_file)).unwrap();
+    let links = listing(&site.root.join("static"), |_| false);
+    assert_eq!(links.len(), 1, "{links:?}");
+    let hash = links.keys().next().unwrap().clone();
+    let live_link = static_link(site, &hash);
+    assert!(
+        live_link.starts_with("../releases/Build000001"),
+        "{live_link:?}"
+    );
+    let same_commit = |n: BuildNumber| {
+        let (gz, sidecar) = crafted(n, |c| {
+            c.dir("binarycrate/binarycrate")
+                .dir("binarycrate/binarycrate/settings")
+                .file(hash_file, &version_hash)
+                .dir("binarycrate/public")
+                .dir("binarycrate/public/static")
+                .file(
+                    "binarycrate/public/static/app.css",
+                    b"/* another build */\n",
+                )
+                .file("requirements.txt", b"")
+                .dir("wheels");
+        })
+        .seal();
+        site.stores.publish(Backend::File, &gz, &sidecar);
+    };
+    let root = site.root.display().to_string();
+    let store = site.stores.url(Backend::File);
+
+    *next += 1;
+    let failing = b(*next);
+    same_commit(failing);
+    let config = site.config_file(
+        "same-commit-fails",
+        &config_text(&root, &store, "migrate = [\"false\"]", ""),
+    );
+    let out = site
+        .installer(
+            &config,
+            &["activate", "--build", &failing.tag(), "--template-reviewed"],
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("Build000001, the previous release, is still serving"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(listing(&site.root.join("static"), |_| false), links);
+    // ...and still leads to the live release's static files.
+    assert!(site.root.join("static").join(&hash).is_dir());
+    assert!(!site.root.join("releases").join(failing.tag()).exists());
+
+    let (port, stop) = crate::installer_input::fake_site(&site.root);
+    let config = site.config_file(
+        "same-commit",
+        &config_text(
+            &root,
+            &store,
+            "migrate = [\"true\"]",
+            &format!("[health]\nurl = \"http://127.0.0.1:{port}/\"\ntimeout_secs = 20\nconfirm_requests = 2\n"),
+        ),
+    );
+    *next += 1;
+    let going_live = b(*next);
+    same_commit(going_live);
+    let out = site
+        .installer(
+            &config,
+            &[
+                "activate",
+                "--build",
+                &going_live.tag(),
+                "--template-reviewed",
+            ],
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        static_link(site, &hash).starts_with(format!("../releases/{}", going_live.tag())),
+        "{:?}",
+        static_link(site, &hash)
+    );
+    let out = site
+        .installer(&config, &["rollback", "--to", "Build000001"])
+        .output()
+        .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(static_link(site, &hash), live_link);
+}
+
 #[test]
 fn bad_input_through_the_whole_path_is_refused_and_changes_nothing() {
     if !bins::have_wheelhouse() {
@@ -1288,11 +2158,17 @@ fn bad_input_through_the_whole_path_is_refused_and_changes_nothing() {
     site.stores.publish(Backend::File, &gz, &sidecar);
     cases.extend(config_cases(&site, good));
     cases.extend(deploy_cases(&site, good, &pwned, &sent));
+    let signer = Signer::new(&site);
+    cases.extend(hostile_cases(&site, &signer, &mut next));
 
     let mut before = State::of(&site.root);
     let (mut rejected, mut unchanged) = (0, 0);
     let mut failures = Vec::new();
     for case in &mut cases {
+        if let Some(prepare) = case.prepare.take() {
+            prepare();
+            before = State::of(&site.root);
+        }
         let out = case.cmd.output().unwrap_or_else(|e| {
             panic!(
                 "{}: cannot run `{}`: {e}",
@@ -1300,20 +2176,37 @@ fn bad_input_through_the_whole_path_is_refused_and_changes_nothing() {
                 case.cmd.get_program().to_string_lossy()
             )
         });
-        let after = State::of(&site.root);
+        let mut after = State::of(&site.root);
         let err = String::from_utf8_lossy(&out.stderr);
         let mut problems = Vec::new();
 
         let missing: Vec<&String> = case.expect.iter().filter(|e| !err.contains(*e)).collect();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let shown: Vec<&String> = case
+            .forbid
+            .iter()
+            .filter(|f| err.contains(*f) || stdout.contains(*f))
+            .collect();
         if out.status.code() != Some(case.code) || !missing.is_empty() {
             problems.push(format!(
                 "expected exit {} and {missing:?} in its error",
                 case.code
             ));
+        } else if !shown.is_empty() {
+            problems.push(format!("its output shows {shown:?}"));
+        } else if out.stderr.contains(&0x1b) || out.stdout.contains(&0x1b) {
+            problems.push("its output holds an escape character (ESC)".into());
+        } else if out.stderr.len() > MAX_STDERR_BYTES {
+            problems.push(format!("{} bytes of standard error", out.stderr.len()));
         } else {
             rejected += 1;
         }
         let mut clean = true;
+        let grown = after.journal.len().saturating_sub(before.journal.len());
+        if grown > MAX_JOURNAL_GROWTH {
+            clean = false;
+            problems.push(format!("the journal grew by {grown} bytes"));
+        }
         match after.changes_since(&before) {
             Ok(refused) if refused != usize::from(case.journaled) => problems.push(format!(
                 "{refused} `refused` journal records, expected {}",
@@ -1352,12 +2245,21 @@ fn bad_input_through_the_whole_path_is_refused_and_changes_nothing() {
                 .collect::<String>()
         );
         if !problems.is_empty() {
+            let mut shown = text(&out);
+            if shown.len() > 8192 {
+                shown.truncate(shown.floor_char_boundary(8192));
+                shown.push_str("…");
+            }
             failures.push(format!(
                 "{}: {}\n{}",
                 case.name,
                 problems.join("; "),
-                text(&out)
+                shown.replace('\x1b', "<ESC>")
             ));
+        }
+        if let Some(cleanup) = case.cleanup.take() {
+            cleanup();
+            after = State::of(&site.root);
         }
         before = after;
     }
@@ -1407,4 +2309,9 @@ fn bad_input_through_the_whole_path_is_refused_and_changes_nothing() {
         "a refusal is not the last activation: {}",
         text(&status)
     );
+
+    step_a_failure_before_unpack_is_the_last_command(&site, &mut next);
+    step_a_live_template_linked_to_the_secrets_is_not_printed(&site, &mut next);
+    step_a_failure_with_nothing_live_says_so(&site, &mut next);
+    step_a_build_of_the_live_commit_leaves_the_live_static_link(&site, &mut next);
 }
