@@ -171,6 +171,65 @@ impl ReleaseManifest {
                 self.build
             )));
         }
+        // Every text field is checked here, so whatever prints one (`builder releases`, a
+        // deploy plan) prints what a builder could have written, not an attacker's escapes.
+        let hex = |what: &str, v: &str| {
+            let ok = (v.len() == 40 || v.len() == 64) && v.bytes().all(|b| b.is_ascii_hexdigit());
+            if ok {
+                Ok(())
+            } else {
+                Err(invalid(format!(
+                    "{what} `{}` is not a commit id (40 or 64 hex digits)",
+                    shown(v)
+                )))
+            }
+        };
+        if !self.commit.is_empty() {
+            hex("commit", &self.commit)?;
+        }
+        for (path, commit) in &self.submodules {
+            validate_relative_path(path)
+                .map_err(|m| invalid(format!("submodule `{}`: {m}", shown(path))))?;
+            hex(&format!("submodule `{path}`'s commit"), commit)?;
+        }
+        let plain = |what: &str, v: &str| {
+            if v.is_empty()
+                || v.len() > 64
+                || !v
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._+-~".contains(&b))
+            {
+                Err(invalid(format!(
+                    "{what} `{}` is not a plain name",
+                    shown(v)
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        plain("builder_version", &self.builder_version)?;
+        if let Some(tag) = &self.python_tag {
+            plain("python_tag", tag)?;
+        }
+        for name in self.wheels.keys() {
+            if name.contains('/') {
+                return Err(invalid(format!("wheel `{}`: not a file name", shown(name))));
+            }
+            check_name_text(name).map_err(|m| invalid(format!("wheel `{}`: {m}", shown(name))))?;
+        }
+        for step in &self.build_steps {
+            let texts = std::iter::once(&step.name).chain(step.command.iter());
+            if let Some(t) = texts
+                .into_iter()
+                .find(|t| t.chars().any(crate::untrusted::is_unprintable))
+            {
+                return Err(invalid(format!(
+                    "build step `{}`: `{}` contains a control character",
+                    shown(&step.name),
+                    shown(t)
+                )));
+            }
+        }
         for (path, entry) in &self.files {
             validate_relative_path(path)
                 .map_err(|m| invalid(format!("file `{}`: {m}", shown(path))))?;

@@ -67,6 +67,23 @@ pub fn link_shared(
         if fs::read_link(&link).ok().as_deref() == Some(target.as_path()) {
             continue;
         }
+        // Only through the release's real directories: a link on the way would put the
+        // server's file wherever it leads (the reader refuses such a release; this is the
+        // check for one unpacked before that rule).
+        let mut at = release.to_owned();
+        for part in Path::new(inside)
+            .parent()
+            .into_iter()
+            .flat_map(Path::components)
+        {
+            at.push(part);
+            if fs::symlink_metadata(&at).is_ok_and(|m| m.file_type().is_symlink()) {
+                bail!(BadInput(format!(
+                    "`{}` is a link, so `{inside}` would not be in the release: move the release away and activate it again from the store",
+                    at.display()
+                )));
+            }
+        }
         if let Some(parent) = link.parent() {
             fs::create_dir_all(parent)
                 .with_context(|| format!("cannot create `{}`", parent.display()))?;

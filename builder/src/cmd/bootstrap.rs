@@ -80,6 +80,7 @@ pub fn run(args: &BootstrapArgs) -> anyhow::Result<ExitCode> {
     let script = render_script(&Script {
         path: args.path.clone(),
         sha256,
+        size,
         source,
         force: args.force,
     })?;
@@ -205,6 +206,8 @@ pub struct Script {
     /// Where the installer goes (checked by [`check_install_path`]).
     pub path: String,
     pub sha256: Sha256Hash,
+    /// Its size: the download stops one byte past it, whatever the store holds.
+    pub size: u64,
     pub source: DownloadSource,
     /// Replace an installer reporting a newer version.
     pub force: bool,
@@ -225,12 +228,16 @@ pub fn render_script(s: &Script) -> Result<String, BadInput> {
             format!(
                 r#"url={url}
 if command -v curl >/dev/null 2>&1; then
-  curl -fsS --retry 3 -o "$tmp" "$url" || fail "cannot download the installer with curl (an expired URL? run builder bootstrap again)"
+  {{ curl -fsS --retry 3 "$url" || : >"$tmp.failed"; }} | head -c "$limit" >"$tmp"
+  how=curl
 elif command -v wget >/dev/null 2>&1; then
-  wget -q -O "$tmp" "$url" || fail "cannot download the installer with wget (an expired URL? run builder bootstrap again)"
+  {{ wget -q -O - "$url" || : >"$tmp.failed"; }} | head -c "$limit" >"$tmp"
+  how=wget
 else
   fail "neither curl nor wget is installed on this server: install one (apt-get install curl)"
-fi"#,
+fi
+check_size
+[ ! -e "$tmp.failed" ] || fail "cannot download the installer with $how (an expired URL? run builder bootstrap again)""#,
                 url = shell_quote(url)
             )
         }
@@ -240,7 +247,8 @@ fi"#,
             format!(
                 r#"src={src}
 [ -f "$src" ] || fail "the store file \`$src\` is not on this server: a \`file://\` store must be mounted at the same path on every server (or use an \`s3://\` store)"
-cp -- "$src" "$tmp""#,
+head -c "$limit" <"$src" >"$tmp"
+check_size"#,
                 src = shell_quote(&path)
             )
         }
@@ -249,6 +257,7 @@ cp -- "$src" "$tmp""#,
         r#"set -eu
 dest={dest}
 want={want}
+size={size}
 force={force}
 result() {{ printf '{RESULT_PREFIX}previous=%s new=%s outcome=%s\n' "$1" "$2" "$3"; }}
 fail() {{ printf 'error: %s\n' "$*" >&2; exit 1; }}
@@ -283,7 +292,13 @@ fi
 dir=$(dirname -- "$dest")
 [ -d "$dir" ] || mkdir -p -- "$dir"
 tmp=$(mktemp "$dir/.{TOOL}.bootstrap.XXXXXX")
-trap 'rm -f -- "$tmp"' EXIT
+trap 'rm -f -- "$tmp" "$tmp.failed"' EXIT
+# At most one byte more than the installer has is written: a store object replaced by a huge
+# one cannot fill this server's disk.
+limit=$((size + 1))
+check_size() {{
+  [ "$(wc -c <"$tmp")" -le "$size" ] || fail "the stored installer is larger than the $size bytes it should have: the store object was replaced; nothing was replaced here"
+}}
 {fetch}
 got=$(sum_of "$tmp")
 [ "$got" = "$want" ] || fail "the downloaded installer's SHA-256 is $got, not $want: nothing was replaced"
@@ -313,6 +328,7 @@ result "$previous" "$new" "$outcome"
 echo "$after""#,
         dest = shell_quote(&s.path),
         want = shell_quote(&s.sha256.to_hex()),
+        size = s.size,
         force = if s.force { "1" } else { "0" },
     ))
 }
@@ -673,13 +689,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let new_bin = dir.path().join("new-installer");
         fake(&new_bin, "0.2.0");
-        let (sha256, _) = Sha256Hash::of_file(&new_bin).unwrap();
+        let (sha256, size) = Sha256Hash::of_file(&new_bin).unwrap();
         let dest_dir = dir.path().join("bin $(touch pwned) 'q'");
         let dest = dest_dir.join("installer");
         let script = |force: bool| {
             render_script(&Script {
                 path: dest.to_str().unwrap().to_owned(),
                 sha256,
+                size,
                 source: DownloadSource::Path(new_bin.clone()),
                 force,
             })
@@ -766,6 +783,22 @@ mod tests {
         assert!(std::fs::read_to_string(&dest).unwrap().contains("0.1.0"));
         let left: Vec<_> = std::fs::read_dir(&dest_dir).unwrap().collect();
         assert_eq!(left.len(), 1, "{left:?}");
+
+        // A source far larger than the installer (replaced in the store) is read no further
+        // than one byte past its size, and refused.
+        let huge = std::fs::File::create(&new_bin).unwrap();
+        huge.set_len(1 << 40).unwrap();
+        let o = run(true);
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        assert!(
+            String::from_utf8_lossy(&o.stderr)
+                .contains(&format!("larger than the {size} bytes it should have")),
+            "{}",
+            text(&o)
+        );
+        assert!(std::fs::read_to_string(&dest).unwrap().contains("0.1.0"));
+        let left: Vec<_> = std::fs::read_dir(&dest_dir).unwrap().collect();
+        assert_eq!(left.len(), 1, "{left:?}");
     }
 
     #[test]
@@ -773,6 +806,7 @@ mod tests {
         let s = |url: &str| Script {
             path: "/usr/local/bin/installer".into(),
             sha256: Sha256Hash::of(b"x"),
+            size: 1,
             source: DownloadSource::Url(url.into()),
             force: false,
         };

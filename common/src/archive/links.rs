@@ -111,6 +111,9 @@ pub enum LinkProblem {
     Into(String, &'static str),
     /// Resolves to a directory that holds a linked path, which is then reachable through it.
     Above(String, &'static str),
+    /// Stands where a reserved path's directory should be: the installer would put the
+    /// server's file wherever the link leads.
+    Holds(String, &'static str),
 }
 
 impl LinkProblem {
@@ -127,6 +130,10 @@ impl LinkProblem {
             LinkProblem::Into(r, what) => format!("resolves into `{}`, {what}", shown(r)),
             LinkProblem::Above(r, what) => format!(
                 "resolves to a directory that holds `{}`, {what}",
+                shown(r)
+            ),
+            LinkProblem::Holds(r, what) => format!(
+                "stands where the directory of `{}` belongs, {what}: that path must be reached through real directories",
                 shown(r)
             ),
         }
@@ -146,6 +153,11 @@ pub fn find_unsafe_link(
 ) -> Option<(String, String, LinkProblem)> {
     files.iter().find_map(|(name, entry)| match entry {
         FileEntry::Symlink { target } if reserved.linked_by(name).is_none() => {
+            let inside = format!("{name}/");
+            if let Some(r) = reserved.all().find(|r| r.starts_with(&inside)) {
+                let problem = LinkProblem::Holds(r.clone(), reserved.describe(r));
+                return Some((name.clone(), target.clone(), problem));
+            }
             resolve(files, reserved, name, target)
                 .err()
                 .map(|p| (name.clone(), target.clone(), p))
@@ -347,6 +359,15 @@ mod tests {
         assert!(matches!(
             with(("app/public/static/root", link("../../.."))),
             Some(LinkProblem::Above(..))
+        ));
+        // A link where the settings package belongs would carry `production.py` elsewhere.
+        let mut t = tree(&base);
+        t.insert("app/public/static/settings".into(), dir());
+        t.insert("app/settings".into(), link("public/static/settings"));
+        t.retain(|k, _| !k.starts_with("app/settings/"));
+        assert!(matches!(
+            find_unsafe_link(&t, &reserved).map(|p| p.2),
+            Some(LinkProblem::Holds(r, _)) if r == "app/settings/production.py"
         ));
         // A link at a linked path is replaced by the installer, so it is not judged.
         let mut t = tree(&base);

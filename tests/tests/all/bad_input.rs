@@ -1534,50 +1534,84 @@ fn hostile_cases(site: &Site, signer: &Signer, next: &mut u32) -> Vec<Case> {
         ));
     }
 
+    // The settings package itself a link into the static root: the installer would put the
+    // server's `production.py` where nginx serves it.
+    let n = build();
+    let (gz, sidecar) = crafted(n, |c| {
+        c.dir("binarycrate/binarycrate")
+            .dir("binarycrate/public")
+            .dir("binarycrate/public/static")
+            .dir("binarycrate/public/static/settings")
+            .file(
+                "binarycrate/public/static/settings/base.py",
+                b"DEBUG = False\n",
+            )
+            .symlink(
+                "binarycrate/binarycrate/settings",
+                "../public/static/settings",
+            );
+    })
+    .seal();
+    s.publish(Backend::File, &gz, &sidecar);
+    v.push(Case::new(
+        "file store: the settings package a link into the static root",
+        site.activate(Backend::File, n),
+        2,
+        &[
+            "symlink `binarycrate/binarycrate/settings` -> `../public/static/settings` stands where the directory of `binarycrate/binarycrate/settings/production.py` belongs",
+            &refused_to(n),
+        ],
+        true,
+    ));
+
     // 6. Paths only the installer creates: a finished virtualenv with the artifact's own
     //    Python, a `venv` that is a file, the adopted checkout's marker.
-    let owned: [(&str, Box<dyn FnOnce(&mut Crafted)>, &str); 3] = [
-        (
+    let owned = [
+        recipe(
             "a finished virtualenv",
-            Box::new(|c: &mut Crafted| {
+            |c| {
                 c.dir("venv")
                     .dir("venv/bin")
                     .file("venv/bin/python", b"#!/bin/sh\ntouch /tmp/pwned\n")
                     .file("venv/.binarycrate-venv-complete", b"");
-            }),
-            "entry `venv` is inside `venv`",
+            },
+            &["entry `venv` is inside `venv`"],
         ),
-        (
+        recipe(
             "`venv` as a regular file",
-            Box::new(|c: &mut Crafted| {
+            |c| {
                 c.file("venv", b"not a directory\n");
-            }),
-            "entry `venv` is inside `venv`",
+            },
+            &["entry `venv` is inside `venv`"],
         ),
-        (
+        recipe(
             "the adopted checkout's marker",
-            Box::new(|c: &mut Crafted| {
+            |c| {
                 c.file(
                     "legacy.json",
                     br#"{"kind": "legacy", "build": "000001", "checkout": "/"}"#,
                 );
-            }),
-            "entry `legacy.json` is inside `legacy.json`",
+            },
+            &["entry `legacy.json` is inside `legacy.json`"],
         ),
     ];
-    for (what, craft, expect) in owned {
+    for Recipe {
+        what,
+        craft,
+        expect,
+    } in owned
+    {
         let n = build();
         let (gz, sidecar) = crafted(n, craft).seal();
         s.publish(Backend::File, &gz, &sidecar);
+        let refused = refused_to(n);
+        let mut expect = expect.to_vec();
+        expect.extend(["which the installer creates on the server", &refused]);
         v.push(Case::new(
             format!("file store: {what}"),
             site.activate(Backend::File, n),
             2,
-            &[
-                expect,
-                "which the installer creates on the server",
-                &refused_to(n),
-            ],
+            &expect,
             true,
         ));
     }
@@ -1747,6 +1781,19 @@ fn hostile_cases(site: &Site, signer: &Signer, next: &mut u32) -> Vec<Case> {
         )
         .forbidding(&["Build000034 is live"]),
     );
+    let n = build();
+    let (gz, sidecar) = crafted(n, |c| {
+        c.m.commit = "\u{1b}]0;owned\u{7}\u{1b}[2J".into();
+    })
+    .seal();
+    s.publish(Backend::File, &gz, &sidecar);
+    v.push(Case::new(
+        "file store: a sidecar whose commit is terminal escapes (printed by `builder releases`)",
+        site.activate(Backend::File, n),
+        2,
+        &["commit `\\u{1b}]0;owned\\u{7}\\u{1b}[2J` is not a commit id"],
+        true,
+    ));
     let n = build();
     // Letters that do not compress well, so the name is not also refused as a bomb.
     let mut x = 0x2545_f491_4f6c_dd1du64;
@@ -2248,7 +2295,7 @@ fn bad_input_through_the_whole_path_is_refused_and_changes_nothing() {
             let mut shown = text(&out);
             if shown.len() > 8192 {
                 shown.truncate(shown.floor_char_boundary(8192));
-                shown.push_str("…");
+                shown.push('…');
             }
             failures.push(format!(
                 "{}: {}\n{}",

@@ -449,7 +449,7 @@ fn truncated_or_altered_downloads_are_refused_and_leave_nothing_behind() {
         (
             "extended",
             [original.as_slice(), b"tail"].concat(),
-            "truncated or replaced",
+            "larger than its sidecar says",
         ),
     ];
     for (what, bytes, reason) in cases {
@@ -462,6 +462,16 @@ fn truncated_or_altered_downloads_are_refused_and_leave_nothing_behind() {
             StoreError::Corrupt { key, reason: r, .. } => {
                 assert_eq!(key, &artifact_key, "{what}");
                 assert!(r.contains(reason), "{what}: {err}");
+            }
+            // Longer than the sidecar says: refused before the body is read.
+            StoreError::TooLarge {
+                key, limit, actual, ..
+            } if what == "extended" => {
+                assert_eq!(key, &artifact_key, "{what}");
+                assert_eq!(
+                    (*limit, *actual),
+                    (original.len() as u64, Some(original.len() as u64 + 4))
+                );
             }
             other => panic!("{what}: expected Corrupt, got {other:?}"),
         }
