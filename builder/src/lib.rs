@@ -7,7 +7,7 @@
 //!
 //! Module map:
 //! - [`cli`]: the command line (clap definitions only).
-//! - [`cmd`]: one module per subcommand; each exposes `run`.
+//! - [`cmd`]: one module per subcommand; each exposes `run`, and none imports another.
 //! - [`config`]: `deploy.toml`, with defaults that reproduce the seed.
 //! - [`export`]: a tag and its submodule commits, exported from git objects into staging.
 //! - [`fleet`]: running the installer on the servers (SSM or local) for deploy/rollback/status.
@@ -15,6 +15,8 @@
 //! - [`repo`]: finding the application repository.
 //! - [`signing`]: minisign key pairs and deterministic signatures of `release.json`.
 //! - [`steps`]: running and recording build steps in the staging directory.
+//! - [`store`]: opening the artifact store (for the builder, and as the servers read it); the
+//!   app name.
 
 pub mod cli;
 pub mod cmd;
@@ -25,6 +27,7 @@ pub mod git;
 pub mod repo;
 pub mod signing;
 pub mod steps;
+pub mod store;
 
 /// What `--version` prints after the name: the crate version, the commit it was built from and
 /// the oldest glibc it runs on (both set at compile time by `build.rs`), e.g.

@@ -7,15 +7,7 @@ use thiserror::Error;
 
 use crate::untrusted::shown;
 
-#[derive(Debug, Error, Clone, PartialEq, Eq)]
-pub enum BuildNumberError {
-    #[error("invalid build name `{}`: expected six digits `NNNNNN` or the tag `BuildNNNNNN`, e.g. `Build000034`", .0.escape_debug())]
-    Malformed(String),
-    #[error("invalid build name `{0}`: build numbers start at 000001 (tag `BuildNNNNNN`)")]
-    Zero(String),
-    #[error("build number {0} is out of range: build numbers run from 000001 to 999999 (tag `BuildNNNNNN`)")]
-    OutOfRange(u64),
-}
+pub use crate::build_number::BuildNumberError;
 
 #[derive(Debug, Error)]
 pub enum ManifestError {

@@ -9,7 +9,7 @@ use common::error::BadInput;
 use common::manifest::{validate_app_name, validate_relative_path};
 use serde::{Deserialize, Serialize};
 
-pub use crate::signing::SigningConfig;
+use crate::keys::parse_public_key;
 
 /// Where the configuration is looked for when neither `--config` nor the environment names one.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/binarycrate/installer.toml";
@@ -245,6 +245,48 @@ impl InstallerConfig {
 
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("the configuration always serialises")
+    }
+}
+
+/// `[signing]` in `installer.toml`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SigningConfig {
+    /// Trusted minisign public keys: the base64 line (`RW…`) of each `.pub` file that
+    /// `builder keygen` wrote. Several keys: any one of them is enough (key rotation).
+    pub public_keys: Vec<String>,
+    /// Trusted public key files (minisign `.pub` format), read whenever a release is checked.
+    pub public_key_files: Vec<PathBuf>,
+    /// Refuse releases that are not signed [default: on when any key is configured].
+    pub require_signature: Option<bool>,
+}
+
+impl SigningConfig {
+    pub fn has_keys(&self) -> bool {
+        !self.public_keys.is_empty() || !self.public_key_files.is_empty()
+    }
+
+    pub fn required(&self) -> bool {
+        self.require_signature.unwrap_or(self.has_keys())
+    }
+
+    /// Checks what can be checked without reading files; the message names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        for (i, k) in self.public_keys.iter().enumerate() {
+            parse_public_key(k).map_err(|e| format!("key `signing.public_keys[{i}]`: {e}"))?;
+        }
+        for (i, p) in self.public_key_files.iter().enumerate() {
+            if !p.is_absolute() {
+                return Err(format!(
+                    "key `signing.public_key_files[{i}]`: `{}` must be an absolute path",
+                    p.display()
+                ));
+            }
+        }
+        if self.require_signature == Some(true) && !self.has_keys() {
+            return Err("key `signing.require_signature`: is true but no key is trusted; add the release signing public key to `signing.public_keys` (the `RW…` line `builder keygen` printed), or drop `require_signature`".into());
+        }
+        Ok(())
     }
 }
 

@@ -1,5 +1,6 @@
 //! The journal: one JSON line per event of every activation and rollback, appended and fsynced,
-//! so "which release was live before" is read from history, never guessed from mtimes.
+//! so "which release was live before" is read from history, never guessed from mtimes; and the
+//! state of each release on disk, as that history tells it.
 
 use std::cell::RefCell;
 use std::fs::OpenOptions;
@@ -11,6 +12,31 @@ use anyhow::Context;
 use common::report::{ExitCode, Outcome};
 use common::BuildNumber;
 use serde::{Deserialize, Serialize};
+
+/// The commands that write the journal, as it spells them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Command {
+    Activate,
+    Rollback,
+    Adopt,
+}
+
+impl Command {
+    pub fn name(self) -> &'static str {
+        match self {
+            Command::Activate => "activate",
+            Command::Rollback => "rollback",
+            Command::Adopt => "adopt",
+        }
+    }
+}
+
+impl std::fmt::Display for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,7 +56,7 @@ pub enum Event {
 pub struct Record {
     /// Unix seconds.
     pub time: i64,
-    pub command: String,
+    pub command: Command,
     pub event: Event,
     #[serde(default)]
     pub build: Option<BuildNumber>,
@@ -51,13 +77,13 @@ pub struct Record {
 }
 
 impl Record {
-    pub fn new(command: &str, event: Event, build: Option<BuildNumber>) -> Self {
+    pub fn new(command: Command, event: Event, build: Option<BuildNumber>) -> Self {
         Self {
             time: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs() as i64)
                 .unwrap_or(0),
-            command: command.to_owned(),
+            command,
             event,
             build,
             previous: None,
@@ -113,7 +139,7 @@ impl Journal {
             _ => Outcome::Failed,
         };
         let detail = format!("{e:#}");
-        let mut r = Record::new(&started.command, Event::Finished, started.build);
+        let mut r = Record::new(started.command, Event::Finished, started.build);
         r.previous = started.previous;
         r.outcome = Some(outcome);
         r.detail = Some(detail);
@@ -146,7 +172,7 @@ impl Journal {
     /// Drops the held records and appends one `refused` record in their place.
     pub fn refuse(
         &self,
-        command: &str,
+        command: Command,
         build: Option<BuildNumber>,
         previous: Option<BuildNumber>,
         detail: String,
@@ -283,6 +309,71 @@ impl Journal {
     }
 }
 
+/// A release's state, as `list` shows it (also in `--json`, by [`ReleaseState::name`]) and
+/// `prune` counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReleaseState {
+    Live,
+    /// The previous good release: what `rollback` returns to.
+    Previous,
+    /// Activated, failed its health check and rolled back without ever serving.
+    RolledBack,
+    /// Its activation failed (before or after the swap) and it never served.
+    Failed,
+    /// On disk and not one of the above: served once, or never tried.
+    Unused,
+}
+
+impl ReleaseState {
+    /// Of `build`, given what is live and what was live before, from `records`.
+    pub fn of(
+        build: BuildNumber,
+        current: Option<BuildNumber>,
+        previous: Option<BuildNumber>,
+        records: &[Record],
+    ) -> Self {
+        if Some(build) == current {
+            return Self::Live;
+        }
+        if Some(build) == previous {
+            return Self::Previous;
+        }
+        let last = records.iter().rev().find(|r| {
+            r.event == Event::Finished && r.build == Some(build) && r.command == Command::Activate
+        });
+        let was_live = records
+            .iter()
+            .any(|r| r.event == Event::Live && r.build == Some(build));
+        match last.and_then(|r| r.outcome) {
+            Some(Outcome::RolledBack) if !was_live => Self::RolledBack,
+            Some(Outcome::Failed) | Some(Outcome::OperatorNeeded) if !was_live => Self::Failed,
+            _ => Self::Unused,
+        }
+    }
+
+    /// Releases that failed and never served never count toward `prune --keep`.
+    pub fn is_failed(self) -> bool {
+        matches!(self, Self::RolledBack | Self::Failed)
+    }
+
+    /// As `list` prints it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Live => "live",
+            Self::Previous => "previous",
+            Self::RolledBack => "rolled back",
+            Self::Failed => "failed",
+            Self::Unused => "unused",
+        }
+    }
+}
+
+impl Serialize for ReleaseState {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -297,11 +388,11 @@ mod tests {
         let j = Journal::new(&dir.path().join("journal.jsonl"));
         assert_eq!(j.previous_good(None).unwrap(), None);
         for n in [1, 2, 3] {
-            j.append(&Record::new("activate", Event::Live, Some(b(n))))
+            j.append(&Record::new(Command::Activate, Event::Live, Some(b(n))))
                 .unwrap();
         }
         assert_eq!(j.previous_good(Some(b(3))).unwrap(), Some(b(2)));
-        j.append(&Record::new("rollback", Event::Live, Some(b(2))))
+        j.append(&Record::new(Command::Rollback, Event::Live, Some(b(2))))
             .unwrap();
         assert_eq!(j.previous_good(Some(b(2))).unwrap(), Some(b(3)));
         std::fs::OpenOptions::new()
@@ -311,7 +402,7 @@ mod tests {
             .write_all(b"{\"time\": 1, \"comm")
             .unwrap();
         assert_eq!(j.read().unwrap().len(), 4);
-        let mut done = Record::new("activate", Event::Finished, Some(b(3)));
+        let mut done = Record::new(Command::Activate, Event::Finished, Some(b(3)));
         done.outcome = Some(Outcome::RolledBack);
         j.append(&done).unwrap();
         assert_eq!(
@@ -319,13 +410,13 @@ mod tests {
             Some(Outcome::RolledBack)
         );
         assert_eq!(j.unfinished().unwrap(), None);
-        let started = Record::new("rollback", Event::Started, Some(b(2)));
+        let started = Record::new(Command::Rollback, Event::Started, Some(b(2)));
         j.append(&started).unwrap();
-        let mut phase = Record::new("rollback", Event::Phase, Some(b(2)));
+        let mut phase = Record::new(Command::Rollback, Event::Phase, Some(b(2)));
         phase.phase = Some("swap".into());
         j.append(&phase).unwrap();
         assert_eq!(j.unfinished().unwrap(), Some(started));
-        j.append(&Record::new("rollback", Event::Finished, Some(b(2))))
+        j.append(&Record::new(Command::Rollback, Event::Finished, Some(b(2))))
             .unwrap();
         assert_eq!(j.unfinished().unwrap(), None);
     }
@@ -335,17 +426,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal.jsonl");
         let j = Journal::new(&path);
-        j.append(&Record::new("activate", Event::Live, Some(b(1))))
+        j.append(&Record::new(Command::Activate, Event::Live, Some(b(1))))
             .unwrap();
         let before = std::fs::read(&path).unwrap();
 
         j.hold();
-        j.append(&Record::new("activate", Event::Started, Some(b(2))))
+        j.append(&Record::new(Command::Activate, Event::Started, Some(b(2))))
             .unwrap();
-        j.append(&Record::new("activate", Event::Phase, Some(b(2))))
+        j.append(&Record::new(Command::Activate, Event::Phase, Some(b(2))))
             .unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), before, "held, not written");
-        j.refuse("activate", Some(b(2)), Some(b(1)), "bad".into())
+        j.refuse(Command::Activate, Some(b(2)), Some(b(1)), "bad".into())
             .unwrap();
         let records = j.read().unwrap();
         assert_eq!(records.len(), 2);
@@ -356,12 +447,12 @@ mod tests {
         assert_eq!(j.last_finished(b(2)).unwrap(), None);
 
         j.hold();
-        j.append(&Record::new("activate", Event::Started, Some(b(3))))
+        j.append(&Record::new(Command::Activate, Event::Started, Some(b(3))))
             .unwrap();
         assert!(j.holding());
         j.release().unwrap();
         assert!(!j.holding());
-        j.append(&Record::new("activate", Event::Live, Some(b(3))))
+        j.append(&Record::new(Command::Activate, Event::Live, Some(b(3))))
             .unwrap();
         let events: Vec<Event> = j.read().unwrap().iter().map(|r| r.event).collect();
         assert_eq!(

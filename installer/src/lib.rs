@@ -1,33 +1,43 @@
 //! The `installer` binary's library: everything that runs on a server.
 //!
-//! It installs releases made by `builder` into the layout of SPEC section 5 — verify, unpack,
+//! It installs releases made by `builder` into the server layout — verify, unpack,
 //! link, venv, migrate, swap `current`, reload, prove — and rolls back by itself when the new
 //! build is not what is served.
 //!
 //! Module map:
 //! - [`cli`]: the command line (clap definitions only).
-//! - [`cmd`]: one module per subcommand; each exposes `run`.
-//! - [`config`]: `installer.toml` with the seed's defaults.
+//! - [`cmd`]: one module per subcommand; each exposes `run`, and none imports another.
+//! - [`run`]: one command's run: report, journal, timed phases with their fault points, the end.
+//! - [`config`]: `installer.toml` with the seed's defaults (`[signing]` included).
 //! - [`layout`]: the server's directory layout and the `current` link.
 //! - [`lock`]: one activation at a time (`flock`).
-//! - [`journal`]: the append-only history of activations and rollbacks.
+//! - [`journal`]: the append-only history of activations and rollbacks; release states.
 //! - [`release`]: shared links, static links, venv, template check and verification of a release.
-//! - [`signing`]: trusted public keys and the signature check of a release before download.
+//! - [`legacy`]: the adopted checkout as a legacy release (links, marker, build number).
+//! - [`tree`]: copies of trees proven equal to their original (what `adopt` copies).
+//! - [`advice`]: what to change in uWSGI and nginx when a checkout is adopted.
+//! - [`keys`]: minisign public keys as the configuration names them, and their ids.
+//! - [`signing`]: the trusted keys and the signature check of a release before download.
 //! - [`switch`]: swap, reload, health check, and swapping back on failure.
 //! - [`health`]: HTTP checks and uWSGI stats.
 //! - [`procs`]: running the server's commands.
 
+pub mod advice;
 pub mod cli;
 pub mod cmd;
 pub mod config;
 pub mod health;
 pub mod journal;
+pub mod keys;
 pub mod layout;
+pub mod legacy;
 pub mod lock;
 pub mod procs;
 pub mod release;
+pub mod run;
 pub mod signing;
 pub mod switch;
+pub mod tree;
 
 /// What `--version` prints after the name: the crate version, the commit it was built from and
 /// the oldest glibc it runs on (both set at compile time by `build.rs`), e.g.

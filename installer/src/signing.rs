@@ -6,8 +6,6 @@
 //! The signature covers the sidecar's exact bytes, and the sidecar holds the archive's BLAKE3
 //! and size, so a verified sidecar pins the artifact; the download is then checked against it.
 
-use std::path::{Path, PathBuf};
-
 use anyhow::Context;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
@@ -16,51 +14,9 @@ use common::manifest::{RELEASE_JSON, RELEASE_SIGNATURE};
 use common::report::Report;
 use common::store::ArtifactStore;
 use common::BuildNumber;
-use serde::{Deserialize, Serialize};
 
-use crate::config::InstallerConfig;
-
-/// `[signing]` in `installer.toml`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SigningConfig {
-    /// Trusted minisign public keys: the base64 line (`RW…`) of each `.pub` file that
-    /// `builder keygen` wrote. Several keys: any one of them is enough (key rotation).
-    pub public_keys: Vec<String>,
-    /// Trusted public key files (minisign `.pub` format), read whenever a release is checked.
-    pub public_key_files: Vec<PathBuf>,
-    /// Refuse releases that are not signed [default: on when any key is configured].
-    pub require_signature: Option<bool>,
-}
-
-impl SigningConfig {
-    pub fn has_keys(&self) -> bool {
-        !self.public_keys.is_empty() || !self.public_key_files.is_empty()
-    }
-
-    pub fn required(&self) -> bool {
-        self.require_signature.unwrap_or(self.has_keys())
-    }
-
-    /// Checks what can be checked without reading files; the message names the key.
-    pub fn validate(&self) -> Result<(), String> {
-        for (i, k) in self.public_keys.iter().enumerate() {
-            parse_public_key(k).map_err(|e| format!("key `signing.public_keys[{i}]`: {e}"))?;
-        }
-        for (i, p) in self.public_key_files.iter().enumerate() {
-            if !p.is_absolute() {
-                return Err(format!(
-                    "key `signing.public_key_files[{i}]`: `{}` must be an absolute path",
-                    p.display()
-                ));
-            }
-        }
-        if self.require_signature == Some(true) && !self.has_keys() {
-            return Err("key `signing.require_signature`: is true but no key is trusted; add the release signing public key to `signing.public_keys` (the `RW…` line `builder keygen` printed), or drop `require_signature`".into());
-        }
-        Ok(())
-    }
-}
+use crate::config::{InstallerConfig, SigningConfig};
+use crate::keys::{key_id_of, parse_public_key, read_public_key_file};
 
 /// A public key this server trusts.
 #[derive(Debug, Clone)]
@@ -70,39 +26,6 @@ pub struct TrustedKey {
     /// Where it was configured, for messages.
     pub origin: String,
     key: minisign_verify::PublicKey,
-}
-
-/// minisign's key id notation: the 8 id bytes as a little-endian number in 16 hex digits.
-fn key_id_of(keynum: &[u8]) -> String {
-    keynum.iter().rev().map(|b| format!("{b:02X}")).collect()
-}
-
-/// Parses the base64 line of a minisign public key; returns its key id and the key.
-pub fn parse_public_key(line: &str) -> Result<(String, minisign_verify::PublicKey), String> {
-    let line = line.trim();
-    let bad = || {
-        format!(
-            "`{}` is not a minisign public key: use the `RW…` line that `builder keygen` printed (the second line of its `.pub` file)",
-            line.escape_debug()
-        )
-    };
-    let raw = BASE64.decode(line).map_err(|_| bad())?;
-    if raw.len() != 42 || &raw[0..2] != b"Ed" {
-        return Err(bad());
-    }
-    let key = minisign_verify::PublicKey::from_base64(line).map_err(|_| bad())?;
-    Ok((key_id_of(&raw[2..10]), key))
-}
-
-/// Reads a minisign `.pub` file: an `untrusted comment:` line, then the key.
-fn read_public_key_file(path: &Path) -> Result<(String, minisign_verify::PublicKey), String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read the public key file `{}`: {e}", path.display()))?;
-    let line = text
-        .lines()
-        .find(|l| !l.trim().is_empty() && !l.starts_with("untrusted comment:"))
-        .unwrap_or_default();
-    parse_public_key(line).map_err(|e| format!("`{}`: {e}", path.display()))
 }
 
 /// What this server requires of a release.

@@ -4,14 +4,13 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
-use common::report::{Outcome, Report};
+use common::report::Outcome;
 use common::BuildNumber;
 
 use crate::config::InstallerConfig;
 use crate::health;
-use crate::journal::{Event, Journal, Record};
-use crate::layout::Layout;
 use crate::procs;
+use crate::run::{Phase, Run};
 
 /// Reloads the application server and tells which build it serves.
 pub trait AppServer {
@@ -211,15 +210,6 @@ impl Uwsgi<'_> {
     }
 }
 
-/// Everything a switch touches on the server.
-#[derive(Clone, Copy)]
-pub struct Server<'a> {
-    pub layout: &'a Layout,
-    pub config: &'a InstallerConfig,
-    pub app: &'a dyn AppServer,
-    pub journal: &'a Journal,
-}
-
 /// Asks uWSGI's master for a chain reload through its FIFO. When no master reads it (no FIFO,
 /// or nobody on the other end) uWSGI is not running: there is nothing to reload, it will load
 /// `current` when it starts, and the health check decides whether the site serves.
@@ -283,23 +273,17 @@ pub enum Switched {
 }
 
 /// Swaps to `build`, reloads and checks; on failure swaps back to `previous` (if any), reloads
-/// and checks that it serves again. Phases are timed into `report` and journalled.
+/// and checks that it serves again. Each phase is timed, journalled and offered to the crash
+/// tests by `run`.
 pub fn switch(
-    server: &Server<'_>,
-    report: &mut Report,
-    command: &str,
+    run: &mut Run<'_>,
+    app: &dyn AppServer,
     build: BuildNumber,
     previous: Option<BuildNumber>,
 ) -> anyhow::Result<Switched> {
-    let whole = *server;
-    let Server {
-        layout,
-        config,
-        app: server,
-        journal,
-    } = whole;
-    let timeout = Duration::from_secs(config.health.timeout_secs);
-    let t = Instant::now();
+    let layout = run.layout.clone();
+    let timeout = Duration::from_secs(run.config.health.timeout_secs);
+    let t = run.begin(Phase::Swap);
     let swapped_at = if layout.current_build()? == Some(build) {
         // A run killed after its swap: keep the link and its time, so workers respawned since
         // then count as serving this build (uWSGI may still be busy with that chain reload).
@@ -313,70 +297,59 @@ pub fn switch(
     };
     // Two builds of one commit share `static/<VERSION_HASH>`: it follows `current`, so the
     // pages being served always find their own build's files (and a restore takes it back).
-    take_static_link(&whole, report, build);
-    common::fault::point("switch:after-swap");
-    phase_done(journal, report, command, build, "swap", t, true);
+    take_static_link(run, build);
     eprintln!(
-        "==> swap: `current` -> releases/{build:#} ({:.2}s)",
+        "    `current` -> releases/{build:#} ({:.2}s)",
         t.elapsed().as_secs_f64()
     );
+    run.end(Phase::Swap, build, t, true);
 
-    let t = Instant::now();
-    let failure = match server.reload() {
+    let t = run.begin(Phase::Reload);
+    let failure = match app.reload() {
         Ok(()) => {
-            phase_done(journal, report, command, build, "reload", t, true);
-            eprintln!("==> reload ({:.2}s)", t.elapsed().as_secs_f64());
-            common::fault::point("switch:after-reload");
-            let t = Instant::now();
-            match server.wait_serving(build, swapped_at, timeout) {
+            eprintln!("    {:.2}s", t.elapsed().as_secs_f64());
+            run.end(Phase::Reload, build, t, true);
+            let t = run.begin(Phase::Health);
+            match app.wait_serving(build, swapped_at, timeout) {
                 Ok(()) => {
-                    phase_done(journal, report, command, build, "health", t, true);
-                    common::fault::point("switch:after-health");
                     eprintln!(
-                        "==> health: every worker serves {build:#} ({:.2}s)",
+                        "    every worker serves {build:#} ({:.2}s)",
                         t.elapsed().as_secs_f64()
                     );
+                    run.end(Phase::Health, build, t, true);
                     return Ok(Switched::Live);
                 }
                 Err(e) => {
-                    phase_done(journal, report, command, build, "health", t, false);
+                    run.end(Phase::Health, build, t, false);
                     e.context(format!("health check of {build:#} failed"))
                 }
             }
         }
         Err(e) => {
-            phase_done(journal, report, command, build, "reload", t, false);
+            run.end(Phase::Reload, build, t, false);
             e.context("reload failed")
         }
     };
-    eprintln!("error: {failure:#}");
+    eprintln!(
+        "error: {}",
+        common::untrusted::message(&format!("{failure:#}"))
+    );
     let Some(previous) = previous else {
         return Ok(Switched::Stuck(failure.context(format!(
             "there is no previous release to return to: `current` points at {build:#}; fix the application server, then run `installer activate` again"
         ))));
     };
-    eprintln!("==> restoring {previous:#}");
-    let t = Instant::now();
+    eprintln!("    restoring {previous:#}");
+    let t = run.begin(Phase::Restore);
     let restore = (|| -> anyhow::Result<()> {
         let at = SystemTime::now();
         layout.set_current(previous)?;
-        take_static_link(&whole, report, previous);
-        server
-            .reload()
-            .context("reload after swapping back failed")?;
-        server
-            .wait_serving(previous, at, timeout)
+        take_static_link(run, previous);
+        app.reload().context("reload after swapping back failed")?;
+        app.wait_serving(previous, at, timeout)
             .with_context(|| format!("{previous:#} does not serve again after swapping back"))
     })();
-    phase_done(
-        journal,
-        report,
-        command,
-        previous,
-        "restore",
-        t,
-        restore.is_ok(),
-    );
+    run.end(Phase::Restore, previous, t, restore.is_ok());
     Ok(match restore {
         Ok(()) => Switched::RolledBack(failure),
         Err(e) => Switched::Stuck(failure.context(format!(
@@ -388,67 +361,37 @@ pub fn switch(
 /// Points `build`'s static link at it even when another release has it; a failure is a warning
 /// (the release is already live, only a page of another build of the same commit may lack a
 /// file).
-fn take_static_link(server: &Server<'_>, report: &mut Report, build: BuildNumber) {
+fn take_static_link(run: &mut Run<'_>, build: BuildNumber) {
     if let Err(e) = crate::release::link_static(
-        server.layout,
-        server.config,
+        &run.layout,
+        run.config,
         build,
         crate::release::StaticLink::TakeOver,
     ) {
         let w = format!("cannot point the static link at {build:#}: {e:#}");
         eprintln!("warning: {w}");
-        report.warnings.push(w);
-    }
-}
-
-/// Records a finished phase in the report and the journal.
-pub fn phase_done(
-    journal: &Journal,
-    report: &mut Report,
-    command: &str,
-    build: BuildNumber,
-    name: &str,
-    started: Instant,
-    ok: bool,
-) {
-    report.phase(name, started.elapsed(), ok);
-    let mut r = Record::new(command, Event::Phase, Some(build));
-    r.phase = Some(name.to_owned());
-    r.duration_ms = Some(started.elapsed().as_millis() as u64);
-    r.outcome = Some(if ok {
-        Outcome::Success
-    } else {
-        Outcome::Failed
-    });
-    if let Err(e) = journal.append(&r) {
-        eprintln!("warning: cannot write the journal: {e:#}");
+        run.report.warnings.push(w);
     }
 }
 
 /// Journals how a switch ended and turns it into the command's outcome. `was_live` is what
 /// `current` pointed at before the command (recorded as the previous build).
 pub fn conclude(
-    server: &Server<'_>,
-    report: &mut Report,
-    command: &str,
+    run: &mut Run<'_>,
     build: BuildNumber,
     was_live: Option<BuildNumber>,
     switched: Switched,
 ) -> anyhow::Result<Outcome> {
-    let journal = server.journal;
     let (outcome, error) = match switched {
         Switched::Live => {
-            let mut live = Record::new(command, Event::Live, Some(build));
-            live.previous = was_live;
-            journal.append(&live)?;
+            run.live(build, was_live)?;
             eprintln!("{build:#} is live");
             (Outcome::Success, None)
         }
         Switched::RolledBack(e) => {
             eprintln!(
                 "rolled back: {} serves again",
-                server
-                    .layout
+                run.layout
                     .current_build()
                     .ok()
                     .flatten()
@@ -458,34 +401,16 @@ pub fn conclude(
             (Outcome::RolledBack, Some(e))
         }
         Switched::Stuck(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", common::untrusted::message(&format!("{e:#}")));
             (Outcome::OperatorNeeded, Some(e))
         }
     };
     let detail = error.map(|e| format!("{e:#}"));
-    finished(journal, command, build, was_live, outcome, detail.clone());
-    if detail.is_some() {
-        report.error = detail;
+    run.finished(build, was_live, outcome, detail.clone());
+    if let Some(d) = detail {
+        run.report.error = Some(common::untrusted::message(&d));
     }
     Ok(outcome)
-}
-
-/// Journals how a command ended.
-pub fn finished(
-    journal: &Journal,
-    command: &str,
-    build: BuildNumber,
-    previous: Option<BuildNumber>,
-    outcome: Outcome,
-    detail: Option<String>,
-) {
-    let mut r = Record::new(command, Event::Finished, Some(build));
-    r.previous = previous;
-    r.outcome = Some(outcome);
-    r.detail = detail;
-    if let Err(e) = journal.append(&r) {
-        eprintln!("warning: cannot write the journal: {e:#}");
-    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! A real nginx (Debian's package) on loopback in front of the test's uWSGI, one per test.
 //!
-//! The site configuration is `tests/fixtures/server/nginx-site.conf` — the production file the
-//! README shows — with only the machine-specific values changed (see [`render_site`]): the
+//! The site configuration is `tests/fixtures/server/nginx-site.conf` — the production file
+//! `docs/server-setup.md` shows — with only the machine-specific values changed (see
+//! [`render_site`]): the
 //! `listen` address (127.0.0.1 and a free port instead of port 80), the server root and the
 //! uWSGI socket path. It is included from a small main configuration written here in place of
 //! Debian's `/etc/nginx/nginx.conf`, which keeps the pid file, the logs and every temporary
@@ -413,12 +414,13 @@ mod tests {
     }
 
     #[test]
-    fn the_readme_shows_the_tested_nginx_site_verbatim() {
+    fn the_server_setup_doc_shows_the_tested_nginx_site_verbatim() {
         let site = fs::read_to_string(site_fixture()).unwrap();
-        let readme = fs::read_to_string(crate::moto::workspace_root().join("README.md")).unwrap();
+        let doc = crate::moto::workspace_root().join("docs/server-setup.md");
+        let doc = fs::read_to_string(doc).unwrap();
         assert!(
-            readme.contains(&format!("```nginx\n{site}```\n")),
-            "README.md's nginx configuration differs from {}",
+            doc.contains(&format!("```nginx\n{site}```\n")),
+            "docs/server-setup.md's nginx configuration differs from {}",
             site_fixture().display()
         );
     }

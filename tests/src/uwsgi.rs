@@ -1,7 +1,8 @@
 //! A real uWSGI on loopback serving `<root>/current`, one per test, and releases laid out by hand.
 //!
 //! The server is pyuwsgi's `uwsgi` from the test virtualenv (`scripts/python-env`), configured
-//! from `tests/fixtures/server/uwsgi.ini` — the production file the README shows — with only
+//! from `tests/fixtures/server/uwsgi.ini` — the production file `docs/server-setup.md` shows —
+//! with only
 //! what a test needs changed (see [`render_ini`]): `root`, an HTTP socket on `127.0.0.1` with a
 //! port the kernel picks instead of the unix socket for nginx (or besides it, moved into the
 //! test's directory, when nginx runs in front: `crate::nginx`), the stats server on a kernel-picked
@@ -945,12 +946,13 @@ mod tests {
     }
 
     #[test]
-    fn the_readme_shows_the_tested_ini_verbatim() {
+    fn the_server_setup_doc_shows_the_tested_ini_verbatim() {
         let ini = fs::read_to_string(ini_fixture()).unwrap();
-        let readme = fs::read_to_string(crate::moto::workspace_root().join("README.md")).unwrap();
+        let doc = crate::moto::workspace_root().join("docs/server-setup.md");
+        let doc = fs::read_to_string(doc).unwrap();
         assert!(
-            readme.contains(&format!("```ini\n{ini}```\n")),
-            "README.md's uWSGI configuration differs from {}",
+            doc.contains(&format!("```ini\n{ini}```\n")),
+            "docs/server-setup.md's uWSGI configuration differs from {}",
             ini_fixture().display()
         );
     }

@@ -23,13 +23,13 @@ use common::store::{DownloadSource, PutOutcome};
 use serde_json::json;
 
 use crate::cli::BootstrapArgs;
-use crate::cmd::deploy::open_store_for_servers;
 use crate::fleet::run::{dispatch, Dispatched};
 use crate::fleet::summary::{
     explain_detail, format_duration, last_line, plural, render_table, truncate,
 };
 use crate::fleet::watch::InstanceRun;
 use crate::fleet::{check_word, shell_quote, Status, MAX_COMMENT_CHARS};
+use crate::store::open_store_for_servers;
 
 /// The tool's name in the store and the program name `--version` must start with.
 pub const TOOL: &str = "installer";

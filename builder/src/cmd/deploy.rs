@@ -1,17 +1,12 @@
 //! `builder deploy`: check the build is published, then have the installer activate it on every
 //! target (see [`crate::fleet`]).
 
-use std::path::Path;
-
 use common::error::{BadInput, StoreError};
 use common::report::ExitCode;
-use common::store::ArtifactStore;
 
-use crate::cli::{DeployArgs, StoreArgs};
-use crate::cmd::publish::open_store;
-use crate::config::DeployConfig;
-use crate::fleet::{self, Action, TransportKind};
-use crate::repo;
+use crate::cli::DeployArgs;
+use crate::fleet::{self, Action};
+use crate::store::{app_name, open_store_for_servers};
 
 pub fn run(args: &DeployArgs) -> anyhow::Result<ExitCode> {
     let targets = fleet::run::targets(&args.fleet.reach)?;
@@ -48,33 +43,4 @@ pub fn run(args: &DeployArgs) -> anyhow::Result<ExitCode> {
     };
     let plan = fleet::run::plan(&args.fleet, targets, action, &app, args.lock_timeout)?;
     fleet::run::execute(plan)
-}
-
-/// The store the servers will read, opened and checked. Through SSM the builder's default store
-/// (a directory on this machine) is refused: servers cannot read it.
-pub fn open_store_for_servers(
-    args: &StoreArgs,
-    repo: Option<&Path>,
-    transport: TransportKind,
-) -> anyhow::Result<ArtifactStore> {
-    let store = open_store(args, repo)?;
-    let location = store.location();
-    if transport == TransportKind::Ssm && args.store.is_none() && !location.starts_with("s3://") {
-        return Err(BadInput(format!(
-            "the default store `{location}` is on this machine, where the servers cannot read it: \
-             pass `--store s3://bucket/prefix` (or set `store` in deploy.toml), or \
-             `--store file:///path` explicitly for a store at the same path on every server"
-        ))
-        .into());
-    }
-    Ok(store)
-}
-
-/// The application's name from `deploy.toml` in the repository, else the default.
-pub fn app_name(repo_arg: Option<&Path>) -> anyhow::Result<String> {
-    Ok(match repo::root(repo_arg) {
-        Ok(root) => DeployConfig::load_dir(&root)?.app,
-        Err(_) if repo_arg.is_none() => common::DEFAULT_APP.to_owned(),
-        Err(e) => return Err(e),
-    })
 }

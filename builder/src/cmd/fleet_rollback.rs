@@ -3,8 +3,8 @@
 use common::report::ExitCode;
 
 use crate::cli::FleetRollbackArgs;
-use crate::cmd::deploy::app_name;
 use crate::fleet::{self, Action};
+use crate::store::app_name;
 
 pub fn run(args: &FleetRollbackArgs) -> anyhow::Result<ExitCode> {
     let targets = fleet::run::targets(&args.fleet.reach)?;

@@ -4,8 +4,8 @@
 use common::report::ExitCode;
 
 use crate::cli::FleetStatusArgs;
-use crate::cmd::deploy::app_name;
 use crate::fleet::{self, Action};
+use crate::store::app_name;
 
 pub fn run(args: &FleetStatusArgs) -> anyhow::Result<ExitCode> {
     let targets = fleet::run::targets(&args.fleet.reach)?;

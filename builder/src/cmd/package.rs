@@ -9,6 +9,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use common::archive::writer::{pack, PackOptions};
+use common::build_number::BuildNumberLine;
 use common::error::BadInput;
 use common::manifest::{BuildLog, WheelEntry, BUILD_LOG_JSON, RELEASE_SIGNATURE};
 use common::report::ExitCode;
@@ -483,24 +484,11 @@ fn frontend_steps(config: &DeployConfig, runner: &mut StepRunner) -> anyhow::Res
     Ok(())
 }
 
-/// The number in a `build_number.py`: the `BUILD_NUMBER = 'NNNNNN'` line.
+/// The number in a `build_number.py`: the `BUILD_NUMBER = 'NNNNNN'` line, read as `builder
+/// prepare` writes it ([`BuildNumberLine`]).
 pub fn parse_build_number_py(text: &str, origin: &str) -> anyhow::Result<BuildNumber> {
-    let mut found = None;
-    for line in text.lines() {
-        let Some(rest) = line.trim_start().strip_prefix("BUILD_NUMBER") else {
-            continue;
-        };
-        let Some(value) = rest.trim_start().strip_prefix('=') else {
-            continue;
-        };
-        let value = value.trim().trim_matches(|c| c == '\'' || c == '"');
-        found =
-            Some(BuildNumber::parse(value).with_context(|| {
-                format!("`{origin}`: bad `BUILD_NUMBER` line `{}`", line.trim())
-            })?);
-    }
-    found
-        .ok_or_else(|| BadInput(format!("`{origin}` has no `BUILD_NUMBER = 'NNNNNN'` line")).into())
+    BuildNumberLine::build_in(text.as_bytes())
+        .map_err(|m| BadInput(format!("`{origin}` {m}")).into())
 }
 
 fn check_backend_build_number(
@@ -675,6 +663,13 @@ mod tests {
         );
         assert!(parse_build_number_py("X = 1\n", "f").is_err());
         assert!(parse_build_number_py("BUILD_NUMBER = '34'\n", "f").is_err());
+        // What `builder prepare` accepts and rewrites, a trailing comment kept, is accepted.
+        assert_eq!(
+            parse_build_number_py("BUILD_NUMBER = '000006'  # set by builder\n", "f")
+                .unwrap()
+                .get(),
+            6
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::Context;
+use common::build_number::BuildNumberLine;
 use common::error::BadInput;
 use common::report::ExitCode;
 use common::BuildNumber;
@@ -819,110 +820,6 @@ fn print_dry_run(
     }
 }
 
-/// The one `BUILD_NUMBER = 'NNNNNN'` line of `build_number.py`: at the start of a line,
-/// single or double quotes, any spaces around `=`, a trailing `# comment` allowed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BuildNumberLine {
-    /// The number the file holds; 0 for `000000` (nothing built yet).
-    pub value: u32,
-    /// The line's number, from 1.
-    pub line: usize,
-    /// Byte offset of the six digits in the file.
-    digits_at: usize,
-}
-
-impl BuildNumberLine {
-    /// Finds the line; the error says what is wrong in words that follow the file's name.
-    pub fn find(content: &[u8]) -> Result<Self, String> {
-        const NAME: &[u8] = b"BUILD_NUMBER";
-        let mut candidates = Vec::new();
-        let mut start = 0;
-        for (i, raw) in content.split(|&b| b == b'\n').enumerate() {
-            let mut line = raw.strip_suffix(b"\r").unwrap_or(raw);
-            let mut offset = start;
-            if i == 0 {
-                if let Some(rest) = line.strip_prefix(b"\xEF\xBB\xBF") {
-                    line = rest;
-                    offset += 3;
-                }
-            }
-            if let Some(rest) = line.strip_prefix(NAME) {
-                if matches!(rest.first(), Some(b' ' | b'\t' | b'=')) {
-                    candidates.push((i + 1, offset, line));
-                }
-            }
-            start += raw.len() + 1;
-        }
-        let (number, offset, line) = match candidates.as_slice() {
-            [] => {
-                return Err("has no `BUILD_NUMBER = 'NNNNNN'` line: add one, e.g. \
-                            `BUILD_NUMBER = '000001'`"
-                    .to_owned())
-            }
-            [one] => *one,
-            many => {
-                let lines: Vec<String> = many.iter().map(|c| c.0.to_string()).collect();
-                return Err(format!(
-                    "has {} `BUILD_NUMBER` lines (lines {}): keep exactly one",
-                    many.len(),
-                    lines.join(", ")
-                ));
-            }
-        };
-        let parsed = parse_assignment(line, NAME.len());
-        let Some((at, value)) = parsed else {
-            return Err(format!(
-                "line {number}, `{}`, is not of the form `BUILD_NUMBER = 'NNNNNN'` (six digits \
-                 in quotes): fix it",
-                String::from_utf8_lossy(line)
-            ));
-        };
-        Ok(Self {
-            value,
-            line: number,
-            digits_at: offset + at,
-        })
-    }
-
-    /// The file with only the six digits of this line replaced by `n`'s.
-    pub fn rewrite(&self, content: &[u8], n: BuildNumber) -> Vec<u8> {
-        let mut out = content.to_vec();
-        out[self.digits_at..self.digits_at + 6].copy_from_slice(n.digits().as_bytes());
-        out
-    }
-}
-
-/// `= 'NNNNNN'` after the name: the digits' offset in the line and their value.
-fn parse_assignment(line: &[u8], mut i: usize) -> Option<(usize, u32)> {
-    let skip_blanks = |i: &mut usize| {
-        while matches!(line.get(*i), Some(b' ' | b'\t')) {
-            *i += 1;
-        }
-    };
-    skip_blanks(&mut i);
-    if line.get(i) != Some(&b'=') {
-        return None;
-    }
-    i += 1;
-    skip_blanks(&mut i);
-    let quote = *line.get(i)?;
-    if quote != b'\'' && quote != b'"' {
-        return None;
-    }
-    let at = i + 1;
-    let digits = line.get(at..at + 6)?;
-    if !digits.iter().all(u8::is_ascii_digit) || line.get(at + 6) != Some(&quote) {
-        return None;
-    }
-    let mut rest = at + 7;
-    skip_blanks(&mut rest);
-    if rest < line.len() && line[rest] != b'#' {
-        return None;
-    }
-    let value = std::str::from_utf8(digits).ok()?.parse().ok()?;
-    Some((at, value))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1374,39 +1271,6 @@ mod tests {
         run_prepare(&fx, &options()).unwrap();
         let expected: &[u8] = b"\xEF\xBB\xBF# Licence: MIT \xC2\xA9 2017\r\n# BUILD_NUMBER history: 000001\r\n\r\nBUILD_NUMBER  =  \"000006\"   # set by builder\r\nOTHER = '000005'\r\n\r\n";
         assert_eq!(std::fs::read(fx.work.join(BN)).unwrap(), expected);
-    }
-
-    #[test]
-    fn build_number_line_parsing() {
-        let find = |s: &str| BuildNumberLine::find(s.as_bytes());
-        assert_eq!(find("BUILD_NUMBER = '000034'\n").unwrap().value, 34);
-        assert_eq!(find("x = 1\nBUILD_NUMBER='000000'").unwrap().value, 0);
-        assert_eq!(
-            find("a\nb\nBUILD_NUMBER = \"123456\" # c\n").unwrap().line,
-            3
-        );
-        let no_line = find("# BUILD_NUMBER = '000001'\nBUILD_NUMBERS = 1\n").unwrap_err();
-        assert!(no_line.contains("has no `BUILD_NUMBER"), "{no_line}");
-        let twice = find("BUILD_NUMBER = '000001'\nBUILD_NUMBER = '000002'\n").unwrap_err();
-        assert!(twice.contains("lines 1, 2"), "{twice}");
-        for bad in [
-            "BUILD_NUMBER = 34",
-            "BUILD_NUMBER = '34'",
-            "BUILD_NUMBER = '0000034'",
-            "BUILD_NUMBER = '000034\"",
-            "BUILD_NUMBER = '000034' + 1",
-            "BUILD_NUMBER == '000034'",
-            "BUILD_NUMBER = u'000034'",
-        ] {
-            let e = find(bad).expect_err(bad);
-            assert!(e.contains("is not of the form"), "{e}");
-        }
-        let text = b"# h\r\nBUILD_NUMBER = '000009'\r\n";
-        let line = BuildNumberLine::find(text).unwrap();
-        assert_eq!(
-            line.rewrite(text, BuildNumber::new(10).unwrap()),
-            b"# h\r\nBUILD_NUMBER = '000010'\r\n"
-        );
     }
 
     #[test]

@@ -6,12 +6,12 @@ use anyhow::Context;
 use common::error::BadInput;
 use common::manifest::{BUILD_LOG_JSON, RELEASE_JSON, RELEASE_SIGNATURE};
 use common::report::ExitCode;
-use common::store::{ArtifactStore, PublishOutcome, SignatureUpload, StoreOptions};
+use common::store::{ArtifactStore, PublishOutcome, SignatureUpload};
 use common::{atomic, Sidecar};
 
-use crate::cli::{PublishArgs, StoreArgs};
-use crate::config::DeployConfig;
-use crate::{repo, signing};
+use crate::cli::PublishArgs;
+use crate::signing;
+use crate::store::open_store;
 
 pub fn run(args: &PublishArgs) -> anyhow::Result<ExitCode> {
     let dir = atomic::parent_of(&args.artifact);
@@ -108,29 +108,4 @@ fn local_signature(sidecar_path: &Path, sidecar: &Sidecar) -> anyhow::Result<Opt
         .into());
     }
     Ok(Some(bytes))
-}
-
-/// `--store`, else `store` in the repository's `deploy.toml`, else `artifacts/` at its root;
-/// relative paths are relative to the repository root.
-pub fn open_store(args: &StoreArgs, repo_arg: Option<&Path>) -> anyhow::Result<ArtifactStore> {
-    let options = StoreOptions {
-        s3_endpoint: args.s3_endpoint.clone(),
-        s3_path_style: args.s3_endpoint.is_some(),
-        ..Default::default()
-    };
-    let url = match &args.store {
-        Some(url) => url.clone(),
-        None => {
-            let root = repo::root(repo_arg).context(
-                "no `--store` given, and the default store is found through the repository",
-            )?;
-            let configured = DeployConfig::load_dir(&root)?.store;
-            if configured.contains("://") || Path::new(&configured).is_absolute() {
-                configured
-            } else {
-                root.join(configured).display().to_string()
-            }
-        }
-    };
-    Ok(ArtifactStore::open(&url, &options)?)
 }

@@ -3,9 +3,9 @@
 use common::report::ExitCode;
 
 use crate::cli::ReleasesArgs;
-use crate::cmd::publish::open_store;
 use crate::config::DeployConfig;
 use crate::repo;
+use crate::store::open_store;
 
 pub fn run(args: &ReleasesArgs) -> anyhow::Result<ExitCode> {
     let store = open_store(&args.store, args.repo.repo.as_deref())?;

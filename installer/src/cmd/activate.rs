@@ -5,90 +5,52 @@
 //! kill -9) completes it: downloads are verified in the cache, an identical unpacked release is
 //! reused, a finished venv is kept, migrate is a no-op when done, and the swap is a rename.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use common::archive::reader::{unpack, UnpackOptions};
 use common::error::{exit_code_for, BadInput};
 use common::manifest::RELEASE_JSON;
-use common::report::{ExitCode, Outcome, Report};
+use common::report::{ExitCode, Outcome};
 use common::store::{ArtifactStore, StoreOptions};
 use common::{atomic, Blake3Hash, BuildNumber, Sidecar};
 
 use crate::cli::ActivateArgs;
 use crate::config::InstallerConfig;
-use crate::journal::{Event, Journal, Record};
+use crate::journal::{Command, Event, Record};
 use crate::layout::Layout;
-use crate::switch::{conclude, finished, phase_done, switch, AppServer, Server, Uwsgi};
+use crate::run::{Phase, Run};
+use crate::switch::{conclude, switch, AppServer, Uwsgi};
 use crate::{lock, procs, release};
 
 pub fn run(args: &ActivateArgs, config: &InstallerConfig) -> anyhow::Result<ExitCode> {
     let server = Uwsgi::new(config);
-    let mut report = Report::new("activate");
-    report.build = Some(args.build);
-    let result = activate(args, config, &server, &mut report)
-        .map_err(|e| explain_disk_full(e, &config.root));
-    finish(report, result, args.json)
-}
-
-/// Turns the outcome into the report, the journal's last word and the exit code.
-pub fn finish(
-    mut report: Report,
-    result: anyhow::Result<Outcome>,
-    json: bool,
-) -> anyhow::Result<ExitCode> {
-    let (outcome, error) = match result {
-        Ok(o) => (o, None),
-        Err(e) => {
-            let code = exit_code_for(e.as_ref());
-            let outcome = match code {
-                ExitCode::BadInput => Outcome::BadInput,
-                ExitCode::Locked => Outcome::Locked,
-                _ => Outcome::Failed,
-            };
-            (outcome, Some(e))
-        }
-    };
-    report.finish(outcome, error.as_ref().map(|e| format!("{e:#}")));
-    if let Some(e) = &error {
-        common::error::report_failure(e.as_ref());
-    }
-    if json {
-        println!("{}", report.to_json());
-    }
-    Ok(outcome.exit_code())
+    let mut run = Run::new(Command::Activate, config);
+    run.report.build = Some(args.build);
+    let result = activate(args, &mut run, &server).map_err(|e| explain_disk_full(e, &config.root));
+    run.finish(result, args.json)
 }
 
 pub fn activate(
     args: &ActivateArgs,
-    config: &InstallerConfig,
+    run: &mut Run<'_>,
     server: &dyn AppServer,
-    report: &mut Report,
 ) -> anyhow::Result<Outcome> {
-    let layout = Layout::new(&config.root);
-    let journal = Journal::new(&layout.journal());
-    let cache = layout.cache_for(args.build);
+    let cache = run.layout.cache_for(args.build);
     let cache_was_there = cache.exists();
     // Until the release is verified and in place its records wait: a refusal leaves one.
-    journal.hold();
-    let result = activate_checked(args, config, server, report, &journal);
-    if !journal.holding() {
-        journal.close_on_error(&result);
-        return result;
-    }
-    match &result {
-        Err(e) if exit_code_for(e.as_ref()) == ExitCode::BadInput => refused(
-            &layout,
-            &journal,
-            args.build,
-            e,
-            (!cache_was_there).then_some(&cache),
-        ),
-        _ => {
-            if let Err(e) = journal.release() {
-                eprintln!("warning: cannot write the journal: {e:#}");
+    run.journal.hold();
+    let result = activate_checked(args, run, server);
+    if run.journal.holding() {
+        match &result {
+            Err(e) if exit_code_for(e.as_ref()) == ExitCode::BadInput => {
+                refused(run, args.build, e, (!cache_was_there).then_some(&cache))
             }
-            journal.close_on_error(&result);
+            _ => {
+                if let Err(e) = run.journal.release() {
+                    eprintln!("warning: cannot write the journal: {e:#}");
+                }
+            }
         }
     }
     result
@@ -97,15 +59,14 @@ pub fn activate(
 /// Bad input refused before anything changed: no download of it stays in the cache, and the
 /// journal gets one `refused` record instead of the run's held ones.
 fn refused(
-    layout: &Layout,
-    journal: &Journal,
+    run: &Run<'_>,
     build: BuildNumber,
     error: &anyhow::Error,
     created_cache: Option<&std::path::PathBuf>,
 ) {
     // Under the lock again, so a run that took it meanwhile keeps its own downloads.
     let lock = lock::acquire(
-        &layout.lock_file(),
+        &run.layout.lock_file(),
         Duration::ZERO,
         &format!("installer activate --build {build:#} (refused)"),
     );
@@ -116,42 +77,46 @@ fn refused(
             }
         }
     }
-    let current = layout.current_build().ok().flatten();
-    if let Err(e) = journal.refuse("activate", Some(build), current, format!("{error:#}")) {
+    let current = run.layout.current_build().ok().flatten();
+    if let Err(e) = run.journal.refuse(
+        Command::Activate,
+        Some(build),
+        current,
+        format!("{error:#}"),
+    ) {
         eprintln!("warning: cannot write the journal: {e:#}");
     }
 }
 
 fn activate_checked(
     args: &ActivateArgs,
-    config: &InstallerConfig,
+    run: &mut Run<'_>,
     server: &dyn AppServer,
-    report: &mut Report,
-    journal: &Journal,
 ) -> anyhow::Result<Outcome> {
-    const CMD: &str = "activate";
     let build = args.build;
-    let layout = Layout::new(&config.root);
-    layout.ensure()?;
+    let config = run.config;
+    run.layout.ensure()?;
 
-    let t = Instant::now();
     let timeout = Duration::from_secs(args.lock_timeout.unwrap_or(config.lock_timeout_secs));
-    let deploy_lock = lock::acquire(
-        &layout.lock_file(),
-        timeout,
-        &format!("installer activate --build {build:#}"),
-    )?;
-    report.phase("lock", t.elapsed(), true);
-    common::fault::point("activate:after-lock");
+    let deploy_lock = run.phase(Phase::Lock, build, |run| {
+        lock::acquire(
+            &run.layout.lock_file(),
+            timeout,
+            &format!("installer activate --build {build:#}"),
+        )
+        .map_err(anyhow::Error::from)
+    })?;
 
+    let layout = run.layout.clone();
     let current = layout.current_build()?;
-    report.previous_build = current;
+    run.report.previous_build = current;
     // A run of this build killed after its swap left `current` here: finish it, don't skip it.
-    let resumed = journal
+    let resumed = run
+        .journal
         .unfinished()?
         .filter(|r| current == Some(build) && r.build == Some(build));
     if current == Some(build) && resumed.is_none() {
-        let finished = journal.last_finished(build)?;
+        let finished = run.journal.last_finished(build)?;
         if finished.as_ref().and_then(|r| r.outcome) == Some(Outcome::Success) {
             eprintln!("{build:#} is already the current release: nothing to do");
             return Ok(Outcome::NothingToDo);
@@ -165,51 +130,39 @@ fn activate_checked(
     }
     // Before anything changes: the server's own files must be in place.
     release::check_shared_files(&layout, config)?;
-    release::remove_strays(&layout, &mut report.warnings)?;
+    release::remove_strays(&layout, &mut run.report.warnings)?;
 
-    let mut started = Record::new(CMD, Event::Started, Some(build));
+    let mut started = Record::new(Command::Activate, Event::Started, Some(build));
     started.previous = current;
-    journal.append(&started)?;
+    run.journal.append(&started)?;
 
     // The release that goes back live if this one fails: what was live before it.
     let previous = match current {
         Some(c) if c != build => Some(c),
-        _ => journal.previous_good(Some(build))?,
+        _ => run.journal.previous_good(Some(build))?,
     };
 
-    // Phase: fetch the sidecar (always: it says whether an unpacked release is this one). Its
+    // The sidecar is always fetched: it says whether an unpacked release is this one. Its
     // signature is checked over the exact bytes before a field of it is believed or quoted.
-    let t = Instant::now();
     let release_dir = layout.release(build);
-    let store = open_store(args.store.as_deref(), args.s3_endpoint.as_deref(), config)?;
-    let sidecar_bytes = store.fetch_sidecar_bytes(&config.app, build)?;
-    crate::signing::check_release(&store, config, build, &sidecar_bytes, report)?;
-    let sidecar = store.parse_sidecar(&config.app, build, &sidecar_bytes)?;
-    let reuse = if release_dir.exists() {
-        check_reusable(config, &release_dir, &sidecar, build)?;
-        true
-    } else {
-        false
-    };
-    let new_release = release::NewRelease::new(&layout, config, build, !reuse);
-    let artifact = if reuse {
-        None
-    } else {
-        Some(fetch_cached(
-            &store,
-            &layout,
-            build,
-            &sidecar,
-            &sidecar_bytes,
-        )?)
-    };
-    phase_done(journal, report, CMD, build, "fetch", t, true);
-    common::fault::point("activate:after-fetch");
+    let (sidecar, artifact) = run.phase(Phase::Fetch, build, |run| {
+        let store = open_store(args.store.as_deref(), args.s3_endpoint.as_deref(), config)?;
+        let sidecar_bytes = store.fetch_sidecar_bytes(&config.app, build)?;
+        crate::signing::check_release(&store, config, build, &sidecar_bytes, &mut run.report)?;
+        let sidecar = store.parse_sidecar(&config.app, build, &sidecar_bytes)?;
+        if release_dir.exists() {
+            check_reusable(config, &release_dir, &sidecar, build)?;
+            return Ok((sidecar, None));
+        }
+        let artifact = fetch_cached(&store, &layout, build, &sidecar, &sidecar_bytes)?;
+        Ok((sidecar, Some(artifact)))
+    })?;
+    let new_release = release::NewRelease::new(&layout, config, build, artifact.is_some());
 
-    // Phase: unpack (verified entry by entry, renamed into place only when complete).
-    let t = Instant::now();
+    // Verified entry by entry, renamed into place only when complete.
+    let t = run.begin(Phase::Unpack);
     if let Some(artifact) = &artifact {
-        eprintln!("==> unpack into `{}`", release_dir.display());
+        eprintln!("    into `{}`", release_dir.display());
         let options = UnpackOptions {
             reserved: release::reserved(config),
             ..UnpackOptions::default()
@@ -217,100 +170,83 @@ fn activate_checked(
         unpack(artifact, &sidecar, &release_dir, &options)
             .with_context(|| format!("refused to install {build:#}; nothing changed"))?;
     } else {
-        eprintln!(
-            "==> unpack: `{}` is already this release",
-            release_dir.display()
-        );
+        eprintln!("    `{}` is already this release", release_dir.display());
     }
-    phase_done(journal, report, CMD, build, "unpack", t, true);
     // Verified and in place: from here on every record goes straight to the journal.
-    journal.release()?;
-    common::fault::point("activate:after-unpack");
+    run.journal.release()?;
+    run.end(Phase::Unpack, build, t, true);
 
-    // Phase: link shared files and static, after the template check.
-    let t = Instant::now();
-    if let Some(c) = current.filter(|c| *c != build) {
-        if let Some(diff) = release::template_change(config, &layout.release(c), &release_dir)? {
-            if !args.template_reviewed {
-                bail!(BadInput(format!(
-                    "`{}` changed since {c:#}:\n{diff}make the same change in `{}`, then run again with `--template-reviewed`",
-                    config.production_template,
-                    layout.shared().join(config.shared.files.values().next().map(String::as_str).unwrap_or("production.py")).display()
-                )));
+    // Shared files and static, after the template check.
+    run.phase(Phase::Link, build, |run| {
+        if let Some(c) = current.filter(|c| *c != build) {
+            if let Some(diff) = release::template_change(config, &layout.release(c), &release_dir)?
+            {
+                if !args.template_reviewed {
+                    bail!(BadInput(format!(
+                        "`{}` changed since {c:#}:\n{diff}make the same change in `{}`, then run again with `--template-reviewed`",
+                        config.production_template,
+                        layout.shared().join(config.shared.files.values().next().map(String::as_str).unwrap_or("production.py")).display()
+                    )));
+                }
+                run.report.warnings.push(format!(
+                    "`{}` changed; confirmed reviewed with --template-reviewed",
+                    config.production_template
+                ));
             }
-            report.warnings.push(format!(
-                "`{}` changed; confirmed reviewed with --template-reviewed",
-                config.production_template
-            ));
         }
-    }
-    release::link_shared(&layout, config, &release_dir)?;
-    release::install_loader(&layout)?;
-    // A link another release on disk has (same commit) is taken over only once this one is
-    // live: until then it keeps serving what it served.
-    let how = if current == Some(build) {
-        release::StaticLink::TakeOver
-    } else {
-        release::StaticLink::Claim
-    };
-    if let Some(hash) = release::link_static(&layout, config, build, how)? {
-        report.details.insert("version_hash".into(), hash.into());
-    }
-    phase_done(journal, report, CMD, build, "link", t, true);
-    common::fault::point("activate:after-link");
-
-    // Phase: venv from the release's own wheels.
-    let t = Instant::now();
-    eprintln!("==> venv");
-    let built = release::build_venv(config, &release_dir, &deploy_lock).with_context(|| {
-        format!(
-            "building the release's virtualenv failed; {}",
-            still_serving(current)
-        )
+        release::link_shared(&layout, config, &release_dir)?;
+        release::install_loader(&layout)?;
+        // A link another release on disk has (same commit) is taken over only once this one
+        // is live: until then it keeps serving what it served.
+        let how = if current == Some(build) {
+            release::StaticLink::TakeOver
+        } else {
+            release::StaticLink::Claim
+        };
+        if let Some(hash) = release::link_static(&layout, config, build, how)? {
+            run.report
+                .details
+                .insert("version_hash".into(), hash.into());
+        }
+        Ok(())
     })?;
-    if !built {
-        eprintln!("    reusing the complete venv");
-    }
-    phase_done(journal, report, CMD, build, "venv", t, true);
-    common::fault::point("activate:after-venv");
 
-    // Phase: migrate with the new code, before the swap.
-    let t = Instant::now();
-    eprintln!("==> migrate");
-    if let Err(e) = procs::run_locked(
-        &config.migrate,
-        &release_dir,
-        &[("DJANGO_SETTINGS_MODULE", &config.settings_module)],
-        &deploy_lock,
-        "migrate:running",
-    ) {
-        phase_done(journal, report, CMD, build, "migrate", t, false);
-        finished(
-            journal,
-            CMD,
-            build,
-            current,
-            Outcome::Failed,
-            Some(format!("{e:#}")),
-        );
+    // The venv from the release's own wheels.
+    run.phase(Phase::Venv, build, |_| {
+        let built = release::build_venv(config, &release_dir, &deploy_lock).with_context(|| {
+            format!(
+                "building the release's virtualenv failed; {}",
+                still_serving(current)
+            )
+        })?;
+        if !built {
+            eprintln!("    reusing the complete venv");
+        }
+        Ok(())
+    })?;
+
+    // Migrate with the new code, before the swap.
+    let migrated = run.phase(Phase::Migrate, build, |_| {
+        procs::run_locked(
+            &config.migrate,
+            &release_dir,
+            &[("DJANGO_SETTINGS_MODULE", &config.settings_module)],
+            &deploy_lock,
+            "migrate:running",
+        )
+    });
+    if let Err(e) = migrated {
+        run.finished(build, current, Outcome::Failed, Some(format!("{e:#}")));
         return Err(e.context(format!(
             "migrate failed; `current` was not changed and {}",
             still_serving(current)
         )));
     }
-    phase_done(journal, report, CMD, build, "migrate", t, true);
-    common::fault::point("activate:after-migrate");
     new_release.keep();
 
-    let live = Server {
-        layout: &layout,
-        config,
-        app: server,
-        journal,
-    };
-    let switched = switch(&live, report, CMD, build, previous)?;
+    let switched = switch(run, server, build, previous)?;
     let was_live = resumed.and_then(|r| r.previous).or(current);
-    conclude(&live, report, CMD, build, was_live, switched)
+    conclude(run, build, was_live, switched)
 }
 
 /// What serves after a failure before the swap.
@@ -416,12 +352,12 @@ fn fetch_cached(
     if cached.is_file() {
         let (hash, size) = Blake3Hash::of_file(&cached)?;
         if hash == archive.blake3 && size == archive.size {
-            eprintln!("==> fetch: using the verified download in the cache");
+            eprintln!("    using the verified download in the cache");
             return Ok(cached);
         }
         std::fs::remove_file(&cached)?;
     }
-    eprintln!("==> fetch {} from {}", archive.file_name, store.location());
+    eprintln!("    {} from {}", archive.file_name, store.location());
     let artifact = store.fetch_artifact(sidecar, &dir)?;
     atomic::write_file(&dir.join(RELEASE_JSON), sidecar_bytes)?;
     Ok(artifact)

@@ -3,14 +3,14 @@
 use std::collections::BTreeMap;
 
 use common::report::{ExitCode, Outcome, Report};
-use common::BuildNumber;
 
 use crate::cli::{JsonArgs, VerifyArgs};
-use crate::cmd::activate::finish;
 use crate::config::InstallerConfig;
-use crate::journal::{Event, Journal};
+use crate::journal::{Event, Journal, ReleaseState};
 use crate::layout::Layout;
+use crate::legacy::{self, Legacy};
 use crate::release;
+use crate::run::finish;
 
 /// `installer status`: what is live, what was live before, and how the last command ended.
 pub fn status(args: &JsonArgs, config: &InstallerConfig) -> anyhow::Result<ExitCode> {
@@ -54,7 +54,7 @@ pub fn status(args: &JsonArgs, config: &InstallerConfig) -> anyhow::Result<ExitC
                 .insert("activated_by".into(), r.user.clone().into());
             report
                 .details
-                .insert("activated_with".into(), r.command.clone().into());
+                .insert("activated_with".into(), r.command.name().into());
         }
         eprintln!(
             "previous good: {}",
@@ -78,41 +78,6 @@ pub fn status(args: &JsonArgs, config: &InstallerConfig) -> anyhow::Result<ExitC
         Ok(Outcome::Success)
     })();
     finish(report, result, args.json)
-}
-
-/// A release's state as `list` shows it.
-fn state_of(
-    build: BuildNumber,
-    current: Option<BuildNumber>,
-    previous: Option<BuildNumber>,
-    journal: &[crate::journal::Record],
-) -> &'static str {
-    if Some(build) == current {
-        return "live";
-    }
-    if Some(build) == previous {
-        return "previous";
-    }
-    let last = journal
-        .iter()
-        .rev()
-        .find(|r| r.event == Event::Finished && r.build == Some(build) && r.command == "activate");
-    let was_live = journal
-        .iter()
-        .any(|r| r.event == Event::Live && r.build == Some(build));
-    match last.and_then(|r| r.outcome) {
-        Some(Outcome::RolledBack) if !was_live => "rolled back",
-        Some(Outcome::Failed) | Some(Outcome::OperatorNeeded) if !was_live => "failed",
-        _ => "unused",
-    }
-}
-
-/// Releases that failed and never served: they never count toward `prune --keep`.
-pub fn is_failed(build: BuildNumber, journal: &[crate::journal::Record]) -> bool {
-    matches!(
-        state_of(build, None, None, journal),
-        "rolled back" | "failed"
-    )
 }
 
 /// `installer list`: every release on disk with its state, size and activation time.
@@ -139,12 +104,12 @@ pub fn list(args: &JsonArgs, config: &InstallerConfig) -> anyhow::Result<ExitCod
                 .rev()
                 .find(|r| r.event == Event::Live && r.build == Some(build))
                 .map(|r| r.time);
-            let state = state_of(build, current, previous, &records);
-            let legacy = crate::cmd::adopt::legacy_of(&dir).is_some();
+            let state = ReleaseState::of(build, current, previous, &records);
+            let legacy = Legacy::of(&dir).is_some();
             eprintln!(
                 "{:<12} {:<12} {:>10} MB  {}{}",
                 build.tag(),
-                state,
+                state.name(),
                 size / 1_000_000,
                 activated
                     .map(|t| format!("live at {t}"))
@@ -185,11 +150,11 @@ pub fn verify(args: &VerifyArgs, config: &InstallerConfig) -> anyhow::Result<Exi
             ))
             .into());
         }
-        let legacy = crate::cmd::adopt::legacy_of(&dir).is_some();
+        let legacy = Legacy::of(&dir).is_some();
         let drift = if legacy {
             report.details.insert("legacy".into(), true.into());
             release::Drift {
-                changed: crate::cmd::adopt::verify_legacy(config, &dir, build),
+                changed: legacy::verify(config, &dir, build),
                 extra: Vec::new(),
             }
         } else {

@@ -3,9 +3,9 @@
 use common::report::{ExitCode, Outcome, Report};
 
 use crate::cli::OsUpdateArgs;
-use crate::cmd::activate::finish;
 use crate::config::InstallerConfig;
 use crate::procs;
+use crate::run::finish;
 
 pub fn run(args: &OsUpdateArgs, config: &InstallerConfig) -> anyhow::Result<ExitCode> {
     let mut report = Report::new("os-update");

@@ -7,11 +7,10 @@ use common::atomic;
 use common::report::{ExitCode, Outcome, Report};
 
 use crate::cli::PruneArgs;
-use crate::cmd::activate::finish;
-use crate::cmd::inspect::is_failed;
 use crate::config::InstallerConfig;
-use crate::journal::Journal;
+use crate::journal::{Journal, ReleaseState};
 use crate::layout::Layout;
+use crate::run::finish;
 use crate::{lock, release};
 
 pub fn run(args: &PruneArgs, config: &InstallerConfig) -> anyhow::Result<ExitCode> {
@@ -34,7 +33,8 @@ pub fn run(args: &PruneArgs, config: &InstallerConfig) -> anyhow::Result<ExitCod
             if Some(build) == current || Some(build) == previous {
                 continue;
             }
-            if !is_failed(build, &records) && kept < args.keep {
+            let failed = ReleaseState::of(build, None, None, &records).is_failed();
+            if !failed && kept < args.keep {
                 kept += 1;
                 continue;
             }

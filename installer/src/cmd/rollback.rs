@@ -1,74 +1,59 @@
 //! `installer rollback`: back to the previous good release (from the journal) or the one named.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::bail;
 use common::error::BadInput;
-use common::report::{ExitCode, Outcome, Report};
+use common::report::{ExitCode, Outcome};
 
 use crate::cli::RollbackArgs;
-use crate::cmd::activate::finish;
 use crate::config::InstallerConfig;
-use crate::journal::{Event, Journal, Record};
-use crate::layout::Layout;
-use crate::switch::{conclude, phase_done, switch, AppServer, Server, Uwsgi};
-use crate::{lock, procs, release};
+use crate::journal::{Command, Event, Record};
+use crate::run::{Phase, Run};
+use crate::switch::{conclude, switch, AppServer, Uwsgi};
+use crate::{legacy, lock, procs, release};
 
 pub fn run(args: &RollbackArgs, config: &InstallerConfig) -> anyhow::Result<ExitCode> {
     let server = Uwsgi::new(config);
-    let mut report = Report::new("rollback");
-    let result = rollback(args, config, &server, &mut report);
-    finish(report, result, args.json)
+    let mut run = Run::new(Command::Rollback, config);
+    let result = rollback(args, &mut run, &server);
+    run.finish(result, args.json)
 }
 
 pub fn rollback(
     args: &RollbackArgs,
-    config: &InstallerConfig,
+    run: &mut Run<'_>,
     server: &dyn AppServer,
-    report: &mut Report,
 ) -> anyhow::Result<Outcome> {
-    let journal = Journal::new(&Layout::new(&config.root).journal());
-    let result = rollback_checked(args, config, server, report, &journal);
-    journal.close_on_error(&result);
-    result
-}
-
-fn rollback_checked(
-    args: &RollbackArgs,
-    config: &InstallerConfig,
-    server: &dyn AppServer,
-    report: &mut Report,
-    journal: &Journal,
-) -> anyhow::Result<Outcome> {
-    const CMD: &str = "rollback";
-    let layout = Layout::new(&config.root);
+    let config = run.config;
+    let layout = run.layout.clone();
     layout.ensure()?;
     let timeout = Duration::from_secs(args.lock_timeout.unwrap_or(config.lock_timeout_secs));
-    let t = Instant::now();
+    let t = run.begin(Phase::Lock);
     let deploy_lock = lock::acquire(&layout.lock_file(), timeout, "installer rollback")?;
-    report.phase("lock", t.elapsed(), true);
-    release::remove_strays(&layout, &mut report.warnings)?;
+    release::remove_strays(&layout, &mut run.report.warnings)?;
 
     let current = layout.current_build()?;
     // A rollback killed after its swap left `current` at its target: the same command finishes
     // it (reload, health, journal) instead of "rolling back" once more, to the build it left.
-    let resumed = journal.unfinished()?.filter(|r| {
-        r.command == CMD
+    let resumed = run.journal.unfinished()?.filter(|r| {
+        r.command == Command::Rollback
             && r.build.is_some()
             && r.build == current
             && args.to.is_none_or(|to| r.build == Some(to))
     });
     let was_live = resumed.as_ref().and_then(|r| r.previous).or(current);
-    report.previous_build = was_live;
+    run.report.previous_build = was_live;
     let target = match (args.to, &resumed) {
         (Some(b), _) => b,
         (None, Some(r)) => r.build.expect("filtered above"),
-        (None, None) => journal.previous_good(current)?.ok_or_else(|| {
+        (None, None) => run.journal.previous_good(current)?.ok_or_else(|| {
             BadInput("the journal has no release that was live before the current one: name one with `--to BuildNNNNNN`".into())
         })?,
     };
-    report.build = Some(target);
+    run.report.build = Some(target);
+    run.end(Phase::Lock, target, t, true);
     if current == Some(target) && resumed.is_none() {
         eprintln!("{target:#} is already the current release: nothing to do");
         return Ok(Outcome::NothingToDo);
@@ -81,12 +66,12 @@ fn rollback_checked(
         )));
     }
 
-    let t = Instant::now();
     // The adopted checkout has no manifest: its links and build number are checked instead.
-    let legacy = crate::cmd::adopt::legacy_of(&dir).is_some();
-    let drift = if legacy {
+    let is_legacy = legacy::Legacy::of(&dir).is_some();
+    let t = run.begin(Phase::Verify);
+    let drift = if is_legacy {
         release::Drift {
-            changed: crate::cmd::adopt::verify_legacy(config, &dir, target),
+            changed: legacy::verify(config, &dir, target),
             extra: Vec::new(),
         }
     } else {
@@ -105,30 +90,29 @@ fn rollback_checked(
             list.join("\n")
         )));
     }
-    phase_done(journal, report, CMD, target, "verify", t, true);
-    common::fault::point("rollback:after-verify");
+    run.end(Phase::Verify, target, t, true);
 
-    let mut started = Record::new(CMD, Event::Started, Some(target));
+    let mut started = Record::new(Command::Rollback, Event::Started, Some(target));
     started.previous = was_live;
-    journal.append(&started)?;
+    run.journal.append(&started)?;
 
-    let t = Instant::now();
-    if legacy {
-        // Its links lead into the checkout: linking shared files there would replace the
-        // checkout's own files, and its virtualenv is the checkout's.
-        let w = format!(
-            "{target:#} is the adopted checkout: it serves the checkout's own settings, media and private files, not `shared/` (copy back what was added there since if it must be served)"
-        );
-        eprintln!("warning: {w}");
-        report.warnings.push(w);
-    } else {
-        release::link_shared(&layout, config, &dir)?;
-        release::build_venv(config, &dir, &deploy_lock)?;
-    }
-    // Taken over at the swap if another release has it (see `switch`).
-    release::link_static(&layout, config, target, release::StaticLink::Claim)?;
-    phase_done(journal, report, CMD, target, "link", t, true);
-    common::fault::point("rollback:after-link");
+    run.phase(Phase::Link, target, |run| {
+        if is_legacy {
+            // Its links lead into the checkout: linking shared files there would replace the
+            // checkout's own files, and its virtualenv is the checkout's.
+            let w = format!(
+                "{target:#} is the adopted checkout: it serves the checkout's own settings, media and private files, not `shared/` (copy back what was added there since if it must be served)"
+            );
+            eprintln!("warning: {w}");
+            run.report.warnings.push(w);
+        } else {
+            release::link_shared(&layout, config, &dir)?;
+            release::build_venv(config, &dir, &deploy_lock)?;
+        }
+        // Taken over at the swap if another release has it (see `switch`).
+        release::link_static(&layout, config, target, release::StaticLink::Claim)?;
+        Ok(())
+    })?;
 
     if let Some(current) = was_live.filter(|b| *b != target) {
         let unknown = unknown_migrations(config, &layout.release(current), &dir);
@@ -139,23 +123,18 @@ fn rollback_checked(
                     list.join(", ")
                 );
                 eprintln!("warning: {w}");
-                report.warnings.push(w);
+                run.report.warnings.push(w);
             }
             Ok(_) => {}
-            Err(e) => report
+            Err(e) => run
+                .report
                 .warnings
                 .push(format!("could not compare migrations: {e:#}")),
         }
     }
 
-    let live = Server {
-        layout: &layout,
-        config,
-        app: server,
-        journal,
-    };
-    let switched = switch(&live, report, CMD, target, was_live)?;
-    conclude(&live, report, CMD, target, was_live, switched)
+    let switched = switch(run, server, target, was_live)?;
+    conclude(run, target, was_live, switched)
 }
 
 /// Migrations applied in the database (as the current release sees them) that the target

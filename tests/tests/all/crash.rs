@@ -1,5 +1,6 @@
-//! The crash matrix (issue 6 §1): `installer activate` and `installer rollback` are killed with
-//! SIGKILL at every phase boundary and inside the long phases, through the fault-injection hook
+//! The crash matrix: `installer activate` and `installer rollback` are killed with
+//! SIGKILL at every phase boundary the installer lists (`installer::run::phase_boundaries`) and
+//! inside the long phases, through the fault-injection hook
 //! the test build carries (`common::fault`, `BINARYCRATE_FAULT=point[@N]`). After each kill,
 //! `current` must resolve to a complete release that `installer verify` accepts and the journal
 //! must parse; then the same command, run again, must complete: exit 0, `current` at the
@@ -16,67 +17,86 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::time::Instant;
 
+use installer::journal::Command;
+use installer::run::{phase_boundaries, point_after, Phase};
 use tests::published::{self, Published, ServerRoot};
 use tests::show;
 use tests::uwsgi::UwsgiServer;
 
 /// Which command a point interrupts.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Cmd {
-    Activate,
-    Rollback,
-}
+type Cmd = Command;
 
 /// How many points run at the same time.
 const PARALLEL: usize = 2;
 
-/// (command, fault point as `name` or `name@N`, what it interrupts).
-const POINTS: &[(Cmd, &str, &str)] = &[
+/// Points inside a phase, where they fire (`common`'s download and unpack, the installer's
+/// child processes and health polls), as `name@N`: the Nth hit.
+const INSIDE: &[(Cmd, Phase, &str, &str)] = &[
     (
-        Cmd::Activate,
-        "activate:after-lock",
-        "lock taken, nothing done",
+        Command::Activate,
+        Phase::Fetch,
+        "fetch:download@40",
+        "download, ~320 KiB in",
     ),
-    (Cmd::Activate, "fetch:download@40", "download, ~320 KiB in"),
-    (Cmd::Activate, "activate:after-fetch", "fetch → unpack"),
     (
-        Cmd::Activate,
+        Command::Activate,
+        Phase::Unpack,
         "unpack:entry@50",
         "unpack, 50 of ~100 entries in",
     ),
     (
-        Cmd::Activate,
+        Command::Activate,
+        Phase::Unpack,
         "unpack:before-rename",
         "unpacked, not renamed",
     ),
-    (Cmd::Activate, "activate:after-unpack", "unpack → link"),
-    (Cmd::Activate, "activate:after-link", "link → venv"),
-    (Cmd::Activate, "venv:pip@4", "pip installing the venv"),
-    (Cmd::Activate, "activate:after-venv", "venv → migrate"),
-    (Cmd::Activate, "migrate:running@3", "migrate running"),
-    (Cmd::Activate, "activate:after-migrate", "migrate → swap"),
-    (Cmd::Activate, "switch:after-swap", "swap → reload"),
-    (Cmd::Activate, "switch:after-reload", "reload → health"),
-    (Cmd::Activate, "health:poll@4", "health check"),
     (
-        Cmd::Activate,
-        "switch:after-health",
-        "healthy, not journalled",
+        Command::Activate,
+        Phase::Venv,
+        "venv:pip@4",
+        "pip installing the venv",
     ),
     (
-        Cmd::Rollback,
-        "rollback:after-verify",
-        "lock + verify → link",
+        Command::Activate,
+        Phase::Migrate,
+        "migrate:running@3",
+        "migrate running",
     ),
-    (Cmd::Rollback, "rollback:after-link", "link → swap"),
-    (Cmd::Rollback, "switch:after-swap", "swap → reload"),
-    (Cmd::Rollback, "health:poll@4", "health check"),
     (
-        Cmd::Rollback,
-        "switch:after-health",
-        "healthy, not journalled",
+        Command::Activate,
+        Phase::Health,
+        "health:poll@4",
+        "health check",
+    ),
+    (
+        Command::Rollback,
+        Phase::Health,
+        "health:poll@4",
+        "health check",
     ),
 ];
+
+/// Every point of the matrix: for each command, each phase's inside points, then the boundary
+/// after it — named by the installer itself ([`point_after`]), from its own phase list.
+fn points() -> Vec<(Cmd, String, String)> {
+    let mut out = Vec::new();
+    for command in [Command::Activate, Command::Rollback] {
+        let phases = phase_boundaries(command);
+        for (i, phase) in phases.iter().enumerate() {
+            for (c, p, point, what) in INSIDE {
+                if *c == command && p == phase {
+                    out.push((command, (*point).to_owned(), (*what).to_owned()));
+                }
+            }
+            let what = match phases.get(i + 1) {
+                Some(next) => format!("{} → {}", phase.name(), next.name()),
+                None => format!("{}: healthy, not journalled", phase.name()),
+            };
+            out.push((command, point_after(command, *phase), what));
+        }
+    }
+    out
+}
 
 fn ready() -> bool {
     tests::ready(tests::uwsgi::unavailable().or_else(tests::example::wheelhouse_missing))
@@ -84,8 +104,8 @@ fn ready() -> bool {
 
 struct Row {
     command: Cmd,
-    point: &'static str,
-    what: &'static str,
+    point: String,
+    what: String,
     after_kill: Result<String, String>,
     after_rerun: Result<String, String>,
 }
@@ -115,23 +135,24 @@ fn crash_matrix_every_kill_leaves_a_complete_release_and_the_rerun_completes() {
     ));
 
     // Points are independent (own root, own uWSGI, own ports): two at a time.
+    let points = points();
     let next = std::sync::atomic::AtomicUsize::new(0);
     let rows = std::sync::Mutex::new(Vec::new());
     std::thread::scope(|scope| {
         for _ in 0..PARALLEL {
             scope.spawn(|| loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let Some(&(command, point, what)) = POINTS.get(i) else {
+                let Some((command, point, what)) = points.get(i).cloned() else {
                     break;
                 };
                 let t = Instant::now();
                 let dir = tmp.path().join(format!("point{i:02}"));
                 let (start, args, target): (&ServerRoot, &[&str], &str) = match command {
-                    Cmd::Activate => (&one_live, &["activate", "--build", "Build000002"], "000002"),
-                    Cmd::Rollback => (&two_live, &["rollback"], "000001"),
+                    Command::Rollback => (&two_live, &["rollback"], "000001"),
+                    _ => (&one_live, &["activate", "--build", "Build000002"], "000002"),
                 };
                 let (after_kill, after_rerun) =
-                    run_point(&published, start, &dir, args, point, target);
+                    run_point(&published, start, &dir, args, &point, target);
                 show(&format!(
                     "crash-matrix: {command:?} {point}: {:.1}s",
                     t.elapsed().as_secs_f64()
@@ -166,7 +187,7 @@ fn crash_matrix_every_kill_leaves_a_complete_release_and_the_rerun_completes() {
     for r in &rows {
         table.push_str(&format!(
             "crash-matrix: {:<8} | {:<23} | {:<26} | {} | {}\n",
-            format!("{:?}", r.command).to_lowercase(),
+            r.command.name(),
             r.point,
             r.what,
             cell(&r.after_kill),
