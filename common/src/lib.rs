@@ -12,6 +12,7 @@
 //! - [`atomic`]: crash-safe filesystem changes (atomic write, symlink swap, directory fsync).
 //! - [`store`]: the artifact store (`file://` and `s3://`) with immutable publishing.
 //! - [`report`]: exit codes and the machine-readable report every command can print.
+//! - [`runtime`]: the process's one async runtime (the S3 store, the builder's fleet).
 //! - [`progress`]: progress bars that only draw on a terminal.
 //! - [`error`]: the error enums the above return.
 //! - [`clidocs`]: man pages and shell completions rendered from a binary's clap definition.
@@ -28,6 +29,7 @@ pub mod hash;
 pub mod manifest;
 pub mod progress;
 pub mod report;
+pub mod runtime;
 pub mod store;
 pub mod untrusted;
 

@@ -158,6 +158,32 @@ impl Report {
         serde_json::to_string_pretty(self).expect("a report always serialises")
     }
 
+    /// Puts a typed value under `details[key]` (see [`detail`] for the keys others read).
+    pub fn set_detail<T: Serialize>(&mut self, key: &str, value: &T) {
+        let value = serde_json::to_value(value).expect("report details always serialise");
+        self.details.insert(key.to_owned(), value);
+    }
+
+    /// The typed value under `details[key]`, when there is one of that shape.
+    pub fn detail<T: serde::de::DeserializeOwned>(&self, key: &str) -> Option<T> {
+        serde_json::from_value(self.details.get(key)?.clone()).ok()
+    }
+
+    /// `installer status`: how the last journalled command ended.
+    pub fn last_command(&self) -> Option<LastCommand> {
+        self.detail(detail::LAST_COMMAND)
+    }
+
+    /// `installer activate`: what was checked of the release's signature.
+    pub fn signature(&self) -> Option<SignatureCheck> {
+        self.detail(detail::SIGNATURE)
+    }
+
+    /// `installer list`: every release on the server.
+    pub fn releases(&self) -> Option<Vec<ReleaseRow>> {
+        self.detail(detail::RELEASES)
+    }
+
     /// Finds the report in mixed output (SSM returns stdout, which may carry other lines).
     pub fn find_in(output: &str) -> Option<Report> {
         let start = output
@@ -166,6 +192,102 @@ impl Report {
         let mut de = serde_json::Deserializer::from_str(&output[start..]).into_iter::<Report>();
         de.next()?.ok()
     }
+}
+
+/// The keys of `details` that another program reads, with their types.
+pub mod detail {
+    /// [`super::LastCommand`], from `installer status`.
+    pub const LAST_COMMAND: &str = "last_command";
+    /// [`super::SignatureCheck`], from `installer activate`.
+    pub const SIGNATURE: &str = "signature";
+    /// A list of [`super::ReleaseRow`], from `installer list`.
+    pub const RELEASES: &str = "releases";
+}
+
+/// How the last journalled command on a server ended (`installer status`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LastCommand {
+    /// `activate`, `rollback` or `adopt`.
+    pub command: String,
+    #[serde(default)]
+    pub build: Option<BuildNumber>,
+    #[serde(default)]
+    pub outcome: Option<Outcome>,
+    /// Unix seconds.
+    #[serde(default)]
+    pub time: i64,
+    #[serde(default)]
+    pub detail: Option<String>,
+}
+
+/// What `installer activate` checked of a release's signature.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "kebab-case")]
+pub enum SignatureCheck {
+    /// Signed by this trusted key over the sidecar's exact bytes.
+    Verified {
+        key_id: String,
+        trusted_comment: String,
+    },
+    /// Not signed, and the server does not require it.
+    Unsigned,
+    /// The server trusts no key, so nothing was checked (the signer, when there is a signature).
+    NotChecked {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key_id: Option<String>,
+    },
+}
+
+/// A release's state on a server, as `installer list` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReleaseState {
+    #[serde(rename = "live")]
+    Live,
+    /// The previous good release: what `rollback` returns to.
+    #[serde(rename = "previous")]
+    Previous,
+    /// Activated, failed its health check and rolled back without ever serving.
+    #[serde(rename = "rolled back")]
+    RolledBack,
+    /// Its activation failed (before or after the swap) and it never served.
+    #[serde(rename = "failed")]
+    Failed,
+    /// On disk and none of the above: served once, or never tried.
+    #[serde(rename = "unused")]
+    Unused,
+}
+
+impl ReleaseState {
+    /// Releases that failed and never served never count toward `prune --keep`.
+    pub fn is_failed(self) -> bool {
+        matches!(self, Self::RolledBack | Self::Failed)
+    }
+
+    /// As `list` prints it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Live => "live",
+            Self::Previous => "previous",
+            Self::RolledBack => "rolled back",
+            Self::Failed => "failed",
+            Self::Unused => "unused",
+        }
+    }
+}
+
+/// One release on a server (`installer list`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseRow {
+    pub build: BuildNumber,
+    pub state: ReleaseState,
+    /// The size of its files.
+    pub bytes: u64,
+    /// When it last went live (Unix seconds).
+    #[serde(default)]
+    pub activated_at: Option<i64>,
+    /// The adopted checkout.
+    #[serde(default)]
+    pub legacy: bool,
 }
 
 #[cfg(test)]
@@ -201,5 +323,68 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
         assert_eq!(v["outcome"], "rolled_back");
         assert_eq!(v["build"], "000003");
+    }
+
+    #[test]
+    fn the_details_other_programs_read_keep_their_shape() {
+        let b = |n| BuildNumber::new(n).unwrap();
+        let mut status = Report::new("status");
+        status.build = Some(b(2));
+        status.previous_build = Some(b(1));
+        let last = LastCommand {
+            command: "activate".into(),
+            build: Some(b(2)),
+            outcome: Some(Outcome::Success),
+            time: 1_764_000_000,
+            detail: None,
+        };
+        status.set_detail(detail::LAST_COMMAND, &last);
+        status.finish(Outcome::Success, None);
+        assert_eq!(status.last_command(), Some(last));
+
+        let mut activate = Report::new("activate");
+        activate.build = Some(b(2));
+        activate.phase("fetch", Duration::from_millis(15), true);
+        let unchecked = SignatureCheck::NotChecked { key_id: None };
+        activate.set_detail(detail::SIGNATURE, &unchecked);
+        assert_eq!(
+            activate.details["signature"],
+            serde_json::json!({"status": "not-checked"})
+        );
+        let signature = SignatureCheck::Verified {
+            key_id: "F1065003BC0190DE".into(),
+            trusted_comment: "app:binarycrate\tbuild:Build000002".into(),
+        };
+        activate.set_detail(detail::SIGNATURE, &signature);
+        activate.finish(Outcome::Success, None);
+        assert_eq!(activate.signature(), Some(signature));
+
+        let mut list = Report::new("list");
+        let rows = vec![
+            ReleaseRow {
+                build: b(2),
+                state: ReleaseState::Live,
+                bytes: 41_000_000,
+                activated_at: Some(1_764_000_000),
+                legacy: false,
+            },
+            ReleaseRow {
+                build: b(1),
+                state: ReleaseState::RolledBack,
+                bytes: 40_000_000,
+                activated_at: None,
+                legacy: true,
+            },
+        ];
+        list.set_detail(detail::RELEASES, &rows);
+        list.finish(Outcome::Success, None);
+        assert_eq!(list.releases(), Some(rows));
+
+        insta::assert_snapshot!(format!(
+            "{}\n{}\n{}",
+            status.to_json(),
+            activate.to_json(),
+            list.to_json()
+        ));
     }
 }

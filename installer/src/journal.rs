@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use common::report::{ExitCode, Outcome};
+use common::report::{ExitCode, Outcome, ReleaseState};
 use common::BuildNumber;
 use serde::{Deserialize, Serialize};
 
@@ -309,68 +309,30 @@ impl Journal {
     }
 }
 
-/// A release's state, as `list` shows it (also in `--json`, by [`ReleaseState::name`]) and
-/// `prune` counts it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReleaseState {
-    Live,
-    /// The previous good release: what `rollback` returns to.
-    Previous,
-    /// Activated, failed its health check and rolled back without ever serving.
-    RolledBack,
-    /// Its activation failed (before or after the swap) and it never served.
-    Failed,
-    /// On disk and not one of the above: served once, or never tried.
-    Unused,
-}
-
-impl ReleaseState {
-    /// Of `build`, given what is live and what was live before, from `records`.
-    pub fn of(
-        build: BuildNumber,
-        current: Option<BuildNumber>,
-        previous: Option<BuildNumber>,
-        records: &[Record],
-    ) -> Self {
-        if Some(build) == current {
-            return Self::Live;
-        }
-        if Some(build) == previous {
-            return Self::Previous;
-        }
-        let last = records.iter().rev().find(|r| {
-            r.event == Event::Finished && r.build == Some(build) && r.command == Command::Activate
-        });
-        let was_live = records
-            .iter()
-            .any(|r| r.event == Event::Live && r.build == Some(build));
-        match last.and_then(|r| r.outcome) {
-            Some(Outcome::RolledBack) if !was_live => Self::RolledBack,
-            Some(Outcome::Failed) | Some(Outcome::OperatorNeeded) if !was_live => Self::Failed,
-            _ => Self::Unused,
-        }
+/// The state of `build` on this server, given what is live and what was live before, from the
+/// journal's `records`.
+pub fn release_state(
+    build: BuildNumber,
+    current: Option<BuildNumber>,
+    previous: Option<BuildNumber>,
+    records: &[Record],
+) -> ReleaseState {
+    if Some(build) == current {
+        return ReleaseState::Live;
     }
-
-    /// Releases that failed and never served never count toward `prune --keep`.
-    pub fn is_failed(self) -> bool {
-        matches!(self, Self::RolledBack | Self::Failed)
+    if Some(build) == previous {
+        return ReleaseState::Previous;
     }
-
-    /// As `list` prints it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Live => "live",
-            Self::Previous => "previous",
-            Self::RolledBack => "rolled back",
-            Self::Failed => "failed",
-            Self::Unused => "unused",
-        }
-    }
-}
-
-impl Serialize for ReleaseState {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.name())
+    let last = records.iter().rev().find(|r| {
+        r.event == Event::Finished && r.build == Some(build) && r.command == Command::Activate
+    });
+    let was_live = records
+        .iter()
+        .any(|r| r.event == Event::Live && r.build == Some(build));
+    match last.and_then(|r| r.outcome) {
+        Some(Outcome::RolledBack) if !was_live => ReleaseState::RolledBack,
+        Some(Outcome::Failed) | Some(Outcome::OperatorNeeded) if !was_live => ReleaseState::Failed,
+        _ => ReleaseState::Unused,
     }
 }
 

@@ -164,6 +164,8 @@ mod tests {
         for (text, ok) in [
             ("BUILD_NUMBER = '000003'\n", Some(3)),
             ("# build\nBUILD_NUMBER=\"000042\"\n", Some(42)),
+            // As `builder prepare` writes it (and `builder package` reads it).
+            ("BUILD_NUMBER = '000006'  # set by builder\n", Some(6)),
             ("BUILD_NUMBER = '3'\n", None),
             ("BUILD_NUMBER = '000000'\n", None),
             ("BUILD_NUMBER = 000003\n", None),

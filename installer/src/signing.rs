@@ -11,7 +11,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use common::error::BadInput;
 use common::manifest::{RELEASE_JSON, RELEASE_SIGNATURE};
-use common::report::Report;
+use common::report::{detail, Report, SignatureCheck};
 use common::store::ArtifactStore;
 use common::BuildNumber;
 
@@ -178,9 +178,9 @@ pub fn check_release(
         );
         eprintln!("warning: {warning}");
         report.warnings.push(warning);
-        report.details.insert(
-            "signature".into(),
-            serde_json::json!({"status": "not-checked"}),
+        report.set_detail(
+            detail::SIGNATURE,
+            &SignatureCheck::NotChecked { key_id: None },
         );
         return Ok(());
     }
@@ -197,8 +197,11 @@ pub fn check_release(
             key_id,
             trusted_comment,
         } => {
-            eprintln!("==> signature: {build:#} is signed by trusted key {key_id}");
-            serde_json::json!({"status": "verified", "key_id": key_id, "trusted_comment": trusted_comment})
+            eprintln!("    {build:#} is signed by trusted key {key_id}");
+            SignatureCheck::Verified {
+                key_id: key_id.clone(),
+                trusted_comment: trusted_comment.clone(),
+            }
         }
         Verdict::Unsigned => {
             let warning = format!(
@@ -206,16 +209,18 @@ pub fn check_release(
             );
             eprintln!("warning: {warning}");
             report.warnings.push(warning);
-            serde_json::json!({"status": "unsigned"})
+            SignatureCheck::Unsigned
         }
         Verdict::NotChecked { key_id } => {
             let warning = format!("{build:#} is signed by key {key_id}, but the signature was not checked: no trusted keys are configured (`[signing] public_keys`)");
             eprintln!("warning: {warning}");
             report.warnings.push(warning);
-            serde_json::json!({"status": "not-checked", "key_id": key_id})
+            SignatureCheck::NotChecked {
+                key_id: Some(key_id.clone()),
+            }
         }
     };
-    report.details.insert("signature".into(), detail);
+    report.set_detail(detail::SIGNATURE, &detail);
     Ok(())
 }
 

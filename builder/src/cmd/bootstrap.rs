@@ -74,8 +74,6 @@ pub fn run(args: &BootstrapArgs) -> anyhow::Result<ExitCode> {
     let source = store
         .backend()
         .download_source(&key, delivery + timeout + URL_MARGIN)?;
-    // The S3 store owns an I/O runtime of its own: drop it before the fleet's starts.
-    drop(store);
 
     let script = render_script(&Script {
         path: args.path.clone(),

@@ -32,8 +32,6 @@ pub fn run(args: &DeployArgs) -> anyhow::Result<ExitCode> {
         Err(e) => return Err(e.into()),
     }
     eprintln!("{build:#} of {app} is published in {location}");
-    // The S3 store owns an I/O runtime of its own: drop it before the fleet's starts.
-    drop(store);
 
     let action = Action::Deploy {
         build,

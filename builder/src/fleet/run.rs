@@ -141,10 +141,7 @@ pub fn dispatch(
     request: &SendRequest,
     shown: &str,
 ) -> anyhow::Result<Dispatched> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
+    common::runtime::shared()?.block_on(async {
         match transport {
             TransportKind::Ssm => {
                 let t = SsmTransport::connect(ssm_endpoint).await?;

@@ -98,15 +98,10 @@ impl InstanceResult {
                     if let Some(p) = r.previous_build {
                         text.push_str(&format!("; previous {p:#}"));
                     }
-                    if let Some(last) = r.details.get("last_command") {
-                        let cmd = last["command"].as_str().unwrap_or("?");
-                        let build = last["build"]
-                            .as_str()
-                            .and_then(|b| BuildNumber::parse(b).ok())
-                            .map(|b| format!(" {b:#}"))
-                            .unwrap_or_default();
-                        let outcome = last["outcome"].as_str().unwrap_or("?");
-                        text.push_str(&format!("; last {cmd}{build}: {outcome}"));
+                    if let Some(last) = r.last_command() {
+                        let build = last.build.map(|b| format!(" {b:#}")).unwrap_or_default();
+                        let outcome = last.outcome.map_or("?", outcome_name);
+                        text.push_str(&format!("; last {}{build}: {outcome}", last.command));
                     }
                 }
                 if !r.warnings.is_empty() {

@@ -1,9 +1,10 @@
 //! The S3 backend (aws-sdk-s3): conditional writes with `If-None-Match: *`, multipart above a
 //! threshold, streamed downloads.
 //!
-//! The [`ObjectStore`] trait is synchronous, so the store owns a small tokio runtime and blocks
-//! on each request. Nothing is ever held whole in memory: uploads stream from the file (part by
-//! part for multipart uploads) and downloads are written to the caller's writer chunk by chunk.
+//! The [`ObjectStore`] trait is synchronous, so the store blocks on each request in the
+//! process's one runtime ([`crate::runtime`]). Nothing is ever held whole in memory: uploads
+//! stream from the file (part by part for multipart uploads) and downloads are written to the
+//! caller's writer chunk by chunk.
 
 use std::io::Write;
 use std::path::Path;
@@ -40,7 +41,7 @@ pub struct S3Store {
     bucket: String,
     prefix: String,
     client: Client,
-    runtime: tokio::runtime::Runtime,
+    runtime: &'static tokio::runtime::Runtime,
     multipart_threshold: u64,
     part_size: u64,
 }
@@ -124,12 +125,7 @@ impl S3Store {
             }
         }
 
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("s3-store")
-            .enable_all()
-            .build()
-            .map_err(|e| StoreError::Backend {
+        let runtime = crate::runtime::shared().map_err(|e| StoreError::Backend {
                 store: url.clone(),
                 op: "connect",
                 key: String::new(),

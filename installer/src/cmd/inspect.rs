@@ -2,11 +2,11 @@
 
 use std::collections::BTreeMap;
 
-use common::report::{ExitCode, Outcome, Report};
+use common::report::{detail, ExitCode, LastCommand, Outcome, ReleaseRow, Report};
 
 use crate::cli::{JsonArgs, VerifyArgs};
 use crate::config::InstallerConfig;
-use crate::journal::{Event, Journal, ReleaseState};
+use crate::journal::{release_state, Event, Journal};
 use crate::layout::Layout;
 use crate::legacy::{self, Legacy};
 use crate::release;
@@ -71,9 +71,14 @@ pub fn status(args: &JsonArgs, config: &InstallerConfig) -> anyhow::Result<ExitC
                     .map(|d| format!(": {d}"))
                     .unwrap_or_default()
             );
-            report.details.insert("last_command".into(), serde_json::json!({
-                "command": r.command, "build": r.build, "outcome": r.outcome, "time": r.time, "detail": r.detail,
-            }));
+            let last = LastCommand {
+                command: r.command.name().to_owned(),
+                build: r.build,
+                outcome: r.outcome,
+                time: r.time,
+                detail: r.detail.clone(),
+            };
+            report.set_detail(detail::LAST_COMMAND, &last);
         }
         Ok(Outcome::Success)
     })();
@@ -104,7 +109,7 @@ pub fn list(args: &JsonArgs, config: &InstallerConfig) -> anyhow::Result<ExitCod
                 .rev()
                 .find(|r| r.event == Event::Live && r.build == Some(build))
                 .map(|r| r.time);
-            let state = ReleaseState::of(build, current, previous, &records);
+            let state = release_state(build, current, previous, &records);
             let legacy = Legacy::of(&dir).is_some();
             eprintln!(
                 "{:<12} {:<12} {:>10} MB  {}{}",
@@ -120,9 +125,15 @@ pub fn list(args: &JsonArgs, config: &InstallerConfig) -> anyhow::Result<ExitCod
                     ""
                 }
             );
-            rows.push(serde_json::json!({"build": build, "state": state, "bytes": size, "activated_at": activated, "legacy": legacy}));
+            rows.push(ReleaseRow {
+                build,
+                state,
+                bytes: size,
+                activated_at: activated,
+                legacy,
+            });
         }
-        report.details.insert("releases".into(), rows.into());
+        report.set_detail(detail::RELEASES, &rows);
         report.build = current;
         report.previous_build = previous;
         Ok(Outcome::Success)

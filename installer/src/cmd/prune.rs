@@ -8,7 +8,7 @@ use common::report::{ExitCode, Outcome, Report};
 
 use crate::cli::PruneArgs;
 use crate::config::InstallerConfig;
-use crate::journal::{Journal, ReleaseState};
+use crate::journal::{release_state, Journal};
 use crate::layout::Layout;
 use crate::run::finish;
 use crate::{lock, release};
@@ -33,7 +33,7 @@ pub fn run(args: &PruneArgs, config: &InstallerConfig) -> anyhow::Result<ExitCod
             if Some(build) == current || Some(build) == previous {
                 continue;
             }
-            let failed = ReleaseState::of(build, None, None, &records).is_failed();
+            let failed = release_state(build, None, None, &records).is_failed();
             if !failed && kept < args.keep {
                 kept += 1;
                 continue;
