@@ -49,7 +49,7 @@ pub struct RepoArg {
 
 /// Merge `develop` into `master`, bump the build number and create the annotated tag.
 ///
-/// The seed's "Preparing the code": refuses a dirty tree; merges `develop` into `master` with a
+/// The manual procedure's "preparing the code": refuses a dirty tree; merges `develop` into `master` with a
 /// merge commit; the next number is one more than the highest `Build*` tag or `BUILD_NUMBER` in
 /// `build_number.py`; only the `BUILD_NUMBER = '…'` line is rewritten; commits, tags
 /// `BuildNNNNNN`, and brings `develop` up to `master`. On any failure the repository is left

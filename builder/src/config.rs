@@ -1,4 +1,4 @@
-//! `deploy.toml`: how an application is built into a release. Defaults reproduce the seed's
+//! `deploy.toml`: how an application is built into a release. Defaults reproduce the manual procedure's
 //! manual procedure for BinaryCrate exactly, so BinaryCrate needs no configuration at all and
 //! another Django app needs only its own file.
 
@@ -7,13 +7,22 @@ use std::path::Path;
 use anyhow::Context;
 use common::error::BadInput;
 use common::manifest::{validate_app_name, validate_relative_path};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// The configuration file's name, at the application repository's root.
 pub const DEPLOY_TOML: &str = "deploy.toml";
 
+/// This file's section of `docs/configuration.md`.
+pub const DOC_SECTION: &str = "deploy.toml keys";
+
+/// The reference table of every key, its default and meaning (`docs/configuration.md`).
+pub fn reference() -> String {
+    common::configdoc::table(&common::configdoc::keys(&DeployConfig::default()))
+}
+
 /// The whole `deploy.toml`. Every key is optional; unknown keys are errors.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct DeployConfig {
     /// Application name, used in artifact names and store keys.
@@ -21,17 +30,22 @@ pub struct DeployConfig {
     /// Where `builder publish` puts releases: `file:///path`, a path relative to the repository
     /// root, or `s3://bucket/prefix`.
     pub store: String,
+    /// The target Python.
     pub python: PythonConfig,
+    /// Where the Django project's pieces are.
     pub django: DjangoConfig,
+    /// The PyPy.js front end and its bundler.
     pub frontend: FrontendConfig,
+    /// What goes into the tarball.
     pub package: PackageConfig,
+    /// How releases are signed.
     #[serde(default)]
     pub signing: SigningConfig,
 }
 
 /// How `builder package` signs `release.json` (see `builder keygen`). Nothing set: unsigned,
 /// unless `--signing-key` or `BINARYCRATE_SIGNING_KEY` names a key.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct SigningConfig {
     /// The minisign secret key file; a relative path is relative to the repository root. It
@@ -43,7 +57,7 @@ pub struct SigningConfig {
 }
 
 /// The target Python: wheels are built for it and collectstatic runs on it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct PythonConfig {
     /// Interpreter that builds the wheels and the throwaway collectstatic virtualenv.
@@ -61,9 +75,10 @@ pub struct PythonConfig {
 }
 
 /// Where the Django project's pieces are.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct DjangoConfig {
+    /// The project's `manage.py`, relative to the repository root.
     pub manage_py: String,
     /// Settings module collectstatic runs with (no secrets, no database).
     pub build_settings: String,
@@ -78,16 +93,18 @@ pub struct DjangoConfig {
 }
 
 /// The PyPy.js front end and its module bundler.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct FrontendConfig {
     /// Run the front-end steps at all.
     pub enabled: bool,
     /// Where `build_number.py` is copied so the front end can import it.
     pub build_number_copy: String,
+    /// The PyPy.js module bundler (`module_bundler.py`).
     pub bundler: String,
     /// Interpreter for the bundler (the real PyPy.js bundler needs Python 2).
     pub bundler_python: String,
+    /// Where the bundler keeps the bundled modules and `index.json`.
     pub bundle_dir: String,
     /// Modules to `add` and then `preload`, in order.
     pub modules: Vec<BundleModule>,
@@ -96,20 +113,20 @@ pub struct FrontendConfig {
 }
 
 /// One module given to the bundler.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BundleModule {
     /// Path of the module file or package directory, relative to the repository root.
     pub path: String,
     /// The module name to preload.
     pub preload: String,
-    /// Skip it when `path` does not exist (modules BinaryCrate added after the seed).
+    /// Skip it when `path` does not exist (modules BinaryCrate added later).
     #[serde(default)]
     pub optional: bool,
 }
 
 /// What goes into the tarball.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct PackageConfig {
     /// Only these paths are packaged (empty: everything). Patterns as for `exclude`.
@@ -173,7 +190,7 @@ impl Default for FrontendConfig {
             bundler: "pypyjs-release/pypyjs-release/tools/module_bundler.py".into(),
             bundler_python: "python2".into(),
             bundle_dir: "pypyjs-release/pypyjs-release/lib/modules".into(),
-            // The seed's three, then the ones BinaryCrate added later (used when present).
+            // The original three, then the ones BinaryCrate added later (used when present).
             modules: vec![
                 module("cavorite/cavorite", "cavorite", false),
                 module("front-end/binarycrate", "binarycrate", false),
@@ -458,7 +475,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_reproduce_the_seed() {
+    fn the_configuration_reference_is_current() {
+        let keys = common::configdoc::keys(&DeployConfig::default());
+        let undocumented: Vec<&str> = keys
+            .iter()
+            .filter(|k| k.meaning.is_empty())
+            .map(|k| k.key.as_str())
+            .collect();
+        assert!(
+            undocumented.is_empty(),
+            "keys without a doc comment: {undocumented:?}"
+        );
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/configuration.md");
+        let doc = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            common::configdoc::section(&doc, DOC_SECTION),
+            Some(reference().as_str()),
+            "`docs/configuration.md` is stale: run `cargo run -p builder -- generate-docs --config-doc docs/configuration.md`"
+        );
+    }
+
+    #[test]
+    fn defaults_reproduce_the_manual_procedure() {
         let c = DeployConfig::parse("", "deploy.toml").unwrap();
         assert_eq!(c, DeployConfig::default());
         assert_eq!(c.app, "binarycrate");

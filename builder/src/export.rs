@@ -1,6 +1,6 @@
 //! Exporting a `BuildNNNNNN` tag, and the submodule commits it records, into a staging directory.
 //!
-//! The seed deployed by checking the tag out *in place* and resetting the submodules, which is
+//! The manual procedure deployed by checking the tag out *in place* and resetting the submodules, which is
 //! exactly what made deploys fragile: whatever was checked out, staged or half-edited got in the
 //! way or got shipped. Here the release is read only from git's object database, so the
 //! repository's HEAD, index, work tree and submodule checkouts are never read for content nor

@@ -8,7 +8,7 @@
 //! Module map:
 //! - [`cli`]: the command line (clap definitions only).
 //! - [`cmd`]: one module per subcommand; each exposes `run`, and none imports another.
-//! - [`config`]: `deploy.toml`, with defaults that reproduce the seed.
+//! - [`config`]: `deploy.toml`, with defaults that reproduce the manual procedure.
 //! - [`export`]: a tag and its submodule commits, exported from git objects into staging.
 //! - [`fleet`]: running the installer on the servers (SSM or local) for deploy/rollback/status.
 //! - [`git`]: git2 helpers: clean-tree check, `Build*` tags, remotes, undoable ref moves.

@@ -5,7 +5,13 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser};
 
 fn main() -> ExitCode {
-    if let Some(code) = common::clidocs::intercept(builder::cli::Cli::command) {
+    if let Some(code) = common::clidocs::intercept(
+        builder::cli::Cli::command,
+        common::clidocs::ConfigReference {
+            section: builder::config::DOC_SECTION,
+            table: builder::config::reference,
+        },
+    ) {
         return code.into();
     }
     let cli = builder::cli::Cli::parse();

@@ -1,9 +1,12 @@
 //! Shell completions and man pages rendered from a binary's clap definition, so what
-//! `scripts/dist` ships and the Debian package installs can never drift from `--help`.
+//! `scripts/dist` ships and the Debian package installs can never drift from `--help`; and the
+//! binary's part of the configuration reference (see [`crate::configdoc`]).
 //!
 //! Both binaries answer a hidden `generate-docs --out DIR` command line ([`intercept`]): it needs
 //! the compiled command tree, and the dist build already has the binary (built for the target,
 //! which runs on the build host too), so no second host build is needed.
+//! `generate-docs --config-doc docs/configuration.md` rewrites the binary's configuration table
+//! in that file.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -23,20 +26,33 @@ struct Invocation {
 
 #[derive(Debug, clap::Subcommand)]
 enum DocsCommand {
-    /// Write this binary's man pages and shell completions (for packaging).
+    /// Write this binary's man pages and shell completions (for packaging), or its part of
+    /// the configuration reference.
+    #[command(arg_required_else_help = true)]
     GenerateDocs {
         /// Where to write `man/man1/*.1` and `completions/{bash,zsh,fish}/*` (created if
         /// missing).
         #[arg(long, value_name = "DIR")]
-        out: PathBuf,
+        out: Option<PathBuf>,
+        /// Rewrite this binary's configuration table in this Markdown file (between its
+        /// `<!-- … generated, do not edit -->` markers).
+        #[arg(long, value_name = "FILE")]
+        config_doc: Option<PathBuf>,
     },
+}
+
+/// A binary's configuration reference: the section of `docs/configuration.md` it fills, and
+/// the table.
+pub struct ConfigReference {
+    pub section: &'static str,
+    pub table: fn() -> String,
 }
 
 /// Handles `generate-docs` before the binary's own parser sees the arguments; returns `None`
 /// for any other command line. It is not a subcommand of the binaries' clap trees because
 /// clap's bash completions list even hidden subcommands, and operators should never be
 /// offered a packaging tool when they press Tab.
-pub fn intercept(bin: impl FnOnce() -> clap::Command) -> Option<ExitCode> {
+pub fn intercept(bin: impl FnOnce() -> clap::Command, config: ConfigReference) -> Option<ExitCode> {
     use clap::{CommandFactory, FromArgMatches};
     if std::env::args_os().nth(1)? != "generate-docs" {
         return None;
@@ -46,18 +62,44 @@ pub fn intercept(bin: impl FnOnce() -> clap::Command) -> Option<ExitCode> {
     let matches = Invocation::command()
         .try_get_matches_from(std::env::args_os())
         .unwrap_or_else(|e| e.exit());
-    let DocsCommand::GenerateDocs { out } = Invocation::from_arg_matches(&matches)
+    let DocsCommand::GenerateDocs { out, config_doc } = Invocation::from_arg_matches(&matches)
         .unwrap_or_else(|e| e.exit())
         .command;
-    Some(match write_to(cmd, &out) {
-        Ok(paths) => {
-            for path in paths {
-                println!("{}", path.display());
-            }
-            ExitCode::Success
+    let mut written = Vec::new();
+    if let Some(out) = out {
+        match write_to(cmd, &out) {
+            Ok(paths) => written.extend(paths),
+            Err(err) => return Some(crate::error::report_failure(&err)),
         }
-        Err(err) => crate::error::report_failure(&err),
-    })
+    }
+    if let Some(file) = config_doc {
+        match write_config_doc(&file, &config) {
+            Ok(()) => written.push(file),
+            Err(err) => return Some(crate::error::report_failure(err.as_ref())),
+        }
+    }
+    for path in written {
+        println!("{}", path.display());
+    }
+    Some(ExitCode::Success)
+}
+
+/// Rewrites `config`'s section of the Markdown file `path`.
+fn write_config_doc(
+    path: &Path,
+    config: &ConfigReference,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let doc = fs::read_to_string(path).map_err(|e| FsError::new("cannot read", path, e))?;
+    let new = crate::configdoc::replace_section(&doc, config.section, &(config.table)())
+        .ok_or_else(|| {
+            crate::error::BadInput(format!(
+                "`{}` has no `<!-- {} … -->` markers to write the table between",
+                path.display(),
+                config.section
+            ))
+        })?;
+    atomic::write_file(path, new.as_bytes())?;
+    Ok(())
 }
 
 /// The manual's name in every page's header.

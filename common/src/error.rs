@@ -241,7 +241,7 @@ pub fn disk_full_at(err: &(dyn std::error::Error + 'static)) -> Option<PathBuf> 
     None
 }
 
-/// The exit code an error deserves (SPEC section 5): 2 when the input was at fault and nothing
+/// The exit code an error deserves (the table in `docs/release-format.md`): 2 when the input was at fault and nothing
 /// was touched, 1 for everything else that failed before anything live changed.
 pub fn exit_code_for(err: &(dyn std::error::Error + 'static)) -> crate::report::ExitCode {
     use crate::report::ExitCode;

@@ -16,6 +16,7 @@
 //! - [`progress`]: progress bars that only draw on a terminal.
 //! - [`error`]: the error enums the above return.
 //! - [`clidocs`]: man pages and shell completions rendered from a binary's clap definition.
+//! - [`configdoc`]: the configuration reference rendered from the config types' doc comments.
 //! - [`fault`]: the crash tests' fault-injection hook (real only with `fault-injection`).
 //! - [`untrusted`]: text from the store or an archive made safe to print (escaped, capped).
 
@@ -23,6 +24,7 @@ pub mod archive;
 pub mod atomic;
 pub mod build_number;
 pub mod clidocs;
+pub mod configdoc;
 pub mod error;
 pub mod fault;
 pub mod hash;

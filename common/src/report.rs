@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::BuildNumber;
 
-/// Exit codes of SPEC section 5, identical for every command of both binaries.
+/// The exit codes, identical for every command of both binaries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ExitCode {

@@ -9,7 +9,7 @@ use common::error::BadInput;
 use crate::config::InstallerConfig;
 use crate::legacy::PROJECT;
 
-/// The uWSGI lines of the seed's in-place setup and what replaces each (README "Server setup").
+/// The uWSGI lines of the in-place setup and what replaces each (`docs/server-setup.md`).
 pub fn uwsgi_changes(root: &Path, old: &str) -> Vec<(String, String)> {
     let r = root.display();
     let mut out = Vec::new();
@@ -82,9 +82,9 @@ pub fn print_server_changes(
                 BadInput(format!("cannot read the uWSGI configuration `{}`: {e}", p.display()))
             })?,
         ),
-        // The seed's Ubuntu uwsgi-emperor app serving the checkout in place.
+        // The usual Ubuntu uwsgi-emperor app serving the checkout in place.
         None => (
-            "the seed's in-place setup (pass `--uwsgi-ini FILE` to compare yours)".to_owned(),
+            "the usual in-place setup (pass `--uwsgi-ini FILE` to compare yours)".to_owned(),
             format!(
                 "chdir = {r}/{PROJECT}\nhome = {r}/{PROJECT}\nmodule = binarycrate.wsgi:application\n"
             ),
@@ -92,7 +92,7 @@ pub fn print_server_changes(
     };
     let mut text = String::new();
     text.push_str(&format!(
-        "\nuWSGI: change {source} to the README's recommended uwsgi.ini (\"Server setup\"), old line -> new line:\n"
+        "\nuWSGI: change {source} to the recommended uwsgi.ini (`docs/server-setup.md`), old line -> new line:\n"
     ));
     for (old, new) in uwsgi_changes(root, &old) {
         text.push_str(&format!("  {old}\n      -> {new}\n"));

@@ -9,7 +9,7 @@ use common::BuildNumber;
 /// build (zero downtime, automatic rollback), roll back, inspect, verify and prune.
 ///
 /// Configuration: `--config FILE`, else `$BINARYCRATE_INSTALLER_CONFIG`, else
-/// `/etc/binarycrate/installer.toml`, else the seed's defaults (root `/srv/binarycrate-mvp2`).
+/// `/etc/binarycrate/installer.toml`, else the defaults (root `/srv/binarycrate-mvp2`).
 #[derive(Debug, Parser)]
 #[command(name = "installer", version = crate::VERSION, propagate_version = true)]
 #[command(
@@ -114,7 +114,7 @@ pub struct PruneArgs {
     pub json: bool,
 }
 
-/// The seed's `apt-get update`, `dist-upgrade`, `autoremove`; reports whether a reboot is
+/// The server's `apt-get update`, `dist-upgrade`, `autoremove`; reports whether a reboot is
 /// required and reboots only with `--reboot`.
 #[derive(Debug, Args)]
 pub struct OsUpdateArgs {
@@ -150,7 +150,7 @@ pub struct UnpackArgs {
     pub json: bool,
 }
 
-/// Move the seed's in-place checkout (the root) into the release layout, losing no byte.
+/// Move the in-place checkout (the root) into the release layout, losing no byte.
 ///
 /// Copies its shared files and directories (`production.py`, `media/`, `private/`) into
 /// `shared/`, verifying every copy; records the build it runs (`build_number.py`) as a legacy
@@ -164,7 +164,7 @@ pub struct AdoptArgs {
     #[arg(long)]
     pub dry_run: bool,
     /// The uWSGI configuration serving the checkout today: its lines are shown with what
-    /// replaces each [default: the seed's in-place setup].
+    /// replaces each [default: the usual in-place setup].
     #[arg(long, value_name = "FILE")]
     pub uwsgi_ini: Option<PathBuf>,
     #[arg(long, value_name = "SECS")]

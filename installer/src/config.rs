@@ -1,5 +1,5 @@
 //! `installer.toml`: where the server's releases live and how to migrate, reload and check them.
-//! Defaults come from the seed (root `/srv/binarycrate-mvp2`, `service uwsgi-emperor restart`).
+//! Defaults are today's manual setup (root `/srv/binarycrate-mvp2`, `service uwsgi-emperor restart`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use common::error::BadInput;
 use common::manifest::{validate_app_name, validate_relative_path};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::keys::parse_public_key;
@@ -16,8 +17,16 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/binarycrate/installer.toml";
 /// The environment variable naming the configuration file.
 pub const CONFIG_ENV: &str = "BINARYCRATE_INSTALLER_CONFIG";
 
+/// This file's section of `docs/configuration.md`.
+pub const DOC_SECTION: &str = "installer.toml keys";
+
+/// The reference table of every key, its default and meaning (`docs/configuration.md`).
+pub fn reference() -> String {
+    common::configdoc::table(&common::configdoc::keys(&InstallerConfig::default()))
+}
+
 /// The whole configuration. Every key is optional except `store` for commands that download.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct InstallerConfig {
     /// The server layout's root: `releases/`, `shared/`, `current`, `static/`, `.deploy/`.
@@ -45,12 +54,18 @@ pub struct InstallerConfig {
     pub reload_fifo: Option<PathBuf>,
     /// Seconds to wait for the lock held by another activation.
     pub lock_timeout_secs: u64,
+    /// How to prove the new build is what is served.
     pub health: HealthConfig,
+    /// Server files kept across releases, linked into each one.
     pub shared: SharedConfig,
     /// Where collectstatic's output is inside a release (linked as `static/<VERSION_HASH>`).
     pub static_root: String,
+    /// The release's `VERSION_HASH = '<commit>'` file: names its `static/<VERSION_HASH>` link.
     pub version_hash_file: String,
+    /// The template of `production.py` in a release: a change from the live release's needs
+    /// `--template-reviewed`.
     pub production_template: String,
+    /// `installer os-update`: package maintenance and whether a reboot is needed.
     pub os_update: OsUpdateConfig,
     /// Which release signatures this server trusts and whether it requires one.
     #[serde(default)]
@@ -58,7 +73,7 @@ pub struct InstallerConfig {
 }
 
 /// How to prove the new build is what is served.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct HealthConfig {
     /// Page that must answer 200 and contain `Build number = NNNNNN` (plain `http://` only).
@@ -73,7 +88,7 @@ pub struct HealthConfig {
 }
 
 /// Server files kept across releases, linked into each one.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct SharedConfig {
     /// Path in the release → file in `shared/` (must exist: created by the operator).
@@ -82,13 +97,15 @@ pub struct SharedConfig {
     pub dirs: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `installer os-update`: the server's package maintenance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct OsUpdateConfig {
-    /// The seed's maintenance commands, run in order.
+    /// The maintenance commands, run in order.
     pub commands: Vec<Vec<String>>,
     /// Present when a reboot is needed (Debian/Ubuntu convention).
     pub reboot_required_file: PathBuf,
+    /// Reboots the server (argv), run only with `installer os-update --reboot`.
     pub reboot: Vec<String>,
 }
 
@@ -249,7 +266,7 @@ impl InstallerConfig {
 }
 
 /// `[signing]` in `installer.toml`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct SigningConfig {
     /// Trusted minisign public keys: the base64 line (`RW…`) of each `.pub` file that
@@ -293,6 +310,27 @@ impl SigningConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_configuration_reference_is_current() {
+        let keys = common::configdoc::keys(&InstallerConfig::default());
+        let undocumented: Vec<&str> = keys
+            .iter()
+            .filter(|k| k.meaning.is_empty())
+            .map(|k| k.key.as_str())
+            .collect();
+        assert!(
+            undocumented.is_empty(),
+            "keys without a doc comment: {undocumented:?}"
+        );
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/configuration.md");
+        let doc = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            common::configdoc::section(&doc, DOC_SECTION),
+            Some(reference().as_str()),
+            "`docs/configuration.md` is stale: run `cargo run -p installer -- generate-docs --config-doc docs/configuration.md`"
+        );
+    }
 
     /// What the Debian package installs as the conffile `/etc/binarycrate/installer.toml`.
     const EXAMPLE: &str = include_str!("../package/installer.toml");
@@ -378,7 +416,7 @@ mod tests {
     }
 
     #[test]
-    fn defaults_come_from_the_seed() {
+    fn defaults_are_the_manual_setup() {
         let c = InstallerConfig::parse("", "installer.toml").unwrap();
         assert_eq!(c.root, Path::new("/srv/binarycrate-mvp2"));
         assert_eq!(c.reload, ["service", "uwsgi-emperor", "restart"]);

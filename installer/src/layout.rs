@@ -1,4 +1,4 @@
-//! The server layout (SPEC section 5): releases, shared files, the `current` link, static links
+//! The server layout: releases, shared files, the `current` link, static links
 //! and the installer's own `.deploy/` directory.
 
 use std::fs;

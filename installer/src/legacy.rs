@@ -1,4 +1,4 @@
-//! The legacy release: the seed's in-place checkout, adopted by `installer adopt` as
+//! The legacy release: the in-place checkout, adopted by `installer adopt` as
 //! `releases/BuildNNNNNN` — two links into the checkout (`binarycrate` and `venv`, both its
 //! `binarycrate/`, the project and its virtualenv at once) and `legacy.json` — so the
 //! recommended uWSGI setup serves it through `current` like any release and a rollback to it is

@@ -8,7 +8,7 @@
 //! - [`cli`]: the command line (clap definitions only).
 //! - [`cmd`]: one module per subcommand; each exposes `run`, and none imports another.
 //! - [`run`]: one command's run: report, journal, timed phases with their fault points, the end.
-//! - [`config`]: `installer.toml` with the seed's defaults (`[signing]` included).
+//! - [`config`]: `installer.toml` with today's manual setup as defaults (`[signing]` included).
 //! - [`layout`]: the server's directory layout and the `current` link.
 //! - [`lock`]: one activation at a time (`flock`).
 //! - [`journal`]: the append-only history of activations and rollbacks; release states.

@@ -5,7 +5,13 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser};
 
 fn main() -> ExitCode {
-    if let Some(code) = common::clidocs::intercept(installer::cli::Cli::command) {
+    if let Some(code) = common::clidocs::intercept(
+        installer::cli::Cli::command,
+        common::clidocs::ConfigReference {
+            section: installer::config::DOC_SECTION,
+            table: installer::config::reference,
+        },
+    ) {
         return code.into();
     }
     let cli = installer::cli::Cli::parse();

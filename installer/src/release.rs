@@ -18,7 +18,7 @@ use crate::layout::Layout;
 use crate::lock::DeployLock;
 use crate::procs;
 
-/// The uWSGI entry point (README: "Server setup"), installed as `<root>/loader.py`.
+/// The uWSGI entry point (`docs/server-setup.md`), installed as `<root>/loader.py`.
 pub const LOADER: &str = include_str!("loader.py");
 
 /// Installs or updates `<root>/loader.py` (atomically; untouched when already current).

@@ -864,7 +864,7 @@ mod tests {
         text
     }
 
-    /// The seed's build steps, then collectstatic, migrate and a request, as a release would.
+    /// The manual procedure's build steps, then collectstatic, migrate and a request, as a release would.
     #[test]
     fn example_app_builds_and_serves_its_build_number() {
         let Some(py) = venv_python_with_django() else {

@@ -23,11 +23,10 @@ use common::store::{DownloadSource, PutOutcome};
 use serde_json::json;
 
 use crate::cli::BootstrapArgs;
-use crate::fleet::run::{dispatch, Dispatched};
+use crate::fleet::run::dispatch;
 use crate::fleet::summary::{
-    explain_detail, format_duration, last_line, plural, render_table, truncate,
+    format_duration, last_line, plural, truncate, Instance, Kind, Summary,
 };
-use crate::fleet::watch::InstanceRun;
 use crate::fleet::{check_word, shell_quote, Status, MAX_COMMENT_CHARS};
 use crate::store::open_store_for_servers;
 
@@ -102,29 +101,24 @@ pub fn run(args: &BootstrapArgs) -> anyhow::Result<ExitCode> {
         &request,
         &shown,
     )?;
-    let summary = BootstrapSummary::new(sent, sha256, args.path.clone(), local_version);
-    if reach.verbose {
-        eprint!("{}", summary.full_output());
-    }
-    let table = if summary.instances.is_empty() {
-        String::new()
-    } else {
-        summary.table()
+    let kind = Bootstrap {
+        sha256,
+        path: args.path.clone(),
+        version: local_version,
     };
-    if reach.json {
-        eprint!("\n{table}");
-        let mut v = summary.to_json(reach.verbose);
+    let summary = Summary::new(
+        kind,
+        sent.transport,
+        sent.command_id,
+        sent.targets,
+        sent.watched,
+    );
+    summary.show(reach.verbose, reach.json, |v| {
         v["installer"]["key"] = key.into();
         v["installer"]["store"] = location.into();
         v["installer"]["size"] = size.into();
         v["installer"]["uploaded"] = (put == PutOutcome::Created).into();
-        println!("{}", serde_json::to_string_pretty(&v)?);
-    } else {
-        eprintln!();
-        print!("{table}");
-    }
-    eprintln!("\n{}", summary.closing_line());
-    Ok(summary.exit_code())
+    })
 }
 
 /// The install path: absolute, a file name at the end, no `.` or `..`, no control characters.
@@ -211,11 +205,14 @@ pub struct Script {
     pub force: bool,
 }
 
+/// The fixed part of the script each server runs (`bootstrap.sh`, linted by `shellcheck`).
+const SCRIPT: &str = include_str!("../bootstrap.sh");
+
 /// The shell script (POSIX `sh`, `set -eu`). Every value comes in once, single-quoted, at the
-/// top; the rest is fixed text that only ever uses them as `"$name"`.
+/// top; the rest is [`SCRIPT`], which only ever uses them as `"$name"`.
 pub fn render_script(s: &Script) -> Result<String, BadInput> {
     check_install_path(&s.path)?;
-    let fetch = match &s.source {
+    let (url, src) = match &s.source {
         DownloadSource::Url(url) => {
             check_word("the download URL", url)?;
             if !(url.starts_with("https://") || url.starts_with("http://")) {
@@ -223,112 +220,30 @@ pub fn render_script(s: &Script) -> Result<String, BadInput> {
                     "the download URL `{url}` is not an `http(s)://` URL"
                 )));
             }
-            format!(
-                r#"url={url}
-if command -v curl >/dev/null 2>&1; then
-  {{ curl -fsS --retry 3 "$url" || : >"$tmp.failed"; }} | head -c "$limit" >"$tmp"
-  how=curl
-elif command -v wget >/dev/null 2>&1; then
-  {{ wget -q -O - "$url" || : >"$tmp.failed"; }} | head -c "$limit" >"$tmp"
-  how=wget
-else
-  fail "neither curl nor wget is installed on this server: install one (apt-get install curl)"
-fi
-check_size
-[ ! -e "$tmp.failed" ] || fail "cannot download the installer with $how (an expired URL? run builder bootstrap again)""#,
-                url = shell_quote(url)
-            )
+            (url.clone(), String::new())
         }
         DownloadSource::Path(path) => {
             let path = crate::fleet::path_word("the store file", path)?;
             check_word("the store file", &path)?;
-            format!(
-                r#"src={src}
-[ -f "$src" ] || fail "the store file \`$src\` is not on this server: a \`file://\` store must be mounted at the same path on every server (or use an \`s3://\` store)"
-head -c "$limit" <"$src" >"$tmp"
-check_size"#,
-                src = shell_quote(&path)
-            )
+            (String::new(), path)
         }
     };
-    Ok(format!(
-        r#"set -eu
-dest={dest}
-want={want}
-size={size}
-force={force}
-result() {{ printf '{RESULT_PREFIX}previous=%s new=%s outcome=%s\n' "$1" "$2" "$3"; }}
-fail() {{ printf 'error: %s\n' "$*" >&2; exit 1; }}
-# The version an installer reports (`installer 0.1.0 (commit …)`), or nothing.
-version_of() {{
-  line=$("$1" --version 2>/dev/null | head -n 1) || return 0
-  case "$line" in {TOOL}\ *) ;; *) return 0 ;; esac
-  v=${{line#{TOOL} }}
-  v=${{v%% *}}
-  case "$v" in ''|*[!0-9A-Za-z.+~-]*) return 0 ;; esac
-  printf '%s' "$v"
-}}
-# Succeeds when version $1 is newer than $2 (MAJOR.MINOR.PATCH, compared as numbers).
-newer() {{
-  awk -v a="$1" -v b="$2" 'BEGIN {{ split(a, x, "."); split(b, y, ".");
-    for (i = 1; i <= 3; i++) {{ p = x[i] + 0; q = y[i] + 0; if (p > q) exit 0; if (p < q) exit 1 }}
-    exit 1 }}'
-}}
-sum_of() {{ sha256sum < "$1" | cut -d ' ' -f 1; }}
-command -v sha256sum >/dev/null 2>&1 || fail "sha256sum is not installed on this server (coreutils)"
-previous=none
-if [ -e "$dest" ] || [ -L "$dest" ]; then
-  [ -f "$dest" ] || fail "\`$dest\` exists and is not a file: nothing was changed"
-  previous=$(version_of "$dest")
-  [ -n "$previous" ] || previous=unknown
-  if [ "$(sum_of "$dest")" = "$want" ]; then
-    result "$previous" "$previous" unchanged
-    echo "\`$dest\` is already this installer (sha256 $want): nothing to do"
-    exit 0
-  fi
-fi
-dir=$(dirname -- "$dest")
-[ -d "$dir" ] || mkdir -p -- "$dir"
-tmp=$(mktemp "$dir/.{TOOL}.bootstrap.XXXXXX")
-trap 'rm -f -- "$tmp" "$tmp.failed"' EXIT
-# At most one byte more than the installer has is written: a store object replaced by a huge
-# one cannot fill this server's disk.
-limit=$((size + 1))
-check_size() {{
-  [ "$(wc -c <"$tmp")" -le "$size" ] || fail "the stored installer is larger than the $size bytes it should have: the store object was replaced; nothing was replaced here"
-}}
-{fetch}
-got=$(sum_of "$tmp")
-[ "$got" = "$want" ] || fail "the downloaded installer's SHA-256 is $got, not $want: nothing was replaced"
-chmod 0755 "$tmp"
-new=$(version_of "$tmp")
-if [ -z "$new" ]; then
-  why=$("$tmp" --version 2>&1 | head -n 2 | tr '\n' ' ') || true
-  fail "the new installer does not run on this server ($(getconf GNU_LIBC_VERSION 2>/dev/null || echo glibc unknown)): $why"
-fi
-if [ "$previous" != none ] && [ "$force" != 1 ]; then
-  if [ "$previous" = unknown ]; then
-    result unknown "$new" refused
-    fail "\`$dest\` exists but reports no installer version: not replaced (--force replaces it)"
-  fi
-  if newer "$previous" "$new"; then
-    result "$previous" "$new" refused
-    fail "\`$dest\` is installer $previous, newer than $new: not replaced (--force replaces it)"
-  fi
-fi
-# On disk before it takes the name, so a crash leaves the old installer or the whole new one.
-sync
-mv -f -- "$tmp" "$dest"
-trap - EXIT
-after=$("$dest" --version 2>&1) || fail "the installed \`$dest\` does not run: $after"
-if [ "$previous" = none ]; then outcome=installed; else outcome=replaced; fi
-result "$previous" "$new" "$outcome"
-echo "$after""#,
-        dest = shell_quote(&s.path),
-        want = shell_quote(&s.sha256.to_hex()),
-        size = s.size,
-        force = if s.force { "1" } else { "0" },
-    ))
+    let values = [
+        ("tool", TOOL.to_owned()),
+        ("result_prefix", RESULT_PREFIX.to_owned()),
+        ("dest", s.path.clone()),
+        ("want", s.sha256.to_hex()),
+        ("size", s.size.to_string()),
+        ("force", if s.force { "1" } else { "0" }.to_owned()),
+        ("url", url),
+        ("src", src),
+    ];
+    let mut script = String::from("set -eu\n");
+    for (name, value) in values {
+        script.push_str(&format!("{name}={}\n", shell_quote(&value)));
+    }
+    script.push_str(SCRIPT);
+    Ok(script)
 }
 
 /// What one server's `bootstrap-result:` line says.
@@ -359,72 +274,39 @@ pub fn parse_result(stdout: &str) -> Option<ScriptResult> {
     })
 }
 
-/// One server's result.
+/// How `bootstrap` reads each server: the script's result line.
 #[derive(Debug, Clone, PartialEq)]
-pub struct BootstrapResult {
-    pub instance: String,
-    pub status: Status,
-    pub detail: Option<String>,
-    pub exit_code: Option<i32>,
-    pub duration: Option<Duration>,
-    pub result: Option<ScriptResult>,
-    pub stdout: String,
-    pub stderr: String,
-    pub truncated: bool,
+pub struct Bootstrap {
+    pub sha256: Sha256Hash,
+    pub path: String,
+    /// The binary's version as it reported it here, when it runs here.
+    pub version: Option<String>,
 }
 
-impl BootstrapResult {
-    pub fn from_run(run: InstanceRun) -> Self {
-        Self {
-            instance: run.state.instance,
-            status: run.state.status,
-            detail: run.state.detail,
-            exit_code: run.output.exit_code.or(run.state.exit_code),
-            duration: run.output.duration.or(run.state.duration),
-            result: parse_result(&run.output.stdout),
-            stdout: run.output.stdout,
-            stderr: run.output.stderr,
-            truncated: run.output.truncated,
-        }
-    }
+type Server = Instance<Option<ScriptResult>>;
 
-    /// The server has this installer at the path now.
-    pub fn ok(&self) -> bool {
-        self.status == Status::Success
-            && self.exit_code.unwrap_or(0) == 0
-            && self.result.as_ref().is_some_and(|r| {
-                matches!(r.outcome.as_str(), "installed" | "replaced" | "unchanged")
-            })
-    }
-
+impl Bootstrap {
     /// The script's own error line, else why there is none.
-    pub fn error(&self) -> Option<String> {
-        if self.ok() {
+    pub fn error(&self, i: &Server) -> Option<String> {
+        if self.ok(i) {
             return None;
         }
-        let mut parts: Vec<String> = Vec::new();
-        if let Some(d) = self
-            .detail
-            .as_deref()
-            .filter(|d| *d != self.status.as_str())
-        {
-            parts.push(explain_detail(d));
-        }
-        if let Some(line) = last_line(&self.stderr) {
+        let mut parts = i.why_not();
+        if let Some(line) = last_line(&i.stderr) {
             parts.push(line.strip_prefix("error: ").unwrap_or(line).to_owned());
-        } else if self.status == Status::Success {
+        } else if i.status == Status::Success {
             parts.push("the script reported no result".into());
         }
         if parts.is_empty() {
-            parts.push(self.status.to_string());
+            parts.push(i.status.to_string());
         }
         Some(parts.join(": "))
     }
 
     /// The OUTCOME column.
-    pub fn outcome_text(&self) -> String {
-        let outcome = self.result.as_ref().map(|r| r.outcome.as_str());
-        match (outcome, self.error()) {
+    pub fn outcome_text(&self, i: &Server) -> String {
+        let outcome = i.result.as_ref().map(|r| r.outcome.as_str());
+        match (outcome, self.error(i)) {
             (Some("unchanged"), None) => "unchanged: already this installer".into(),
             (Some(o), None) => o.to_owned(),
             (Some("refused"), Some(e)) => format!("refused: {e}"),
@@ -434,108 +316,51 @@ impl BootstrapResult {
     }
 }
 
-/// Every server's result.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BootstrapSummary {
-    pub transport: &'static str,
-    pub command_id: String,
-    pub targets: String,
-    pub sha256: Sha256Hash,
-    pub path: String,
-    /// The binary's version as it reported it here, when it runs here.
-    pub version: Option<String>,
-    pub instances: Vec<BootstrapResult>,
-    pub interrupted: bool,
-    pub gave_up: Option<String>,
-}
+impl Kind for Bootstrap {
+    type Result = Option<ScriptResult>;
 
-impl BootstrapSummary {
-    pub fn new(
-        sent: Dispatched,
-        sha256: Sha256Hash,
-        path: String,
-        version: Option<String>,
-    ) -> Self {
-        Self {
-            transport: sent.transport,
-            command_id: sent.command_id,
-            targets: sent.targets,
-            sha256,
-            path,
-            version,
-            instances: sent
-                .watched
-                .instances
-                .into_iter()
-                .map(BootstrapResult::from_run)
-                .collect(),
-            interrupted: sent.watched.interrupted,
-            gave_up: sent.watched.gave_up,
-        }
+    fn read(&self, stdout: &str) -> Self::Result {
+        parse_result(stdout)
     }
 
-    /// 0 when every server has the installer, else 1 (see the command's help).
-    pub fn exit_code(&self) -> ExitCode {
-        if !self.instances.is_empty()
-            && self.instances.iter().all(BootstrapResult::ok)
-            && !self.interrupted
-            && self.gave_up.is_none()
-        {
-            ExitCode::Success
-        } else {
-            ExitCode::Failed
-        }
+    /// The server has this installer at the path now.
+    fn ok(&self, i: &Server) -> bool {
+        i.exited_ok()
+            && i.result.as_ref().is_some_and(|r| {
+                matches!(r.outcome.as_str(), "installed" | "replaced" | "unchanged")
+            })
     }
 
-    pub fn table(&self) -> String {
-        let version = |r: &BootstrapResult, f: fn(&ScriptResult) -> &str| {
-            r.result
+    /// 1 when a server does not have it (see the command's help).
+    fn failure_code(&self, _failed: &[&Server]) -> ExitCode {
+        ExitCode::Failed
+    }
+
+    fn header(&self) -> &'static [&'static str] {
+        &[
+            "INSTANCE", "STATUS", "PREVIOUS", "NEW", "DURATION", "OUTCOME",
+        ]
+    }
+
+    fn row(&self, i: &Server) -> Vec<String> {
+        let version = |f: fn(&ScriptResult) -> &str| {
+            i.result
                 .as_ref()
                 .map(|s| f(s).to_owned())
                 .unwrap_or_else(|| "-".into())
         };
-        let rows: Vec<Vec<String>> = self
-            .instances
-            .iter()
-            .map(|i| {
-                vec![
-                    i.instance.clone(),
-                    i.status.to_string(),
-                    version(i, |s| &s.previous),
-                    version(i, |s| &s.new),
-                    format_duration(i.duration),
-                    truncate(&i.outcome_text(), 160),
-                ]
-            })
-            .collect();
-        render_table(
-            &[
-                "INSTANCE", "STATUS", "PREVIOUS", "NEW", "DURATION", "OUTCOME",
-            ],
-            &rows,
-        )
+        vec![
+            i.instance.clone(),
+            i.status.to_string(),
+            version(|s| &s.previous),
+            version(|s| &s.new),
+            format_duration(i.duration),
+            truncate(&self.outcome_text(i), 160),
+        ]
     }
 
-    /// Every server's full output, for `-v`.
-    pub fn full_output(&self) -> String {
-        let mut out = String::new();
-        for i in &self.instances {
-            for (name, text) in [
-                ("standard output", &i.stdout),
-                ("standard error", &i.stderr),
-            ] {
-                out.push_str(&format!("──── {}: {name} ────\n", i.instance));
-                out.push_str(text);
-                if !text.is_empty() && !text.ends_with('\n') {
-                    out.push('\n');
-                }
-            }
-        }
-        out
-    }
-
-    pub fn closing_line(&self) -> String {
-        let what = format!(
+    fn subject(&self) -> String {
+        format!(
             "bootstrap {TOOL}{} at {}",
             self.version
                 .as_deref()
@@ -543,67 +368,21 @@ impl BootstrapSummary {
                 .map(|v| format!(" {v}"))
                 .unwrap_or_default(),
             self.path
-        );
-        if self.instances.is_empty() {
-            return format!(
-                "{what}: no instance matched the targets ({}); nothing ran — exit 1",
-                self.targets
-            );
-        }
-        let total = self.instances.len();
-        let failed: Vec<&str> = self
-            .instances
-            .iter()
-            .filter(|i| !i.ok())
-            .map(|i| i.instance.as_str())
-            .collect();
-        let mut text = if failed.is_empty() {
-            format!("{what}: all {total} instance{} have it", plural(total))
-        } else {
-            format!(
-                "{what}: {} of {total} instance{} did not get it ({})",
-                failed.len(),
-                plural(total),
-                failed.join(", ")
-            )
-        };
-        if self.interrupted {
-            text.push_str("; interrupted and cancelled");
-        }
-        if let Some(g) = &self.gave_up {
-            text.push_str(&format!("; {g}"));
-        }
-        let code = self.exit_code();
-        if code != ExitCode::Success {
-            text.push_str(&format!(" — exit {}", code.code()));
-        }
-        text
+        )
     }
 
-    pub fn to_json(&self, verbose: bool) -> serde_json::Value {
-        let instances: Vec<serde_json::Value> = self
-            .instances
-            .iter()
-            .map(|i| {
-                let mut v = json!({
-                    "instance": i.instance,
-                    "status": i.status.as_str(),
-                    "status_detail": i.detail,
-                    "exit_code": i.exit_code,
-                    "duration_ms": i.duration.map(|d| d.as_millis() as u64),
-                    "previous_version": i.result.as_ref().map(|r| &r.previous),
-                    "new_version": i.result.as_ref().map(|r| &r.new),
-                    "outcome": i.result.as_ref().map(|r| &r.outcome),
-                    "ok": i.ok(),
-                    "error": i.error(),
-                });
-                if verbose {
-                    v["stdout"] = i.stdout.clone().into();
-                    v["stderr"] = i.stderr.clone().into();
-                }
-                v
-            })
-            .collect();
+    fn all_done(&self, total: usize, _only: Option<&str>) -> String {
+        format!("all {total} instance{} have it", plural(total))
+    }
+
+    fn not_done(&self, failed: usize, total: usize, names: &str) -> String {
+        format!(
+            "{failed} of {total} instance{} did not get it ({names})",
+            plural(total)
+        )
+    }
+
+    fn json_head(&self) -> serde_json::Value {
         json!({
             "command": "bootstrap",
             "installer": {
@@ -611,13 +390,15 @@ impl BootstrapSummary {
                 "version": self.version,
                 "path": self.path,
             },
-            "transport": self.transport,
-            "command_id": self.command_id,
-            "targets": self.targets,
-            "instances": instances,
-            "interrupted": self.interrupted,
-            "gave_up": self.gave_up,
-            "exit_code": self.exit_code().code(),
+        })
+    }
+
+    fn json_instance(&self, i: &Server) -> serde_json::Value {
+        json!({
+            "previous_version": i.result.as_ref().map(|r| &r.previous),
+            "new_version": i.result.as_ref().map(|r| &r.new),
+            "outcome": i.result.as_ref().map(|r| &r.outcome),
+            "error": self.error(i),
         })
     }
 }

@@ -1,4 +1,4 @@
-//! `builder package`: a git tag to a release artifact, with every build step the seed ran on the
+//! `builder package`: a git tag to a release artifact, with every build step the manual procedure ran on the
 //! production box run here instead, in a throwaway staging copy.
 
 use std::collections::BTreeMap;
@@ -418,7 +418,7 @@ fn list_wheels(dir: &Path) -> anyhow::Result<BTreeMap<String, WheelEntry>> {
     Ok(wheels)
 }
 
-/// The seed's front-end steps: copy `build_number.py`, then bundler `add` and `preload` for
+/// The manual procedure's front-end steps: copy `build_number.py`, then bundler `add` and `preload` for
 /// every module (optional ones only when present).
 fn frontend_steps(config: &DeployConfig, runner: &mut StepRunner) -> anyhow::Result<()> {
     let f = &config.frontend;
@@ -652,7 +652,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn build_number_py_is_read_like_the_seed_writes_it() {
+    fn build_number_py_is_read_like_prepare_writes_it() {
         let text = "# Copyright\n# licence\n\nBUILD_NUMBER = '000034'\n";
         assert_eq!(parse_build_number_py(text, "f").unwrap().get(), 34);
         assert_eq!(

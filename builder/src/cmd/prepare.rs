@@ -1,4 +1,4 @@
-//! `builder prepare`: the seed's "Preparing the code", with git2 and all or nothing.
+//! `builder prepare`: the manual procedure's "preparing the code", with git2 and all or nothing.
 //!
 //! First everything is read and checked (state, clean tree, branches, identity, the remote's
 //! refs with `--push`), then everything is computed as new git objects only: the merge commit,

@@ -167,31 +167,7 @@ pub fn execute(plan: Plan) -> anyhow::Result<ExitCode> {
         sent.targets,
         sent.watched,
     );
-    if plan.verbose {
-        eprint!("{}", summary.full_output());
-    }
-    // No table when no instance matched: the closing line says so.
-    let table = if summary.instances.is_empty() {
-        String::new()
-    } else {
-        summary.table()
-    };
-    if plan.json {
-        eprint!("\n{table}");
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&summary.to_json(plan.verbose))?
-        );
-    } else {
-        eprintln!();
-        print!("{table}");
-    }
-    let details = summary.failure_details(plan.verbose);
-    if !details.is_empty() {
-        eprint!("\n{details}");
-    }
-    eprintln!("\n{}", summary.closing_line());
-    Ok(summary.exit_code())
+    summary.show(plan.verbose, plan.json, |_| {})
 }
 
 async fn drive<T: Transport>(

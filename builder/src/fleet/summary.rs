@@ -1,4 +1,7 @@
-//! What happened on each instance: the table, the failures, the JSON, and the exit code.
+//! What happened on each instance: the table, the failures, the JSON, and the exit code — one
+//! summary for every fleet command, generic over what a command reads from an instance's output
+//! ([`Kind`]): the installer's report for `deploy`, `rollback` and `status`, the script's result
+//! line for `bootstrap`.
 //!
 //! Exit code of `builder deploy | rollback | status`:
 //! * 0 — every instance succeeded (the installer exited 0: done, or nothing to do);
@@ -12,6 +15,7 @@
 //! Bad input found before anything was sent (targets, build name, store, unpublished build)
 //! exits 2 like every other command.
 
+use std::fmt;
 use std::time::Duration;
 
 use common::report::{ExitCode, Outcome, Report};
@@ -21,62 +25,355 @@ use serde_json::json;
 use super::watch::{InstanceRun, Watched};
 use super::{Action, Status};
 
-/// One instance's result, with the installer's own report when it printed one.
+/// One instance's run: what the transport said, its output, and what the command read from it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct InstanceResult {
+pub struct Instance<R> {
     pub instance: String,
     pub status: Status,
     pub detail: Option<String>,
     pub exit_code: Option<i32>,
     pub duration: Option<Duration>,
-    pub report: Option<Report>,
-    /// The build live on the instance afterwards, as its report says.
-    pub live: Option<BuildNumber>,
     pub stdout: String,
     pub stderr: String,
     pub truncated: bool,
+    pub result: R,
 }
 
-impl InstanceResult {
-    pub fn from_run(action: &Action, run: InstanceRun) -> Self {
-        let report = Report::find_in(&run.output.stdout);
-        let live = report.as_ref().and_then(|r| action.live_after(r));
+impl<R> Instance<R> {
+    fn from_run(run: InstanceRun, read: impl FnOnce(&str) -> R) -> Self {
         Self {
             instance: run.state.instance,
             status: run.state.status,
             detail: run.state.detail,
             exit_code: run.output.exit_code.or(run.state.exit_code),
             duration: run.output.duration.or(run.state.duration),
-            report,
-            live,
+            result: read(&run.output.stdout),
             stdout: run.output.stdout,
             stderr: run.output.stderr,
             truncated: run.output.truncated,
         }
     }
 
-    /// The installer finished with exit code 0 on this instance.
-    pub fn ok(&self) -> bool {
+    /// The transport finished the command and it exited 0.
+    pub fn exited_ok(&self) -> bool {
         self.status == Status::Success && self.exit_code.unwrap_or(0) == 0
     }
 
+    /// Why the instance gave no result: the transport's detail (in words) and the line of its
+    /// standard error that says most.
+    pub fn why_not(&self) -> Vec<String> {
+        let mut parts = Vec::new();
+        if let Some(d) = self
+            .detail
+            .as_deref()
+            .filter(|d| *d != self.status.as_str())
+        {
+            parts.push(explain_detail(d));
+        }
+        parts
+    }
+}
+
+/// What a fleet command reads from each instance and how its summary says it.
+pub trait Kind: Clone + fmt::Debug + PartialEq {
+    /// What the command reads from an instance's standard output.
+    type Result: Clone + fmt::Debug + PartialEq;
+
+    fn read(&self, stdout: &str) -> Self::Result;
+    /// The instance did what was asked.
+    fn ok(&self, i: &Instance<Self::Result>) -> bool;
+    /// The exit code when some instance did not (`failed` is never empty).
+    fn failure_code(&self, failed: &[&Instance<Self::Result>]) -> ExitCode;
+    /// The table's header and one instance's row.
+    fn header(&self) -> &'static [&'static str];
+    fn row(&self, i: &Instance<Self::Result>) -> Vec<String>;
+    /// What the closing line is about (`deploy Build000002`).
+    fn subject(&self) -> String;
+    /// How the closing line says every instance did it; `only` is the instance when there is one.
+    fn all_done(&self, total: usize, only: Option<&str>) -> String;
+    /// How it says some did not.
+    fn not_done(&self, failed: usize, total: usize, names: &str) -> String;
+    /// The `--json` object's fields about the command, and one instance's own fields.
+    fn json_head(&self) -> serde_json::Value;
+    fn json_instance(&self, i: &Instance<Self::Result>) -> serde_json::Value;
+    /// What the exit code meant and what else is known, under a failed instance's line.
+    fn failure_lines(&self, _i: &Instance<Self::Result>) -> (Option<String>, Vec<String>) {
+        (None, Vec::new())
+    }
+}
+
+/// The whole fleet's result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary<K: Kind> {
+    pub kind: K,
+    pub transport: &'static str,
+    pub command_id: String,
+    /// What was targeted, for messages.
+    pub targets: String,
+    pub instances: Vec<Instance<K::Result>>,
+    pub interrupted: bool,
+    pub gave_up: Option<String>,
+}
+
+/// `deploy`, `rollback` and `status`: the installer's report.
+pub type FleetSummary = Summary<Action>;
+
+impl<K: Kind> Summary<K> {
+    pub fn new(
+        kind: K,
+        transport: &'static str,
+        command_id: String,
+        targets: String,
+        watched: Watched,
+    ) -> Self {
+        let instances = watched
+            .instances
+            .into_iter()
+            .map(|run| Instance::from_run(run, |out| kind.read(out)))
+            .collect();
+        Self {
+            kind,
+            transport,
+            command_id,
+            targets,
+            instances,
+            interrupted: watched.interrupted,
+            gave_up: watched.gave_up,
+        }
+    }
+
+    pub fn failed(&self) -> Vec<&Instance<K::Result>> {
+        self.instances.iter().filter(|i| !self.kind.ok(i)).collect()
+    }
+
+    /// 0 when every instance did it and nothing was cut short; else the kind's code.
+    pub fn exit_code(&self) -> ExitCode {
+        if self.instances.is_empty() {
+            return ExitCode::Failed;
+        }
+        let failed = self.failed();
+        match (
+            failed.is_empty(),
+            self.interrupted || self.gave_up.is_some(),
+        ) {
+            (true, false) => ExitCode::Success,
+            (true, true) => ExitCode::Failed,
+            (false, _) => self.kind.failure_code(&failed),
+        }
+    }
+
+    /// The table: one row per instance.
+    pub fn table(&self) -> String {
+        let rows: Vec<Vec<String>> = self.instances.iter().map(|i| self.kind.row(i)).collect();
+        render_table(self.kind.header(), &rows)
+    }
+
+    /// Each failed instance in full: what its exit code means, what the kind knows, and the end
+    /// of its standard error (unless `verbose` shows everything anyway).
+    pub fn failure_details(&self, verbose: bool) -> String {
+        let mut out = String::new();
+        for i in self.failed() {
+            let (meaning, lines) = self.kind.failure_lines(i);
+            out.push_str(&format!(
+                "{} {}{}{}\n",
+                i.instance,
+                i.status,
+                i.exit_code
+                    .map(|c| format!(", exit {c}"))
+                    .unwrap_or_default(),
+                meaning.map(|m| format!(": {m}")).unwrap_or_default()
+            ));
+            for why in i.why_not() {
+                out.push_str(&format!("  {why}\n"));
+            }
+            for l in lines {
+                out.push_str(&format!("  {l}\n"));
+            }
+            if !verbose {
+                let lines: Vec<&str> = i.stderr.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(15)..];
+                if !tail.is_empty() {
+                    out.push_str("  last lines of its standard error:\n");
+                    for l in tail {
+                        out.push_str(&format!("    {l}\n"));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Every instance's full output, for `-v`.
+    pub fn full_output(&self) -> String {
+        let mut out = String::new();
+        for i in &self.instances {
+            for (name, text) in [
+                ("standard output", &i.stdout),
+                ("standard error", &i.stderr),
+            ] {
+                out.push_str(&format!("──── {}: {name} ────\n", i.instance));
+                out.push_str(text);
+                if !text.is_empty() && !text.ends_with('\n') {
+                    out.push('\n');
+                }
+            }
+            if i.truncated {
+                out.push_str(
+                    "(output truncated by the transport; use --output-s3-bucket for all of it)\n",
+                );
+            }
+        }
+        out
+    }
+
+    /// The last line: what was done, how many did it, and the exit code's meaning.
+    pub fn closing_line(&self) -> String {
+        let what = self.kind.subject();
+        if self.instances.is_empty() {
+            return format!(
+                "{what}: no instance matched the targets ({}); nothing ran — exit 1",
+                self.targets
+            );
+        }
+        let total = self.instances.len();
+        let failed = self.failed();
+        let mut text = if failed.is_empty() {
+            let only = (total == 1).then(|| self.instances[0].instance.as_str());
+            format!("{what}: {}", self.kind.all_done(total, only))
+        } else {
+            let names: Vec<&str> = failed.iter().map(|i| i.instance.as_str()).collect();
+            format!(
+                "{what}: {}",
+                self.kind.not_done(failed.len(), total, &names.join(", "))
+            )
+        };
+        if self.interrupted {
+            text.push_str("; interrupted and cancelled");
+        }
+        if let Some(g) = &self.gave_up {
+            text.push_str(&format!("; {g}"));
+        }
+        let code = self.exit_code();
+        if code != ExitCode::Success {
+            text.push_str(&format!(" — exit {}", code.code()));
+        }
+        text
+    }
+
+    /// Shows the result as every fleet command does: `-v` output, the table, the `--json` object
+    /// on stdout (with `extend`'s additions) or the table there, the failures, the closing
+    /// line; returns the exit code.
+    pub fn show(
+        &self,
+        verbose: bool,
+        json: bool,
+        extend: impl FnOnce(&mut serde_json::Value),
+    ) -> anyhow::Result<ExitCode> {
+        if verbose {
+            eprint!("{}", self.full_output());
+        }
+        // No table when no instance matched: the closing line says so.
+        let table = if self.instances.is_empty() {
+            String::new()
+        } else {
+            self.table()
+        };
+        if json {
+            eprint!("\n{table}");
+            let mut v = self.to_json(verbose);
+            extend(&mut v);
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        } else {
+            eprintln!();
+            print!("{table}");
+        }
+        let details = self.failure_details(verbose);
+        if !details.is_empty() {
+            eprint!("\n{details}");
+        }
+        eprintln!("\n{}", self.closing_line());
+        Ok(self.exit_code())
+    }
+
+    /// The `--json` object.
+    pub fn to_json(&self, verbose: bool) -> serde_json::Value {
+        let instances: Vec<serde_json::Value> = self
+            .instances
+            .iter()
+            .map(|i| {
+                let mut v = json!({
+                    "instance": i.instance,
+                    "status": i.status.as_str(),
+                    "status_detail": i.detail,
+                    "exit_code": i.exit_code,
+                    "duration_ms": i.duration.map(|d| d.as_millis() as u64),
+                    "ok": self.kind.ok(i),
+                });
+                merge(&mut v, self.kind.json_instance(i));
+                if verbose {
+                    v["stdout"] = i.stdout.clone().into();
+                    v["stderr"] = i.stderr.clone().into();
+                }
+                v
+            })
+            .collect();
+        let mut v = json!({
+            "transport": self.transport,
+            "command_id": self.command_id,
+            "targets": self.targets,
+            "instances": instances,
+            "interrupted": self.interrupted,
+            "gave_up": self.gave_up,
+            "exit_code": self.exit_code().code(),
+        });
+        merge(&mut v, self.kind.json_head());
+        v
+    }
+}
+
+/// Adds `extra`'s fields to the object `v`.
+fn merge(v: &mut serde_json::Value, extra: serde_json::Value) {
+    if let (Some(v), serde_json::Value::Object(extra)) = (v.as_object_mut(), extra) {
+        v.extend(extra);
+    }
+}
+
+/// What `deploy`, `rollback` and `status` read from an instance: the installer's report, and
+/// the build live there afterwards as the report says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Installed {
+    pub report: Option<Report>,
+    pub live: Option<BuildNumber>,
+}
+
+/// Worst first.
+const SEVERITY: [ExitCode; 5] = [
+    ExitCode::OperatorNeeded,
+    ExitCode::RolledBack,
+    ExitCode::Failed,
+    ExitCode::Locked,
+    ExitCode::BadInput,
+];
+
+impl Action {
     /// The installer's exit code when the instance failed with one (1–5).
-    pub fn installer_code(&self) -> Option<ExitCode> {
-        if self.status != Status::Failed {
+    pub fn installer_code(&self, i: &Instance<Installed>) -> Option<ExitCode> {
+        if i.status != Status::Failed {
             return None;
         }
-        let from_report = self
+        let from_report = i
+            .result
             .report
             .as_ref()
             .and_then(|r| ExitCode::from_code(r.exit_code as i32));
         from_report
-            .or_else(|| self.exit_code.and_then(ExitCode::from_code))
+            .or_else(|| i.exit_code.and_then(ExitCode::from_code))
             .filter(|c| *c != ExitCode::Success)
     }
 
     /// What the LIVE column shows: the build, `none`, or `?` when the report does not say.
-    pub fn live_text(&self) -> String {
-        match (&self.report, self.live) {
+    pub fn live_text(&self, i: &Instance<Installed>) -> String {
+        match (&i.result.report, i.result.live) {
             (_, Some(b)) => b.tag(),
             (Some(r), None) if matches!(r.outcome, Outcome::Success | Outcome::NothingToDo) => {
                 "none".into()
@@ -86,15 +383,15 @@ impl InstanceResult {
     }
 
     /// The RESULT column: the installer's outcome and first error line, or why there is none.
-    pub fn result_text(&self, action: &Action) -> String {
-        match &self.report {
+    pub fn result_text(&self, i: &Instance<Installed>) -> String {
+        match &i.result.report {
             Some(r) => {
                 let mut text = outcome_name(r.outcome).to_owned();
                 if let Some(e) = &r.error {
                     text.push_str(": ");
                     text.push_str(e.lines().next().unwrap_or(""));
                 }
-                if matches!(action, Action::Status) {
+                if matches!(self, Action::Status) {
                     if let Some(p) = r.previous_build {
                         text.push_str(&format!("; previous {p:#}"));
                     }
@@ -106,32 +403,116 @@ impl InstanceResult {
                 }
                 if !r.warnings.is_empty() {
                     let n = r.warnings.len();
-                    text.push_str(&format!(" ({n} warning{})", if n == 1 { "" } else { "s" }));
+                    text.push_str(&format!(" ({n} warning{})", plural(n)));
                 }
                 text
             }
             None => {
-                let mut parts: Vec<String> = Vec::new();
-                if let Some(d) = self
-                    .detail
-                    .as_deref()
-                    .filter(|d| *d != self.status.as_str())
-                {
-                    parts.push(explain_detail(d));
-                }
-                if matches!(self.status, Status::Success | Status::Failed) {
+                let mut parts = i.why_not();
+                if matches!(i.status, Status::Success | Status::Failed) {
                     parts.push("no installer report".into());
                 }
-                if let Some(line) = last_line(&self.stderr) {
+                if let Some(line) = last_line(&i.stderr) {
                     parts.push(line.to_owned());
                 }
                 if parts.is_empty() {
-                    self.status.to_string()
+                    i.status.to_string()
                 } else {
                     parts.join(": ")
                 }
             }
         }
+    }
+}
+
+impl Kind for Action {
+    type Result = Installed;
+
+    fn read(&self, stdout: &str) -> Installed {
+        let report = Report::find_in(stdout);
+        let live = report.as_ref().and_then(|r| self.live_after(r));
+        Installed { report, live }
+    }
+
+    fn ok(&self, i: &Instance<Installed>) -> bool {
+        i.exited_ok()
+    }
+
+    fn failure_code(&self, failed: &[&Instance<Installed>]) -> ExitCode {
+        let codes: Vec<Option<ExitCode>> = failed.iter().map(|i| self.installer_code(i)).collect();
+        if codes.contains(&Some(ExitCode::OperatorNeeded)) {
+            return ExitCode::OperatorNeeded;
+        }
+        if codes.iter().all(Option::is_some) {
+            for worst in SEVERITY {
+                if codes.contains(&Some(worst)) {
+                    return worst;
+                }
+            }
+        }
+        ExitCode::Failed
+    }
+
+    fn header(&self) -> &'static [&'static str] {
+        &["INSTANCE", "STATUS", "EXIT", "DURATION", "LIVE", "RESULT"]
+    }
+
+    fn row(&self, i: &Instance<Installed>) -> Vec<String> {
+        vec![
+            i.instance.clone(),
+            i.status.to_string(),
+            i.exit_code
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "-".into()),
+            format_duration(i.duration),
+            self.live_text(i),
+            truncate(&self.result_text(i), 100),
+        ]
+    }
+
+    fn subject(&self) -> String {
+        match self.build() {
+            Some(b) => format!("{} {b:#}", self.name()),
+            None => self.name().to_owned(),
+        }
+    }
+
+    fn all_done(&self, total: usize, only: Option<&str>) -> String {
+        match only {
+            Some(name) => format!("{name} succeeded"),
+            None => format!("all {total} instances succeeded"),
+        }
+    }
+
+    fn not_done(&self, failed: usize, total: usize, names: &str) -> String {
+        format!(
+            "{failed} of {total} instance{} did not succeed ({names})",
+            plural(total)
+        )
+    }
+
+    fn json_head(&self) -> serde_json::Value {
+        json!({"command": self.name(), "build": self.build()})
+    }
+
+    fn json_instance(&self, i: &Instance<Installed>) -> serde_json::Value {
+        json!({
+            "live_build": i.result.live,
+            "result": self.result_text(i),
+            "report": i.result.report,
+        })
+    }
+
+    fn failure_lines(&self, i: &Instance<Installed>) -> (Option<String>, Vec<String>) {
+        let meaning = self.installer_code(i).map(|c| c.meaning().to_owned());
+        let mut lines = Vec::new();
+        if let Some(r) = &i.result.report {
+            if let Some(e) = &r.error {
+                lines.extend(e.lines().map(|l| format!("error: {l}")));
+            }
+            lines.extend(r.warnings.iter().map(|w| format!("warning: {w}")));
+        }
+        (meaning, lines)
     }
 }
 
@@ -217,254 +598,6 @@ pub fn truncate(text: &str, max: usize) -> String {
         let mut t: String = text.chars().take(max - 1).collect();
         t.push('…');
         t
-    }
-}
-
-/// The whole fleet's result.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FleetSummary {
-    pub action: Action,
-    pub transport: &'static str,
-    pub command_id: String,
-    /// What was targeted, for messages.
-    pub targets: String,
-    pub instances: Vec<InstanceResult>,
-    pub interrupted: bool,
-    pub gave_up: Option<String>,
-}
-
-/// Worst first.
-const SEVERITY: [ExitCode; 5] = [
-    ExitCode::OperatorNeeded,
-    ExitCode::RolledBack,
-    ExitCode::Failed,
-    ExitCode::Locked,
-    ExitCode::BadInput,
-];
-
-impl FleetSummary {
-    pub fn new(
-        action: Action,
-        transport: &'static str,
-        command_id: String,
-        targets: String,
-        watched: Watched,
-    ) -> Self {
-        let instances = watched
-            .instances
-            .into_iter()
-            .map(|run| InstanceResult::from_run(&action, run))
-            .collect();
-        Self {
-            action,
-            transport,
-            command_id,
-            targets,
-            instances,
-            interrupted: watched.interrupted,
-            gave_up: watched.gave_up,
-        }
-    }
-
-    pub fn failed(&self) -> Vec<&InstanceResult> {
-        self.instances.iter().filter(|i| !i.ok()).collect()
-    }
-
-    /// See the module documentation.
-    pub fn exit_code(&self) -> ExitCode {
-        if self.instances.is_empty() {
-            return ExitCode::Failed;
-        }
-        let failed = self.failed();
-        if failed.is_empty() && !self.interrupted && self.gave_up.is_none() {
-            return ExitCode::Success;
-        }
-        if failed.is_empty() {
-            return ExitCode::Failed;
-        }
-        let codes: Vec<Option<ExitCode>> = failed.iter().map(|i| i.installer_code()).collect();
-        if codes.contains(&Some(ExitCode::OperatorNeeded)) {
-            return ExitCode::OperatorNeeded;
-        }
-        if codes.iter().all(Option::is_some) {
-            for worst in SEVERITY {
-                if codes.contains(&Some(worst)) {
-                    return worst;
-                }
-            }
-        }
-        ExitCode::Failed
-    }
-
-    /// The table: one row per instance.
-    pub fn table(&self) -> String {
-        let rows: Vec<Vec<String>> = self
-            .instances
-            .iter()
-            .map(|i| {
-                vec![
-                    i.instance.clone(),
-                    i.status.to_string(),
-                    i.exit_code
-                        .map(|c| c.to_string())
-                        .unwrap_or_else(|| "-".into()),
-                    format_duration(i.duration),
-                    i.live_text(),
-                    truncate(&i.result_text(&self.action), 100),
-                ]
-            })
-            .collect();
-        render_table(
-            &["INSTANCE", "STATUS", "EXIT", "DURATION", "LIVE", "RESULT"],
-            &rows,
-        )
-    }
-
-    /// Each failed instance in full: the meaning of its exit code, the installer's error and
-    /// warnings, and the end of its standard error (unless `verbose` shows everything anyway).
-    pub fn failure_details(&self, verbose: bool) -> String {
-        let mut out = String::new();
-        for i in self.failed() {
-            let meaning = i
-                .installer_code()
-                .map(|c| format!(": {}", c.meaning()))
-                .unwrap_or_default();
-            out.push_str(&format!(
-                "{} {}{}{}\n",
-                i.instance,
-                i.status,
-                i.exit_code
-                    .map(|c| format!(", exit {c}"))
-                    .unwrap_or_default(),
-                meaning
-            ));
-            if let Some(d) = &i.detail {
-                if d != i.status.as_str() {
-                    out.push_str(&format!("  {}\n", explain_detail(d)));
-                }
-            }
-            if let Some(r) = &i.report {
-                if let Some(e) = &r.error {
-                    for l in e.lines() {
-                        out.push_str(&format!("  error: {l}\n"));
-                    }
-                }
-                for w in &r.warnings {
-                    out.push_str(&format!("  warning: {w}\n"));
-                }
-            }
-            if !verbose {
-                let lines: Vec<&str> = i.stderr.lines().collect();
-                let tail = &lines[lines.len().saturating_sub(15)..];
-                if !tail.is_empty() {
-                    out.push_str("  last lines of its standard error:\n");
-                    for l in tail {
-                        out.push_str(&format!("    {l}\n"));
-                    }
-                }
-            }
-        }
-        out
-    }
-
-    /// Every instance's full output, for `-v`.
-    pub fn full_output(&self) -> String {
-        let mut out = String::new();
-        for i in &self.instances {
-            out.push_str(&format!("──── {}: standard output ────\n", i.instance));
-            out.push_str(&i.stdout);
-            if !i.stdout.is_empty() && !i.stdout.ends_with('\n') {
-                out.push('\n');
-            }
-            out.push_str(&format!("──── {}: standard error ────\n", i.instance));
-            out.push_str(&i.stderr);
-            if !i.stderr.is_empty() && !i.stderr.ends_with('\n') {
-                out.push('\n');
-            }
-            if i.truncated {
-                out.push_str(
-                    "(output truncated by the transport; use --output-s3-bucket for all of it)\n",
-                );
-            }
-        }
-        out
-    }
-
-    /// The last line: what was done, how many succeeded, and the exit code's meaning.
-    pub fn closing_line(&self) -> String {
-        let what = match self.action.build() {
-            Some(b) => format!("{} {b:#}", self.action.name()),
-            None => self.action.name().to_owned(),
-        };
-        if self.instances.is_empty() {
-            return format!(
-                "{what}: no instance matched the targets ({}); nothing ran — exit 1",
-                self.targets
-            );
-        }
-        let total = self.instances.len();
-        let failed = self.failed();
-        let code = self.exit_code();
-        let mut text = if failed.is_empty() && total == 1 {
-            format!("{what}: {} succeeded", self.instances[0].instance)
-        } else if failed.is_empty() {
-            format!("{what}: all {total} instances succeeded")
-        } else {
-            let names: Vec<&str> = failed.iter().map(|i| i.instance.as_str()).collect();
-            format!(
-                "{what}: {} of {total} instance{} did not succeed ({})",
-                failed.len(),
-                plural(total),
-                names.join(", ")
-            )
-        };
-        if self.interrupted {
-            text.push_str("; interrupted and cancelled");
-        }
-        if let Some(g) = &self.gave_up {
-            text.push_str(&format!("; {g}"));
-        }
-        if code != ExitCode::Success {
-            text.push_str(&format!(" — exit {}", code.code()));
-        }
-        text
-    }
-
-    /// The `--json` object.
-    pub fn to_json(&self, verbose: bool) -> serde_json::Value {
-        let instances: Vec<serde_json::Value> = self
-            .instances
-            .iter()
-            .map(|i| {
-                let mut v = json!({
-                    "instance": i.instance,
-                    "status": i.status.as_str(),
-                    "status_detail": i.detail,
-                    "exit_code": i.exit_code,
-                    "duration_ms": i.duration.map(|d| d.as_millis() as u64),
-                    "live_build": i.live,
-                    "ok": i.ok(),
-                    "result": i.result_text(&self.action),
-                    "report": i.report,
-                });
-                if verbose {
-                    v["stdout"] = i.stdout.clone().into();
-                    v["stderr"] = i.stderr.clone().into();
-                }
-                v
-            })
-            .collect();
-        json!({
-            "command": self.action.name(),
-            "build": self.action.build(),
-            "transport": self.transport,
-            "command_id": self.command_id,
-            "targets": self.targets,
-            "instances": instances,
-            "interrupted": self.interrupted,
-            "gave_up": self.gave_up,
-            "exit_code": self.exit_code().code(),
-        })
     }
 }
 
@@ -651,7 +784,7 @@ i-00000000           TimedOut  -     41.2s     ?            TimedOut
         let s = summary(vec![agent]);
         assert_eq!(s.exit_code(), ExitCode::BadInput);
         assert_eq!(
-            s.instances[0].result_text(&s.action),
+            s.kind.result_text(&s.instances[0]),
             "no installer report: error: configuration file `x` does not exist"
         );
         let mut terminated = run("z", Status::Cancelled, None, "", "");
@@ -659,7 +792,7 @@ i-00000000           TimedOut  -     41.2s     ?            TimedOut
         let s = summary(vec![code(3, Outcome::RolledBack), terminated]);
         assert_eq!(s.exit_code(), ExitCode::Failed);
         assert_eq!(
-            s.instances[1].result_text(&s.action),
+            s.kind.result_text(&s.instances[1]),
             "not run: too many servers failed (--max-errors) (Terminated)"
         );
         let not_found = run(
@@ -672,7 +805,7 @@ i-00000000           TimedOut  -     41.2s     ?            TimedOut
         let s = summary(vec![not_found]);
         assert_eq!(s.exit_code(), ExitCode::Failed);
         assert_eq!(
-            s.instances[0].result_text(&s.action),
+            s.kind.result_text(&s.instances[0]),
             "no installer report: sh: 1: installer: not found"
         );
         // Interrupted with everything finished fine still is not a success.
@@ -702,9 +835,9 @@ i-00000000           TimedOut  -     41.2s     ?            TimedOut
                 gave_up: None,
             },
         );
-        assert_eq!(s.instances[0].live_text(), "Build000002");
+        assert_eq!(s.kind.live_text(&s.instances[0]), "Build000002");
         assert_eq!(
-            s.instances[0].result_text(&s.action),
+            s.kind.result_text(&s.instances[0]),
             "success; previous Build000001; last activate Build000002: success"
         );
         assert_eq!(s.closing_line(), "status: local succeeded");
@@ -721,7 +854,7 @@ i-00000000           TimedOut  -     41.2s     ?            TimedOut
                 gave_up: None,
             },
         );
-        assert_eq!(s.instances[0].live_text(), "none");
+        assert_eq!(s.kind.live_text(&s.instances[0]), "none");
     }
 
     #[test]

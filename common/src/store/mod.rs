@@ -1,5 +1,5 @@
 //! The artifact store: where published releases live, with the layout and immutability rules
-//! of SPEC section 3, over two backends chosen by URL (`file://`/plain path and `s3://`).
+//! of `docs/release-format.md`, over two backends chosen by URL (`file://`/plain path and `s3://`).
 //!
 //! Per build: `<app>/BuildNNNNNN/<artifact>.tar.gz`, then the optional signature
 //! `release.json.minisig`, then `release.json` last — so a release that becomes visible is

@@ -126,11 +126,11 @@ impl S3Store {
         }
 
         let runtime = crate::runtime::shared().map_err(|e| StoreError::Backend {
-                store: url.clone(),
-                op: "connect",
-                key: String::new(),
-                message: format!("cannot start the I/O runtime: {e}"),
-            })?;
+            store: url.clone(),
+            op: "connect",
+            key: String::new(),
+            message: format!("cannot start the I/O runtime: {e}"),
+        })?;
         let sdk_config = runtime.block_on(async {
             let region = RegionProviderChain::default_provider()
                 .or_else(Region::from_static(FALLBACK_REGION));

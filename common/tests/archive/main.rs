@@ -1,4 +1,4 @@
-//! Integration tests of the release archive (SPEC sections 3 and 6): the deterministic writer
+//! Integration tests of the release archive: the deterministic writer
 //! and the verifying safe reader, from outside the crate.
 //!
 //! - [`corpus`]: malicious and corrupt archives, each refused with its own error, nothing left.

@@ -104,7 +104,6 @@ fn activate_checked(
             timeout,
             &format!("installer activate --build {build:#}"),
         )
-        .map_err(anyhow::Error::from)
     })?;
 
     let layout = run.layout.clone();

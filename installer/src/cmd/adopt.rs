@@ -1,4 +1,4 @@
-//! `installer adopt`: turns the seed's in-place checkout (the root itself, with its virtualenv
+//! `installer adopt`: turns the in-place checkout (the root itself, with its virtualenv
 //! in `binarycrate/`) into the release layout without losing a byte, and records the build it
 //! runs as a legacy release that `installer rollback` can return to.
 //!
@@ -75,12 +75,12 @@ impl Plan {
     }
 }
 
-/// Checks the root is a seed-style checkout and works out what is left to do; changes nothing.
+/// Checks the root is an in-place checkout and works out what is left to do; changes nothing.
 fn plan(config: &InstallerConfig, layout: &Layout) -> anyhow::Result<Result<Plan, String>> {
     let root = &layout.root;
     let not_checkout = |what: String| {
         BadInput(format!(
-            "`{}` is not an in-place checkout of the application: {what}; `root` in the installer configuration must name the checkout (the seed's `/srv/binarycrate-mvp2`)",
+            "`{}` is not an in-place checkout of the application: {what}; `root` in the installer configuration must name the checkout (e.g. `/srv/binarycrate-mvp2`)",
             root.display()
         ))
     };

@@ -1,4 +1,4 @@
-//! `installer os-update`: the seed's package maintenance, and whether a reboot is needed.
+//! `installer os-update`: the server's package maintenance, and whether a reboot is needed.
 
 use common::report::{ExitCode, Outcome, Report};
 

@@ -1,4 +1,4 @@
-//! `installer adopt` on a directory laid out like the seed's in-place checkout: the example
+//! `installer adopt` on a directory laid out like today's in-place checkout: the example
 //! application as the checkout at the root, its virtualenv in `binarycrate/` (`bin/python` a
 //! symlink), `production.py` in the settings package, and `media/` and `private/` with nested
 //! files, odd names, a symlink, an empty directory and a 0600 file.
@@ -193,7 +193,7 @@ fn adopt_moves_a_seed_checkout_and_rollback_returns_to_it() {
     let data = tmp.path().join("data");
     fs::create_dir_all(data.join("shared")).unwrap();
     let settings = format!(
-        "{}\n# the seed's server settings, edited by hand\n",
+        "{}\n# the server's settings, edited by hand\n",
         example::production_settings(&published.repo, &data).unwrap()
     );
     let production = root.join(example::PRODUCTION_SETTINGS);

@@ -1,4 +1,4 @@
-//! Bad input through the whole path (issue 6 §3), against a live server root: build names,
+//! Bad input through the whole path, against a live server root: build names,
 //! what the store holds (file store and S3 on moto), crafted archives that get past the hash
 //! check, `installer.toml`, `builder deploy` arguments and `deploy.toml`, each through the real
 //! binaries. Every case must be refused with its own error text and exit code, and leave the
@@ -1301,7 +1301,7 @@ fn deploy_cases(site: &Site, build: BuildNumber, pwned: &Path, sent: &Path) -> V
 }
 
 // ---------------------------------------------------------------------------------------------
-// A hostile store (issue 13): what whoever can write the bucket tries once the archive checks
+// A hostile store: what whoever can write the bucket tries once the archive checks
 // hold — links through the installer's own links into `shared/`, objects that never end, text
 // meant for the operator's terminal, markers the installer trusts.
 

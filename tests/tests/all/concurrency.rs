@@ -1,4 +1,4 @@
-//! Concurrent activations and a full disk (issue 6 §4), against a real uWSGI.
+//! Concurrent activations and a full disk, against a real uWSGI.
 //!
 //! Four `installer activate` of four different builds start together on one server root: the
 //! lock serializes them, each either succeeds or gives up (exit 5) naming the holder, the

@@ -1,4 +1,4 @@
-//! `builder prepare` on the example application, then package and publish: the seed's whole
+//! `builder prepare` on the example application, then package and publish: the manual procedure's whole
 //! "Preparing the code" and build, from `develop` to a published Build000002.
 
 use std::fs;
