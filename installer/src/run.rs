@@ -169,7 +169,7 @@ impl<'a> Run<'a> {
     }
 
     /// Journals how the command ended about `build`.
-    pub fn finished(
+    pub fn record_finished(
         &self,
         build: BuildNumber,
         previous: Option<BuildNumber>,

@@ -406,7 +406,7 @@ pub fn conclude(
         }
     };
     let detail = error.map(|e| format!("{e:#}"));
-    run.finished(build, was_live, outcome, detail.clone());
+    run.record_finished(build, was_live, outcome, detail.clone());
     if let Some(d) = detail {
         run.report.error = Some(common::untrusted::message(&d));
     }

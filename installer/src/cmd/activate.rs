@@ -235,7 +235,7 @@ fn activate_checked(
         )
     });
     if let Err(e) = migrated {
-        run.finished(build, current, Outcome::Failed, Some(format!("{e:#}")));
+        run.record_finished(build, current, Outcome::Failed, Some(format!("{e:#}")));
         return Err(e.context(format!(
             "migrate failed; `current` was not changed and {}",
             still_serving(current)

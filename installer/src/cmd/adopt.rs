@@ -359,7 +359,7 @@ fn adopt(args: &AdoptArgs, run: &mut Run<'_>) -> anyhow::Result<Outcome> {
             layout.root.display()
         ));
         run.journal.append(&live)?;
-        run.finished(build, None, Outcome::Success, None);
+        run.record_finished(build, None, Outcome::Success, None);
     }
     eprintln!(
         "adopted: {build:#} (the checkout) is the current release; `installer rollback` returns to it after the first activation"
