@@ -2,11 +2,12 @@
 //! manual procedure for BinaryCrate exactly, so BinaryCrate needs no configuration at all and
 //! another Django app needs only its own file.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::Context;
 use common::error::BadInput;
-use common::manifest::{validate_app_name, validate_relative_path};
+use common::manifest::{validate_app_name, validate_relative_path, AppProfile};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -88,8 +89,22 @@ pub struct DjangoConfig {
     pub build_number_file: String,
     /// The file the build writes as `VERSION_HASH = '<commit>'`.
     pub version_hash_file: String,
-    /// The template of the server-only `production.py` (the installer compares it between releases).
+    /// The template of the server-only `production.py` (the installer compares it between
+    /// releases); empty: the app has none.
     pub production_template: String,
+    /// The module whose `application` the servers serve (the project's `wsgi.py`).
+    pub wsgi_module: String,
+    /// `DJANGO_SETTINGS_MODULE` on the servers (migrate and the workers).
+    pub settings_module: String,
+    /// The servers' own files: path in the release → file name in the server's `shared/`
+    /// (which the operator creates there; the build refuses to package it).
+    pub shared_files: BTreeMap<String, String>,
+    /// The servers' own directories: path in the release → directory in `shared/` (user
+    /// uploads and the like; created empty on the server when missing).
+    pub shared_dirs: BTreeMap<String, String>,
+    /// Run in the release on each server before the swap (argv); empty:
+    /// `venv/bin/python <manage_py> migrate --noinput`.
+    pub migrate: Vec<String>,
 }
 
 /// The PyPy.js front end and its module bundler.
@@ -173,6 +188,48 @@ impl Default for DjangoConfig {
             build_number_file: "binarycrate/binarycrate/settings/build_number.py".into(),
             version_hash_file: "binarycrate/binarycrate/settings/version_hash.py".into(),
             production_template: "binarycrate/binarycrate/settings/production_template.py".into(),
+            wsgi_module: "binarycrate.wsgi".into(),
+            settings_module: "binarycrate.settings.production".into(),
+            shared_files: [(
+                "binarycrate/binarycrate/settings/production.py".to_owned(),
+                "production.py".to_owned(),
+            )]
+            .into(),
+            shared_dirs: [
+                ("binarycrate/private".to_owned(), "private".to_owned()),
+                ("binarycrate/media".to_owned(), "media".to_owned()),
+            ]
+            .into(),
+            migrate: Vec::new(),
+        }
+    }
+}
+
+impl DjangoConfig {
+    /// What the servers need to know about the app, recorded in every release's manifest.
+    pub fn profile(&self) -> AppProfile {
+        let project_dir = Path::new(&self.manage_py)
+            .parent()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let migrate = if self.migrate.is_empty() {
+            ["venv/bin/python", &self.manage_py, "migrate", "--noinput"]
+                .map(str::to_owned)
+                .to_vec()
+        } else {
+            self.migrate.clone()
+        };
+        AppProfile {
+            project_dir,
+            wsgi_module: self.wsgi_module.clone(),
+            settings_module: self.settings_module.clone(),
+            static_root: self.static_root.trim_end_matches('/').to_owned(),
+            version_hash_file: self.version_hash_file.clone(),
+            production_template: (!self.production_template.is_empty())
+                .then(|| self.production_template.clone()),
+            shared_files: self.shared_files.clone(),
+            shared_dirs: self.shared_dirs.clone(),
+            migrate,
         }
     }
 }
@@ -268,10 +325,6 @@ impl DeployConfig {
             ("django.build_number_file", &self.django.build_number_file),
             ("django.version_hash_file", &self.django.version_hash_file),
             (
-                "django.production_template",
-                &self.django.production_template,
-            ),
-            (
                 "frontend.build_number_copy",
                 &self.frontend.build_number_copy,
             ),
@@ -286,6 +339,18 @@ impl DeployConfig {
                 )
             })?;
         }
+        if !self.django.production_template.is_empty() {
+            validate_relative_path(&self.django.production_template).map_err(|m| {
+                key(
+                    "django.production_template",
+                    format!("`{}`: {m}", self.django.production_template),
+                )
+            })?;
+        }
+        self.django
+            .profile()
+            .validate()
+            .map_err(|m| key("django", m))?;
         for (i, m) in self.frontend.modules.iter().enumerate() {
             validate_relative_path(m.path.trim_end_matches('/')).map_err(|e| {
                 key(
@@ -488,10 +553,17 @@ mod tests {
         );
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/configuration.md");
         let doc = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(
-            common::configdoc::section(&doc, DOC_SECTION),
-            Some(reference().as_str()),
-            "`docs/configuration.md` is stale: run `cargo run -p builder -- generate-docs --config-doc docs/configuration.md`"
+        let have = common::configdoc::section(&doc, DOC_SECTION).unwrap_or_default();
+        let want = reference();
+        let first = have
+            .lines()
+            .zip(want.lines())
+            .find(|(h, w)| h != w)
+            .map(|(h, w)| format!("the file has\n  {h}\nthe code says\n  {w}"))
+            .unwrap_or_else(|| "the tables differ in length".into());
+        assert!(
+            have == want,
+            "`docs/configuration.md` is stale ({first}): run `cargo run -p builder -- generate-docs --config-doc docs/configuration.md`"
         );
     }
 

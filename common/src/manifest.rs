@@ -104,6 +104,151 @@ pub struct WheelEntry {
     pub sha256: Option<String>,
 }
 
+/// What a server needs to know about the application to activate and serve a release: declared
+/// in `deploy.toml`, checked by the builder and carried in the release's manifest (signed with
+/// it), so one server configuration serves any Django app, and two releases of one app may lay
+/// it out differently. A release packaged before profiles has none; servers then use their own
+/// configuration, whose defaults are [`AppProfile::binarycrate`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppProfile {
+    /// The Django project directory (the one holding `manage.py`), relative to the release
+    /// root; empty when it is the root itself.
+    pub project_dir: String,
+    /// The module whose `application` the servers' WSGI loader serves (`binarycrate.wsgi`).
+    pub wsgi_module: String,
+    /// `DJANGO_SETTINGS_MODULE` on the servers, for migrate and the workers.
+    pub settings_module: String,
+    /// Where collectstatic's output is in the release (served as `static/<VERSION_HASH>`).
+    pub static_root: String,
+    /// The release's `VERSION_HASH = '<commit>'` file, which names its static link.
+    pub version_hash_file: String,
+    /// The template of the server's own settings file: a release that changes it is activated
+    /// only with `--template-reviewed`. None: the app has no such template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub production_template: Option<String>,
+    /// The server's persistent files: path in the release → file in `shared/` (must exist).
+    #[serde(default)]
+    pub shared_files: BTreeMap<String, String>,
+    /// The server's persistent directories: path in the release → directory in `shared/`
+    /// (created empty when missing).
+    #[serde(default)]
+    pub shared_dirs: BTreeMap<String, String>,
+    /// Run in the release before the swap (argv, no shell).
+    pub migrate: Vec<String>,
+}
+
+impl AppProfile {
+    /// BinaryCrate's layout: what servers assume of a release that carries no profile.
+    pub fn binarycrate() -> Self {
+        let words = |s: &str| s.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+        Self {
+            project_dir: "binarycrate".into(),
+            wsgi_module: "binarycrate.wsgi".into(),
+            settings_module: "binarycrate.settings.production".into(),
+            static_root: "binarycrate/public/static".into(),
+            version_hash_file: "binarycrate/binarycrate/settings/version_hash.py".into(),
+            production_template: Some(
+                "binarycrate/binarycrate/settings/production_template.py".into(),
+            ),
+            shared_files: [(
+                "binarycrate/binarycrate/settings/production.py".to_owned(),
+                "production.py".to_owned(),
+            )]
+            .into(),
+            shared_dirs: [
+                ("binarycrate/private".to_owned(), "private".to_owned()),
+                ("binarycrate/media".to_owned(), "media".to_owned()),
+            ]
+            .into(),
+            migrate: words("venv/bin/python binarycrate/manage.py migrate --noinput"),
+        }
+    }
+
+    /// The paths in a release the server replaces with links to its own files.
+    pub fn shared_paths(&self) -> impl Iterator<Item = &String> {
+        self.shared_files.keys().chain(self.shared_dirs.keys())
+    }
+
+    /// Checks what a server relies on: paths inside the release and not the installer's own,
+    /// plain names in `shared/`, dotted module names, a command to migrate with.
+    pub fn validate(&self) -> Result<(), String> {
+        let path = |what: &str, p: &str| -> Result<(), String> {
+            validate_relative_path(p).map_err(|m| format!("{what} `{}`: {m}", shown(p)))?;
+            if INSTALLER_OWNED
+                .iter()
+                .any(|o| p == *o || p.starts_with(&format!("{o}/")))
+            {
+                return Err(format!(
+                    "{what} `{}`: the installer creates that path in every release",
+                    shown(p)
+                ));
+            }
+            Ok(())
+        };
+        if !self.project_dir.is_empty() {
+            path("project_dir", &self.project_dir)?;
+        }
+        for (what, m) in [
+            ("wsgi_module", &self.wsgi_module),
+            ("settings_module", &self.settings_module),
+        ] {
+            let ok = !m.is_empty()
+                && m.split('.').all(|part| {
+                    part.chars()
+                        .next()
+                        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                        && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                });
+            if !ok {
+                return Err(format!(
+                    "{what} `{}` is not a dotted Python module name",
+                    shown(m)
+                ));
+            }
+        }
+        path("static_root", &self.static_root)?;
+        path("version_hash_file", &self.version_hash_file)?;
+        if let Some(t) = &self.production_template {
+            path("production_template", t)?;
+        }
+        for (inside, name) in self.shared_files.iter().chain(&self.shared_dirs) {
+            path("shared path", inside)?;
+            if name.is_empty()
+                || name.contains('/')
+                || name == "."
+                || name == ".."
+                || check_name_text(name).is_err()
+            {
+                return Err(format!(
+                    "shared name `{}` for `{}` must be a plain file name in `shared/`",
+                    shown(name),
+                    shown(inside)
+                ));
+            }
+        }
+        let nested = self.shared_paths().find(|a| {
+            self.shared_paths()
+                .any(|b| *a != b && b.starts_with(&format!("{a}/")))
+        });
+        if let Some(p) = nested {
+            return Err(format!(
+                "shared path `{}` holds another shared path: each must stand alone",
+                shown(p)
+            ));
+        }
+        if self.migrate.is_empty()
+            || self
+                .migrate
+                .iter()
+                .any(|a| a.chars().any(crate::untrusted::is_unprintable))
+        {
+            return Err("migrate must be a command line (argv) without control characters".into());
+        }
+        Ok(())
+    }
+}
+
 /// Everything that identifies a release's content, except the archive's own hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReleaseManifest {
@@ -127,6 +272,9 @@ pub struct ReleaseManifest {
     pub build_steps: Vec<BuildStep>,
     #[serde(default)]
     pub wheels: BTreeMap<String, WheelEntry>,
+    /// What servers need to know about the app; absent in releases packaged before profiles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<AppProfile>,
     /// Every entry of the tree by relative path, `release.json` itself excepted.
     pub files: BTreeMap<String, FileEntry>,
 }
@@ -146,6 +294,7 @@ impl ReleaseManifest {
             python_tag: None,
             build_steps: Vec::new(),
             wheels: BTreeMap::new(),
+            profile: None,
             files: BTreeMap::new(),
         }
     }
@@ -229,6 +378,11 @@ impl ReleaseManifest {
                     shown(t)
                 )));
             }
+        }
+        if let Some(profile) = &self.profile {
+            profile
+                .validate()
+                .map_err(|m| invalid(format!("app profile: {m}")))?;
         }
         for (path, entry) in &self.files {
             validate_relative_path(path)
@@ -584,7 +738,60 @@ mod tests {
 
     #[test]
     fn sidecar_snapshot() {
-        insta::assert_snapshot!(String::from_utf8(example().to_bytes()).unwrap());
+        let mut s = example();
+        s.manifest.profile = Some(AppProfile::binarycrate());
+        insta::assert_snapshot!(String::from_utf8(s.to_bytes()).unwrap());
+    }
+
+    #[test]
+    fn a_sidecar_from_before_profiles_still_parses_and_says_so() {
+        // `example()` has no profile: exactly what builders wrote before profiles existed.
+        let bytes = example().to_bytes();
+        assert!(!String::from_utf8_lossy(&bytes).contains("profile"));
+        let back = Sidecar::from_bytes(&bytes, "old").unwrap();
+        assert_eq!(back.manifest.profile, None);
+    }
+
+    #[test]
+    fn app_profiles_are_checked_before_a_server_relies_on_them() {
+        assert_eq!(AppProfile::binarycrate().validate(), Ok(()));
+        let twelve = AppProfile {
+            project_dir: String::new(),
+            wsgi_module: "shop.wsgi".into(),
+            settings_module: "shop.settings".into(),
+            static_root: "staticfiles".into(),
+            version_hash_file: "shop/version_hash.py".into(),
+            production_template: None,
+            shared_files: [(".env".to_owned(), "env".to_owned())].into(),
+            shared_dirs: [("uploads".to_owned(), "uploads".to_owned())].into(),
+            migrate: vec![
+                "venv/bin/python".into(),
+                "manage.py".into(),
+                "migrate".into(),
+            ],
+        };
+        assert_eq!(twelve.validate(), Ok(()));
+        let bad = |f: fn(&mut AppProfile)| {
+            let mut p = twelve.clone();
+            f(&mut p);
+            p.validate().unwrap_err()
+        };
+        assert!(bad(|p| p.static_root = "../x".into()).contains("`..`"));
+        assert!(bad(|p| p.wsgi_module = "shop/wsgi".into()).contains("dotted Python module"));
+        assert!(bad(|p| p.settings_module = "1shop.settings".into()).contains("dotted"));
+        assert!(bad(|p| {
+            p.shared_dirs.insert("venv".into(), "v".into());
+        })
+        .contains("the installer creates"));
+        assert!(bad(|p| {
+            p.shared_files.insert("a".into(), "../etc".into());
+        })
+        .contains("plain file name"));
+        assert!(bad(|p| {
+            p.shared_dirs.insert("uploads/x".into(), "x".into());
+        })
+        .contains("holds another shared path"));
+        assert!(bad(|p| p.migrate.clear()).contains("command line"));
     }
 
     #[test]

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use common::error::BadInput;
-use common::manifest::{validate_app_name, validate_relative_path};
+use common::manifest::{validate_app_name, validate_relative_path, AppProfile};
+use common::ReleaseManifest;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -39,10 +40,15 @@ pub struct InstallerConfig {
     pub s3_endpoint: Option<String>,
     /// Interpreter that creates each release's `venv` (must match the one uWSGI embeds).
     pub python: String,
-    /// Run in the release directory before the swap, with the release's own venv.
+    /// Releases packaged without an app profile only: run in the release directory before the
+    /// swap, with the release's own venv (newer releases carry their own migrate command).
     pub migrate: Vec<String>,
-    /// The Django settings module migrate and the app run with.
+    /// Releases packaged without an app profile only: the Django settings module migrate and
+    /// the app run with.
     pub settings_module: String,
+    /// Environment for migrate on this server (e.g. `DATABASE_URL`), beside
+    /// `DJANGO_SETTINGS_MODULE`.
+    pub migrate_env: BTreeMap<String, String>,
     /// Makes the application server pick up the new `current` (argv, no shell).
     pub reload: Vec<String>,
     /// Instead of `reload`: the file uWSGI watches with `touch-chain-reload`. The installer
@@ -56,14 +62,17 @@ pub struct InstallerConfig {
     pub lock_timeout_secs: u64,
     /// How to prove the new build is what is served.
     pub health: HealthConfig,
-    /// Server files kept across releases, linked into each one.
+    /// Releases packaged without an app profile only: server files kept across releases,
+    /// linked into each one (newer releases say which paths are the server's).
     pub shared: SharedConfig,
-    /// Where collectstatic's output is inside a release (linked as `static/<VERSION_HASH>`).
+    /// Releases packaged without an app profile only: where collectstatic's output is inside a
+    /// release (linked as `static/<VERSION_HASH>`).
     pub static_root: String,
-    /// The release's `VERSION_HASH = '<commit>'` file: names its `static/<VERSION_HASH>` link.
+    /// Releases packaged without an app profile only: the release's `VERSION_HASH =
+    /// '<commit>'` file, which names its `static/<VERSION_HASH>` link.
     pub version_hash_file: String,
-    /// The template of `production.py` in a release: a change from the live release's needs
-    /// `--template-reviewed`.
+    /// Releases packaged without an app profile only: the template of `production.py`; a
+    /// change from the live release's needs `--template-reviewed`.
     pub production_template: String,
     /// `installer os-update`: package maintenance and whether a reboot is needed.
     pub os_update: OsUpdateConfig,
@@ -120,6 +129,7 @@ impl Default for InstallerConfig {
             python: "python3".into(),
             migrate: words("venv/bin/python binarycrate/manage.py migrate --noinput"),
             settings_module: "binarycrate.settings.production".into(),
+            migrate_env: BTreeMap::new(),
             reload: words("service uwsgi-emperor restart"),
             reload_file: None,
             reload_fifo: None,
@@ -207,8 +217,44 @@ impl InstallerConfig {
         Ok(config)
     }
 
+    /// The app profile of a release packaged before profiles: this server's own keys, whose
+    /// defaults are BinaryCrate's layout.
+    pub fn legacy_profile(&self) -> AppProfile {
+        AppProfile {
+            project_dir: AppProfile::binarycrate().project_dir,
+            wsgi_module: AppProfile::binarycrate().wsgi_module,
+            settings_module: self.settings_module.clone(),
+            static_root: self.static_root.clone(),
+            version_hash_file: self.version_hash_file.clone(),
+            production_template: Some(self.production_template.clone()),
+            shared_files: self.shared.files.clone(),
+            shared_dirs: self.shared.dirs.clone(),
+            migrate: self.migrate.clone(),
+        }
+    }
+
+    /// The app profile a release's manifest gives, or, for one packaged before profiles, this
+    /// server's ([`InstallerConfig::legacy_profile`]).
+    pub fn profile_of(&self, manifest: &ReleaseManifest) -> AppProfile {
+        manifest
+            .profile
+            .clone()
+            .unwrap_or_else(|| self.legacy_profile())
+    }
+
     fn validate(&self) -> Result<(), String> {
         let key = |k: &str, m: String| format!("key `{k}`: {m}");
+        for (k, v) in &self.migrate_env {
+            let plain = !k.is_empty()
+                && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !k.starts_with(|c: char| c.is_ascii_digit());
+            if !plain || v.contains('\0') {
+                return Err(key(
+                    "migrate_env",
+                    format!("`{}` is not an environment variable name", k.escape_debug()),
+                ));
+            }
+        }
         if !self.root.is_absolute() {
             return Err(key(
                 "root",
@@ -325,10 +371,17 @@ mod tests {
         );
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/configuration.md");
         let doc = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(
-            common::configdoc::section(&doc, DOC_SECTION),
-            Some(reference().as_str()),
-            "`docs/configuration.md` is stale: run `cargo run -p installer -- generate-docs --config-doc docs/configuration.md`"
+        let have = common::configdoc::section(&doc, DOC_SECTION).unwrap_or_default();
+        let want = reference();
+        let first = have
+            .lines()
+            .zip(want.lines())
+            .find(|(h, w)| h != w)
+            .map(|(h, w)| format!("the file has\n  {h}\nthe code says\n  {w}"))
+            .unwrap_or_else(|| "the tables differ in length".into());
+        assert!(
+            have == want,
+            "`docs/configuration.md` is stale ({first}): run `cargo run -p installer -- generate-docs --config-doc docs/configuration.md`"
         );
     }
 

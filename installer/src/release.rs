@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use common::archive::links::Reserved;
 use common::archive::reader::check_manifest;
 use common::error::{BadInput, UnpackError};
-use common::manifest::{FileEntry, LEGACY_MARKER, RELEASE_JSON, VENV_DIR};
+use common::manifest::{AppProfile, FileEntry, LEGACY_MARKER, RELEASE_JSON, VENV_DIR};
 use common::{atomic, Blake3Hash, BuildNumber, Sidecar};
 
 use crate::config::InstallerConfig;
@@ -34,14 +34,21 @@ pub fn install_loader(layout: &Layout) -> anyhow::Result<()> {
 const VENV_COMPLETE: &str = ".binarycrate-venv-complete";
 
 /// Shared files must exist before anything changes: the operator creates them once.
-pub fn check_shared_files(layout: &Layout, config: &InstallerConfig) -> anyhow::Result<()> {
-    for name in config.shared.files.values() {
+pub fn check_shared_files(layout: &Layout, profile: &AppProfile) -> anyhow::Result<()> {
+    for (inside, name) in &profile.shared_files {
         let path = layout.shared().join(name);
         if !path.is_file() {
+            let from = match &profile.production_template {
+                Some(t) => {
+                    format!("from the release's `{t}` (e.g. copy it and fill in the secrets)")
+                }
+                None => {
+                    format!("with the values the release's `{inside}` must hold on this server")
+                }
+            };
             bail!(BadInput(format!(
-                "the shared file `{}` is missing: create it from the release's `{}` (e.g. copy and fill in the secrets), then run again",
+                "the shared file `{}` is missing: create it {from}, then run again",
                 path.display(),
-                config.production_template
             )));
         }
     }
@@ -50,17 +57,16 @@ pub fn check_shared_files(layout: &Layout, config: &InstallerConfig) -> anyhow::
 
 /// Links the shared files and directories into the release (replacing what the release has at
 /// those paths: the server's copy wins).
-pub fn link_shared(
-    layout: &Layout,
-    config: &InstallerConfig,
-    release: &Path,
-) -> anyhow::Result<()> {
-    for name in config.shared.dirs.values() {
+pub fn link_shared(layout: &Layout, profile: &AppProfile, release: &Path) -> anyhow::Result<()> {
+    for name in profile.shared_dirs.values() {
         let target = layout.shared().join(name);
         fs::create_dir_all(&target)
             .with_context(|| format!("cannot create `{}`", target.display()))?;
     }
-    let links = config.shared.files.iter().chain(config.shared.dirs.iter());
+    let links = profile
+        .shared_files
+        .iter()
+        .chain(profile.shared_dirs.iter());
     for (inside, name) in links {
         let link = release.join(inside);
         let target = layout.shared().join(name);
@@ -98,21 +104,19 @@ pub fn link_shared(
     Ok(())
 }
 
-/// Paths in a release that are the installer's own links to `shared/`.
-pub fn shared_paths(config: &InstallerConfig) -> BTreeSet<String> {
-    config
-        .shared
-        .files
-        .keys()
-        .chain(config.shared.dirs.keys())
-        .cloned()
-        .collect()
+/// What the archive does not decide in a release: the paths the installer creates, and those
+/// it replaces with links to `shared/`.
+pub fn reserved(profile: &AppProfile) -> Reserved {
+    Reserved::installer_owned().with_linked(profile.shared_paths().cloned())
 }
 
-/// What the archive does not decide in a release on this server: the paths the installer
-/// creates, and those it replaces with links to `shared/`.
-pub fn reserved(config: &InstallerConfig) -> Reserved {
-    Reserved::installer_owned().with_linked(shared_paths(config))
+/// The app profile of a release on disk: its manifest's, or this server's for a release
+/// packaged before profiles and for the adopted checkout.
+pub fn profile_at(config: &InstallerConfig, release: &Path) -> AppProfile {
+    match manifest_of(release) {
+        Ok(sidecar) if !is_legacy(release) => config.profile_of(&sidecar.manifest),
+        _ => config.legacy_profile(),
+    }
 }
 
 /// Whether `release` is the adopted checkout: links into the operator's own tree, no manifest.
@@ -186,8 +190,8 @@ pub fn read_in_release(release: &Path, rel: &str) -> anyhow::Result<Option<Strin
 }
 
 /// The release's `VERSION_HASH` (the commit it was built from).
-pub fn version_hash(release: &Path, config: &InstallerConfig) -> anyhow::Result<Option<String>> {
-    let Some(text) = read_in_release(release, &config.version_hash_file)? else {
+pub fn version_hash(release: &Path, profile: &AppProfile) -> anyhow::Result<Option<String>> {
+    let Some(text) = read_in_release(release, &profile.version_hash_file)? else {
         return Ok(None);
     };
     let value = text.lines().find_map(|l| {
@@ -228,13 +232,14 @@ pub fn link_static(
     how: StaticLink,
 ) -> anyhow::Result<Option<String>> {
     let release = layout.release(build);
-    let Some(hash) = version_hash(&release, config)? else {
+    let profile = profile_at(config, &release);
+    let Some(hash) = version_hash(&release, &profile)? else {
         return Ok(None);
     };
     let target = Path::new("..")
         .join("releases")
         .join(build.tag())
-        .join(&config.static_root);
+        .join(&profile.static_root);
     let link = layout.static_dir().join(&hash);
     if how == StaticLink::Claim {
         if let Some(other) = static_owner(layout, &link).filter(|b| *b != build) {
@@ -381,7 +386,12 @@ pub fn template_change(
     old_release: &Path,
     new_release: &Path,
 ) -> anyhow::Result<Option<String>> {
-    let read = |dir: &Path| read_in_release(dir, &config.production_template);
+    let read = |dir: &Path| -> anyhow::Result<Option<String>> {
+        match &profile_at(config, dir).production_template {
+            Some(t) => read_in_release(dir, t),
+            None => Ok(None),
+        }
+    };
     let (old, new) = (read(old_release), read(new_release));
     if let (Ok(old), Ok(new)) = (&old, &new) {
         if old == new {
@@ -434,14 +444,15 @@ impl Drift {
 /// is drift too.
 pub fn verify(config: &InstallerConfig, release: &Path) -> anyhow::Result<Drift> {
     let sidecar = manifest_of(release)?;
-    let shared = shared_paths(config);
+    let profile = config.profile_of(&sidecar.manifest);
+    let shared: BTreeSet<String> = profile.shared_paths().cloned().collect();
     let under_shared = |p: &str| {
         shared
             .iter()
             .any(|s| p == s || p.starts_with(&format!("{s}/")))
     };
     let mut drift = Drift::default();
-    if let Err(e) = check_manifest(&sidecar, &reserved(config)) {
+    if let Err(e) = check_manifest(&sidecar, &reserved(&profile)) {
         let entry = match &e {
             UnpackError::InstallerOwned { entry, .. }
             | UnpackError::UnsafeLink { entry, .. }
@@ -584,7 +595,7 @@ impl Drop for NewRelease<'_> {
         {
             return;
         }
-        if let Ok(Some(hash)) = version_hash(&dir, self.config) {
+        if let Ok(Some(hash)) = version_hash(&dir, &profile_at(self.config, &dir)) {
             let link = self.layout.static_dir().join(hash);
             let ours = Path::new("..").join("releases").join(self.build.tag());
             if fs::read_link(&link).is_ok_and(|t| t.starts_with(&ours)) {

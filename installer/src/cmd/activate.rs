@@ -127,8 +127,6 @@ fn activate_checked(
             "{build:#} is the adopted checkout (a legacy release, not a packaged build): return to it with `installer rollback --to {build:#}`"
         )));
     }
-    // Before anything changes: the server's own files must be in place.
-    release::check_shared_files(&layout, config)?;
     release::remove_strays(&layout, &mut run.report.warnings)?;
 
     let mut started = Record::new(Command::Activate, Event::Started, Some(build));
@@ -149,6 +147,8 @@ fn activate_checked(
         let sidecar_bytes = store.fetch_sidecar_bytes(&config.app, build)?;
         crate::signing::check_release(&store, config, build, &sidecar_bytes, &mut run.report)?;
         let sidecar = store.parse_sidecar(&config.app, build, &sidecar_bytes)?;
+        // Before anything is downloaded: the server's own files this release needs are there.
+        release::check_shared_files(&layout, &config.profile_of(&sidecar.manifest))?;
         if release_dir.exists() {
             check_reusable(config, &release_dir, &sidecar, build)?;
             return Ok((sidecar, None));
@@ -156,6 +156,7 @@ fn activate_checked(
         let artifact = fetch_cached(&store, &layout, build, &sidecar, &sidecar_bytes)?;
         Ok((sidecar, Some(artifact)))
     })?;
+    let profile = config.profile_of(&sidecar.manifest);
     let new_release = release::NewRelease::new(&layout, config, build, artifact.is_some());
 
     // Verified entry by entry, renamed into place only when complete.
@@ -163,7 +164,7 @@ fn activate_checked(
     if let Some(artifact) = &artifact {
         eprintln!("    into `{}`", release_dir.display());
         let options = UnpackOptions {
-            reserved: release::reserved(config),
+            reserved: release::reserved(&profile),
             ..UnpackOptions::default()
         };
         unpack(artifact, &sidecar, &release_dir, &options)
@@ -180,20 +181,22 @@ fn activate_checked(
         if let Some(c) = current.filter(|c| *c != build) {
             if let Some(diff) = release::template_change(config, &layout.release(c), &release_dir)?
             {
+                let template = profile.production_template.as_deref().unwrap_or("the production template");
                 if !args.template_reviewed {
+                    let shared = profile.shared_files.values().next().map_or_else(
+                        || "the server's shared settings".to_owned(),
+                        |name| format!("`{}`", layout.shared().join(name).display()),
+                    );
                     bail!(BadInput(format!(
-                        "`{}` changed since {c:#}:\n{diff}make the same change in `{}`, then run again with `--template-reviewed`",
-                        config.production_template,
-                        layout.shared().join(config.shared.files.values().next().map(String::as_str).unwrap_or("production.py")).display()
+                        "`{template}` changed since {c:#}:\n{diff}make the same change in {shared}, then run again with `--template-reviewed`",
                     )));
                 }
                 run.report.warnings.push(format!(
-                    "`{}` changed; confirmed reviewed with --template-reviewed",
-                    config.production_template
+                    "`{template}` changed; confirmed reviewed with --template-reviewed"
                 ));
             }
         }
-        release::link_shared(&layout, config, &release_dir)?;
+        release::link_shared(&layout, &profile, &release_dir)?;
         release::install_loader(&layout)?;
         // A link another release on disk has (same commit) is taken over only once this one
         // is live: until then it keeps serving what it served.
@@ -226,10 +229,17 @@ fn activate_checked(
 
     // Migrate with the new code, before the swap.
     let migrated = run.phase(Phase::Migrate, build, |_| {
+        let mut env: Vec<(&str, &str)> = vec![("DJANGO_SETTINGS_MODULE", &profile.settings_module)];
+        env.extend(
+            config
+                .migrate_env
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        );
         procs::run_locked(
-            &config.migrate,
+            &profile.migrate,
             &release_dir,
-            &[("DJANGO_SETTINGS_MODULE", &config.settings_module)],
+            &env,
             &deploy_lock,
             "migrate:running",
         )

@@ -39,7 +39,8 @@ pub fn run(args: &PruneArgs, config: &InstallerConfig) -> anyhow::Result<ExitCod
                 continue;
             }
             let dir = layout.release(build);
-            let hash = release::version_hash(&dir, config).ok().flatten();
+            let profile = release::profile_at(config, &dir);
+            let hash = release::version_hash(&dir, &profile).ok().flatten();
             release::remove_release_dir(&dir)?;
             if let Some(hash) = hash {
                 let link = layout.static_dir().join(&hash);

@@ -106,7 +106,7 @@ pub fn rollback(
             eprintln!("warning: {w}");
             run.report.warnings.push(w);
         } else {
-            release::link_shared(&layout, config, &dir)?;
+            release::link_shared(&layout, &release::profile_at(config, &dir), &dir)?;
             release::build_venv(config, &dir, &deploy_lock)?;
         }
         // Taken over at the swap if another release has it (see `switch`).
@@ -145,21 +145,23 @@ fn unknown_migrations(
     target: &Path,
 ) -> anyhow::Result<Vec<String>> {
     let list = |dir: &Path| -> anyhow::Result<Vec<(String, bool)>> {
-        let mut argv = vec!["venv/bin/python".to_owned()];
-        argv.extend(
-            config
-                .migrate
-                .iter()
-                .skip(1)
-                .take_while(|a| !a.starts_with("migrate"))
-                .cloned(),
-        );
+        // The release's own migrate command, with `showmigrations --list` for `migrate …`.
+        let profile = release::profile_at(config, dir);
+        let mut argv: Vec<String> = profile
+            .migrate
+            .iter()
+            .take_while(|a| !a.starts_with("migrate"))
+            .cloned()
+            .collect();
         argv.extend(["showmigrations".to_owned(), "--list".to_owned()]);
-        let out = procs::output(
-            &argv,
-            dir,
-            &[("DJANGO_SETTINGS_MODULE", &config.settings_module)],
-        )?;
+        let mut env: Vec<(&str, &str)> = vec![("DJANGO_SETTINGS_MODULE", &profile.settings_module)];
+        env.extend(
+            config
+                .migrate_env
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        );
+        let out = procs::output(&argv, dir, &env)?;
         let mut app = String::new();
         let mut found = Vec::new();
         for line in out.lines() {
