@@ -63,7 +63,9 @@ pub struct SigningConfig {
 pub struct PythonConfig {
     /// Interpreter that builds the wheels and the throwaway collectstatic virtualenv.
     pub interpreter: String,
-    /// Fully pinned requirements with `--hash` lines, relative to the repository root.
+    /// The requirements, relative to the repository root: every line pinned (`name==version`,
+    /// with or without `--hash`; VCS URLs at a full commit). With hashes, a rebuild must get the
+    /// same files.
     pub requirements: String,
     /// Build for another platform instead of `interpreter`'s own: wheels are then fetched with
     /// `pip download --only-binary=:all: --platform … --python-version …` (e.g.
@@ -81,7 +83,9 @@ pub struct PythonConfig {
 pub struct DjangoConfig {
     /// The project's `manage.py`, relative to the repository root.
     pub manage_py: String,
-    /// Settings module collectstatic runs with (no secrets, no database).
+    /// Settings module collectstatic runs with (no secrets, no database); empty: a module the
+    /// build writes (and never packages) that imports the app's own settings with a throwaway
+    /// `SECRET_KEY` and no database.
     pub build_settings: String,
     /// Where collectstatic writes; the installer serves it as `static/<VERSION_HASH>`.
     pub static_root: String,
@@ -183,7 +187,7 @@ impl Default for DjangoConfig {
     fn default() -> Self {
         Self {
             manage_py: "binarycrate/manage.py".into(),
-            build_settings: "binarycrate.settings.build".into(),
+            build_settings: String::new(),
             static_root: "binarycrate/public/static".into(),
             build_number_file: "binarycrate/binarycrate/settings/build_number.py".into(),
             version_hash_file: "binarycrate/binarycrate/settings/version_hash.py".into(),
@@ -374,7 +378,7 @@ impl DeployConfig {
                 ),
             ));
         }
-        if !is_module_name(&self.django.build_settings) {
+        if !self.django.build_settings.is_empty() && !is_module_name(&self.django.build_settings) {
             return Err(key(
                 "django.build_settings",
                 format!(

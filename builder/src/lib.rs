@@ -13,6 +13,7 @@
 //! - [`fleet`]: running the installer on the servers (SSM or local) for deploy/rollback/status.
 //! - [`git`]: git2 helpers: clean-tree check, `Build*` tags, remotes, undoable ref moves.
 //! - [`repo`]: finding the application repository.
+//! - [`requirements`]: `requirements.txt` as people write it: what is pinned, and how.
 //! - [`signing`]: minisign key pairs and deterministic signatures of `release.json`.
 //! - [`steps`]: running and recording build steps in the staging directory.
 //! - [`store`]: opening the artifact store (for the builder, and as the servers read it); the
@@ -25,6 +26,7 @@ pub mod export;
 pub mod fleet;
 pub mod git;
 pub mod repo;
+pub mod requirements;
 pub mod signing;
 pub mod steps;
 pub mod store;

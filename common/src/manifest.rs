@@ -272,6 +272,9 @@ pub struct ReleaseManifest {
     pub build_steps: Vec<BuildStep>,
     #[serde(default)]
     pub wheels: BTreeMap<String, WheelEntry>,
+    /// VCS requirements (URL without the commit) → the full commit their wheels were built from.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub vcs: BTreeMap<String, String>,
     /// What servers need to know about the app; absent in releases packaged before profiles.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile: Option<AppProfile>,
@@ -294,6 +297,7 @@ impl ReleaseManifest {
             python_tag: None,
             build_steps: Vec::new(),
             wheels: BTreeMap::new(),
+            vcs: BTreeMap::new(),
             profile: None,
             files: BTreeMap::new(),
         }
@@ -378,6 +382,18 @@ impl ReleaseManifest {
                     shown(t)
                 )));
             }
+        }
+        for (url, commit) in &self.vcs {
+            if url.chars().any(crate::untrusted::is_unprintable) || url.len() > MAX_PATH_BYTES {
+                return Err(invalid(format!(
+                    "VCS requirement `{}` is not a plain URL",
+                    shown(url)
+                )));
+            }
+            hex(
+                &format!("VCS requirement `{}`'s commit", shown(url)),
+                commit,
+            )?;
         }
         if let Some(profile) = &self.profile {
             profile

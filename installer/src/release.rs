@@ -274,41 +274,28 @@ pub fn build_venv(
         return Ok(false);
     }
     atomic::remove_tree(&venv)?;
-    // pip reads these, and prints what it cannot parse: they must be the release's own files.
-    resolve_in_release(release, "requirements.txt")?;
-    if let Some(wheels) = resolve_in_release(release, "wheels")? {
-        for e in fs::read_dir(&wheels)
-            .with_context(|| format!("cannot read `{}`", wheels.display()))?
-            .flatten()
-        {
-            let name = e.file_name().to_string_lossy().into_owned();
-            resolve_in_release(release, &format!("wheels/{name}"))?;
+    // Exactly the release's wheels (every dependency is among them, built by `builder
+    // package` and verified against the manifest at unpack), without the index and without
+    // resolving again: the requirements file may name VCS URLs a server cannot reach, or pin
+    // without hashes. The wheels must be the release's own files, not links out of it.
+    let dir = resolve_in_release(release, "wheels")?
+        .context("the release has no `wheels/` to build its virtualenv from")?;
+    let mut wheels = Vec::new();
+    for e in fs::read_dir(&dir)
+        .with_context(|| format!("cannot read `{}`", dir.display()))?
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        resolve_in_release(release, &format!("wheels/{name}"))?;
+        if name.ends_with(".whl") {
+            wheels.push(format!("wheels/{name}"));
         }
     }
+    wheels.sort();
     let py = &config.python;
-    let install_args: Vec<String> = if release.join("requirements.txt").is_file() {
-        procs::argv(&[
-            "install",
-            "--no-index",
-            "--find-links",
-            "wheels",
-            "--require-hashes",
-            "-r",
-            "requirements.txt",
-        ])
-    } else {
-        let mut wheels: Vec<String> = fs::read_dir(release.join("wheels"))
-            .context("the release has neither `requirements.txt` nor `wheels/`")?
-            .filter_map(|e| {
-                e.ok()
-                    .map(|e| format!("wheels/{}", e.file_name().to_string_lossy()))
-            })
-            .collect();
-        wheels.sort();
-        let mut v = procs::argv(&["install", "--no-index", "--find-links", "wheels"]);
-        v.extend(wheels);
-        v
-    };
+    let any = !wheels.is_empty();
+    let mut install_args = procs::argv(&["install", "--no-index", "--no-deps"]);
+    install_args.extend(wheels);
     // `venv --without-pip` plus the interpreter's own pip is much faster than seeding pip into
     // every venv; pip learned `--python` in 22.3.
     if pip_supports_python_option(py) {
@@ -333,13 +320,15 @@ pub fn build_venv(
             "venv/bin/python".into(),
         ];
         argv.extend(install_args);
-        procs::run_locked(
-            &argv,
-            release,
-            &[("PIP_DISABLE_PIP_VERSION_CHECK", "1")],
-            lock,
-            "venv:pip",
-        )?;
+        if any {
+            procs::run_locked(
+                &argv,
+                release,
+                &[("PIP_DISABLE_PIP_VERSION_CHECK", "1")],
+                lock,
+                "venv:pip",
+            )?;
+        }
     } else {
         procs::run_locked(
             &[py.clone(), "-m".into(), "venv".into(), "venv".into()],
@@ -350,13 +339,15 @@ pub fn build_venv(
         )?;
         let mut argv = procs::argv(&["venv/bin/python", "-m", "pip"]);
         argv.extend(install_args);
-        procs::run_locked(
-            &argv,
-            release,
-            &[("PIP_DISABLE_PIP_VERSION_CHECK", "1")],
-            lock,
-            "venv:pip",
-        )?;
+        if any {
+            procs::run_locked(
+                &argv,
+                release,
+                &[("PIP_DISABLE_PIP_VERSION_CHECK", "1")],
+                lock,
+                "venv:pip",
+            )?;
+        }
     }
     atomic::write_file(&venv.join(VENV_COMPLETE), b"")?;
     Ok(true)

@@ -228,7 +228,8 @@ fn build_and_pack(
     check_secrets(&staging, config)?;
     check_backend_build_number(&staging, config, build)?;
 
-    let python_tag = build_wheels(config, runner)?;
+    let requirements = read_requirements(&staging, config)?;
+    let python_tag = build_wheels(config, &requirements, runner)?;
     let wheels = list_wheels(&staging.join("wheels"))?;
     let py = &config.python.interpreter;
     let venv_python = format!("{VENV_PLACEHOLDER}/bin/python");
@@ -236,20 +237,18 @@ fn build_and_pack(
         "venv",
         StepCommand::new(&[py.as_str(), "-m", "venv", VENV_PLACEHOLDER]),
     )?;
-    let mut install = vec![
-        venv_python.clone(),
-        "-m".into(),
-        "pip".into(),
-        "install".into(),
-        "--no-index".into(),
-        "--find-links".into(),
-        "wheels".into(),
-    ];
-    install.extend([
-        "--require-hashes".into(),
-        "-r".into(),
-        config.python.requirements.clone(),
-    ]);
+    // Exactly the wheels just built (every dependency among them), as the servers install them.
+    let mut install: Vec<String> = [
+        venv_python.as_str(),
+        "-m",
+        "pip",
+        "install",
+        "--no-index",
+        "--no-deps",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    install.extend(wheels.keys().map(|w| format!("wheels/{w}")));
     runner.run("venv-install", StepCommand::new(&install))?;
 
     if config.frontend.enabled {
@@ -265,7 +264,8 @@ fn build_and_pack(
             Ok(String::new())
         },
     )?;
-    runner.run(
+    let build_settings = build_settings(&staging, config)?;
+    let collected = runner.run(
         "collectstatic",
         StepCommand::new(&[
             venv_python.as_str(),
@@ -273,8 +273,13 @@ fn build_and_pack(
             "collectstatic",
             "--noinput",
         ])
-        .env("DJANGO_SETTINGS_MODULE", &config.django.build_settings),
-    )?;
+        .env("DJANGO_SETTINGS_MODULE", &build_settings.module),
+    );
+    // A generated settings module is for collectstatic only: it never reaches the release.
+    if let Some(file) = &build_settings.generated {
+        fs::remove_file(file).with_context(|| format!("cannot remove `{}`", file.display()))?;
+    }
+    collected?;
     if config.frontend.enabled {
         let bundle = staging.join(&config.frontend.bundle_dir);
         let module = config.frontend.build_number_module.clone();
@@ -302,6 +307,7 @@ fn build_and_pack(
     base.python_tag = Some(python_tag);
     base.build_steps = runner.steps.clone();
     base.wheels = wheels;
+    base.vcs = requirements.vcs();
     base.profile = Some(profile);
     eprintln!("==> archive: packing `{}`", staging.display());
     let t = Instant::now();
@@ -399,14 +405,33 @@ fn check_profile(staging: &Path, profile: &AppProfile) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Builds (or, for another platform, downloads) the wheels of the requirements into `wheels/`
-/// and returns the Python tag they are for.
-fn build_wheels(config: &DeployConfig, runner: &mut StepRunner) -> anyhow::Result<String> {
-    let p = &config.python;
-    let req = runner.staging().join(&p.requirements);
-    if !req.is_file() {
-        bail!(BadInput(format!("`{}` is not in the tag: `python.requirements` in `{DEPLOY_TOML}` must name the pinned requirements file", p.requirements)));
+/// The tag's requirements, every one pinned (or the build stops here, naming the lines); says
+/// once when they carry no hashes, and what that means for a rebuild.
+fn read_requirements(
+    staging: &Path,
+    config: &DeployConfig,
+) -> anyhow::Result<crate::requirements::Requirements> {
+    let file = &config.python.requirements;
+    let text = fs::read_to_string(staging.join(file)).map_err(|_| {
+        BadInput(format!("`{file}` is not in the tag: `python.requirements` in `{DEPLOY_TOML}` must name the pinned requirements file"))
+    })?;
+    let requirements = crate::requirements::parse(&text, file).map_err(BadInput)?;
+    if !requirements.hashed() {
+        eprintln!(
+            "note: `{file}` pins versions without hashes: the wheels built now are hashed into the release, but a rebuild of this tag trusts the package index to serve the same files for these pins (`pip-compile --generate-hashes` adds the hashes)"
+        );
     }
+    Ok(requirements)
+}
+
+/// Builds (or, for another platform, downloads) the wheels of the requirements into `wheels/`
+/// and returns the Python tag they are for. Hashes are enforced when the file has them.
+fn build_wheels(
+    config: &DeployConfig,
+    requirements: &crate::requirements::Requirements,
+    runner: &mut StepRunner,
+) -> anyhow::Result<String> {
+    let p = &config.python;
     let mut argv: Vec<String> = vec![p.interpreter.clone(), "-m".into(), "pip".into()];
     let tag = match (&p.platform, &p.python_version) {
         (Some(platform), Some(version)) => {
@@ -431,14 +456,83 @@ fn build_wheels(config: &DeployConfig, runner: &mut StepRunner) -> anyhow::Resul
             interpreter_tag(&p.interpreter)?
         }
     };
-    argv.extend([
-        "--require-hashes".into(),
-        "-r".into(),
-        p.requirements.clone(),
-    ]);
+    if requirements.hashed() {
+        argv.push("--require-hashes".into());
+    }
+    argv.extend(["-r".into(), p.requirements.clone()]);
     argv.extend(p.pip_args.iter().cloned());
     runner.run("wheels", StepCommand::new(&argv))?;
     Ok(tag)
+}
+
+/// The settings module collectstatic runs with, and the file written for it when the app has
+/// none of its own (removed again after collectstatic).
+struct BuildSettings {
+    module: String,
+    generated: Option<PathBuf>,
+}
+
+/// The module that holds the generated build settings, at the project directory's top.
+const GENERATED_SETTINGS: &str = "builder_collectstatic_settings";
+
+/// `django.build_settings` when set; otherwise a module written into the project that imports
+/// the app's own settings — the production module when it is in the tree, else `base` beside it
+/// — with a throwaway `SECRET_KEY` and no database, which is all collectstatic needs.
+fn build_settings(staging: &Path, config: &DeployConfig) -> anyhow::Result<BuildSettings> {
+    let django = &config.django;
+    if !django.build_settings.is_empty() {
+        return Ok(BuildSettings {
+            module: django.build_settings.clone(),
+            generated: None,
+        });
+    }
+    let project = staging.join(
+        Path::new(&django.manage_py)
+            .parent()
+            .unwrap_or(Path::new("")),
+    );
+    let exists = |module: &str| {
+        let base = project.join(module.replace('.', "/"));
+        base.with_extension("py").is_file() || base.join("__init__.py").is_file()
+    };
+    let sibling_base = django
+        .settings_module
+        .rsplit_once('.')
+        .map(|(package, _)| format!("{package}.base"));
+    let import = if exists(&django.settings_module) {
+        django.settings_module.clone()
+    } else if let Some(base) = sibling_base.filter(|b| exists(b)) {
+        base
+    } else {
+        bail!(BadInput(format!(
+            "collectstatic needs settings to run with, and neither `{}` nor a `base` module beside it is in the tag: set `django.build_settings` in `{DEPLOY_TOML}` to a settings module that needs no secrets and no database",
+            django.settings_module
+        )));
+    };
+    let file = project.join(format!("{GENERATED_SETTINGS}.py"));
+    let text = format!(
+        "{}\n",
+        [
+            "# Written by `builder package` for collectstatic only; never packaged.",
+            "import os",
+            "for _name in ('SECRET_KEY', 'DJANGO_SECRET_KEY'):",
+            "    os.environ.setdefault(_name, 'collectstatic-only-not-a-secret')",
+            &format!("from {import} import *  # noqa: F401,F403"),
+            "SECRET_KEY = 'collectstatic-only-not-a-secret'",
+            "DEBUG = False",
+            "ALLOWED_HOSTS = []",
+            "DATABASES = {}",
+        ]
+        .join("\n")
+    );
+    atomic::write_file(&file, text.as_bytes())?;
+    eprintln!(
+        "    collectstatic runs with settings from `{import}` (throwaway SECRET_KEY, no database)"
+    );
+    Ok(BuildSettings {
+        module: GENERATED_SETTINGS.into(),
+        generated: Some(file),
+    })
 }
 
 /// `cp311` for the interpreter that builds the wheels.
