@@ -25,6 +25,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    Init(InitArgs),
+    Check(CheckArgs),
     Prepare(PrepareArgs),
     Package(PackageArgs),
     Publish(PublishArgs),
@@ -45,6 +47,40 @@ pub struct RepoArg {
     /// The application's git repository [default: the one containing the current directory].
     #[arg(long, value_name = "DIR")]
     pub repo: Option<PathBuf>,
+}
+
+/// Write a `deploy.toml` for this application from what its repository holds.
+///
+/// Finds `manage.py`, the settings and WSGI modules, STATIC_ROOT and MEDIA_ROOT, the
+/// requirements, a build-number file (creating one when there is none), a production template
+/// or a `.env`, the git submodules and a PyPy.js front end; writes only the keys that differ
+/// from the defaults, each with a comment; prints what is left to do by hand.
+///
+/// Examples:
+///   builder init
+///   builder init --repo ~/src/shop --force
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    #[command(flatten)]
+    pub repo: RepoArg,
+    /// Replace an existing `deploy.toml`.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Check the working tree as `builder package` would, without building anything.
+///
+/// `deploy.toml`, the requirements (every line pinned), the project and its WSGI and settings
+/// modules, the build-number file, the front end's pieces, and that no server's own file is
+/// committed. Exit 2 with every problem listed.
+///
+/// Examples:
+///   builder check
+///   builder check --repo ~/src/shop
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub repo: RepoArg,
 }
 
 /// Merge `develop` into `master`, bump the build number and create the annotated tag.

@@ -9,6 +9,8 @@
 //! - [`cli`]: the command line (clap definitions only).
 //! - [`cmd`]: one module per subcommand; each exposes `run`, and none imports another.
 //! - [`config`]: `deploy.toml`, with defaults that reproduce the manual procedure.
+//! - [`discover`]: what an application repository holds (for `builder init`).
+//! - [`appcheck`]: an application tree checked against its app profile.
 //! - [`export`]: a tag and its submodule commits, exported from git objects into staging.
 //! - [`fleet`]: running the installer on the servers (SSM or local) for deploy/rollback/status.
 //! - [`git`]: git2 helpers: clean-tree check, `Build*` tags, remotes, undoable ref moves.
@@ -19,9 +21,11 @@
 //! - [`store`]: opening the artifact store (for the builder, and as the servers read it); the
 //!   app name.
 
+pub mod appcheck;
 pub mod cli;
 pub mod cmd;
 pub mod config;
+pub mod discover;
 pub mod export;
 pub mod fleet;
 pub mod git;
@@ -48,6 +52,8 @@ use common::report::ExitCode;
 /// Runs a parsed command line; the caller prints errors and turns them into exit codes.
 pub fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        cli::Command::Init(args) => cmd::init::run(&args),
+        cli::Command::Check(args) => cmd::check::run(&args),
         cli::Command::Prepare(args) => cmd::prepare::run(&args),
         cli::Command::Package(args) => cmd::package::run(&args),
         cli::Command::Publish(args) => cmd::publish::run(&args),

@@ -2,10 +2,12 @@
 
 pub mod archive;
 pub mod bootstrap;
+pub mod check;
 pub mod config;
 pub mod deploy;
 pub mod fleet_rollback;
 pub mod fleet_status;
+pub mod init;
 pub mod keygen;
 pub mod package;
 pub mod prepare;

@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use common::archive::writer::{pack, PackOptions};
 use common::build_number::BuildNumberLine;
 use common::error::BadInput;
-use common::manifest::{AppProfile, BuildLog, WheelEntry, BUILD_LOG_JSON, RELEASE_SIGNATURE};
+use common::manifest::{BuildLog, WheelEntry, BUILD_LOG_JSON, RELEASE_SIGNATURE};
 use common::report::ExitCode;
 use common::{atomic, Blake3Hash, BuildNumber, ReleaseManifest, Sidecar};
 
@@ -299,7 +299,8 @@ fn build_and_pack(
     eprintln!("==> package rules: removed {removed} excluded entries");
     check_secrets(&staging, config)?;
     let profile = config.django.profile();
-    check_profile(&staging, &profile)?;
+    crate::appcheck::project(&staging, &profile)?;
+    crate::appcheck::built(&staging, &profile)?;
 
     let mut base = ReleaseManifest::new(&config.app, build, exported.commit_time);
     base.commit = exported.commit.clone();
@@ -338,71 +339,6 @@ fn build_and_pack(
         sidecar: packed.sidecar,
         log,
     })
-}
-
-/// Checks the app profile against the built tree, as the servers will rely on it: the project,
-/// its WSGI and settings modules, the collected static files and the version-hash file are
-/// there, and none of the server's own files is (it would be replaced on the server anyway, and
-/// is most likely a secret committed by mistake).
-fn check_profile(staging: &Path, profile: &AppProfile) -> anyhow::Result<()> {
-    let fix = format!("check `[django]` in `{DEPLOY_TOML}`");
-    let project = staging.join(&profile.project_dir);
-    if !project.join("manage.py").is_file() {
-        bail!(BadInput(format!(
-            "the release has no `{}`: {fix} (`manage_py`)",
-            Path::new(&profile.project_dir).join("manage.py").display()
-        )));
-    }
-    for (key, module) in [
-        ("wsgi_module", &profile.wsgi_module),
-        ("settings_module", &profile.settings_module),
-    ] {
-        let base = project.join(module.replace('.', "/"));
-        // The production settings may be the server's own file, linked in on the server.
-        let shared = |file: &Path| {
-            file.strip_prefix(staging)
-                .ok()
-                .and_then(Path::to_str)
-                .is_some_and(|rel| profile.shared_files.contains_key(rel))
-        };
-        let module_file = base.with_extension("py");
-        if !module_file.is_file() && !shared(&module_file) && !base.join("__init__.py").is_file() {
-            bail!(BadInput(format!(
-                "the module `{module}` (`{key}`) is not in the project `{}`: {fix}",
-                if profile.project_dir.is_empty() {
-                    "."
-                } else {
-                    &profile.project_dir
-                }
-            )));
-        }
-    }
-    if !staging.join(&profile.static_root).is_dir() {
-        bail!(BadInput(format!(
-            "collectstatic left no `{}`: {fix} (`static_root` must be the settings' STATIC_ROOT)",
-            profile.static_root
-        )));
-    }
-    for (key, file) in [
-        ("version_hash_file", Some(&profile.version_hash_file)),
-        ("production_template", profile.production_template.as_ref()),
-    ] {
-        if let Some(file) = file.filter(|f| !staging.join(f).is_file()) {
-            bail!(BadInput(format!(
-                "the release has no `{file}` (`{key}`): {fix}"
-            )));
-        }
-    }
-    if let Some(inside) = profile
-        .shared_files
-        .keys()
-        .find(|f| fs::symlink_metadata(staging.join(f)).is_ok())
-    {
-        bail!(BadInput(format!(
-            "`{inside}` is in the tag, but it is a server's own file (`shared_files`): remove it from the repository (and add it to `.gitignore`), each server keeps its own in `shared/`"
-        )));
-    }
-    Ok(())
 }
 
 /// The tag's requirements, every one pinned (or the build stops here, naming the lines); says
