@@ -39,7 +39,7 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
     ok(
         req,
         std::fs::read_to_string(root.join(req))
-            .with_context(|| format!("cannot read it (`python.requirements`)"))
+            .context("cannot read it (`python.requirements`)")
             .and_then(|text| requirements::parse(&text, req).map_err(|m| BadInput(m).into()))
             .map(|r| {
                 format!(
