@@ -302,6 +302,62 @@ pub fn create(dir: &Path) -> anyhow::Result<ExampleRepo> {
     })
 }
 
+/// `tests/fixtures/second-app`: a Django app unlike BinaryCrate in every way that matters.
+pub fn second_fixture_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join("second-app")
+}
+
+/// The second example application's repositories in `dir`: its working copy on `develop`
+/// (one commit, also on `master`), pushed to a bare `origin`; no tag, no `deploy.toml`, no
+/// build-number file — what `builder init` starts from.
+pub fn create_second(dir: &Path) -> anyhow::Result<ExampleRepo> {
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let root = dir.to_owned();
+    let work = root.join("work");
+    let remote = root.join("origin.git");
+    git_at(
+        &root,
+        &["init", "--quiet", "--bare", "origin.git"],
+        TAG_TIME,
+    )?;
+    git_at(&root, &["init", "--quiet", "work"], TAG_TIME)?;
+    set_identity(&work)?;
+    git_at(
+        &work,
+        &["remote", "add", "origin", path_str(&remote)?],
+        TAG_TIME,
+    )?;
+    copy_tree(&second_fixture_dir(), &work)?;
+    git_at(&work, &["add", "--all"], TAG_TIME)?;
+    git_at(&work, &["clean", "-ffdXq"], TAG_TIME)?;
+    git_at(
+        &work,
+        &["commit", "--quiet", "-m", "Shop: initial import"],
+        TAG_TIME,
+    )?;
+    git_at(&work, &["checkout", "--quiet", "-b", "develop"], TAG_TIME)?;
+    git_at(
+        &work,
+        &[
+            "push",
+            "--quiet",
+            "--set-upstream",
+            "origin",
+            "master",
+            "develop",
+        ],
+        TAG_TIME,
+    )?;
+    Ok(ExampleRepo {
+        root,
+        work,
+        remote,
+        submodule_remotes: BTreeMap::new(),
+    })
+}
+
 /// [`create`] in a new temporary directory, removed when the returned guard drops.
 pub fn create_temp() -> anyhow::Result<(tempfile::TempDir, ExampleRepo)> {
     let tmp = tempfile::Builder::new().prefix("example-app-").tempdir()?;

@@ -49,16 +49,24 @@ struct ServerRoot {
 }
 
 impl ServerRoot {
-    /// `dir/srv` and `dir/installer.toml`.
+    /// `dir/srv` (with BinaryCrate's `shared/production.py`) and `dir/installer.toml`.
     fn new(dir: &Path, repo: &ExampleRepo) -> Self {
+        Self::with_shared(dir, |root| {
+            vec![(
+                "production.py",
+                example::production_settings(repo, root).unwrap(),
+            )]
+        })
+    }
+
+    /// `dir/srv` with `shared` files (given the root) and `dir/installer.toml`.
+    fn with_shared(dir: &Path, shared: impl FnOnce(&Path) -> Vec<(&'static str, String)>) -> Self {
         let root = dir.join("srv");
         fs::create_dir_all(root.join("shared")).unwrap();
         let (http_port, stats_port) = (tests::free_port(), tests::free_port());
-        fs::write(
-            root.join("shared/production.py"),
-            example::production_settings(repo, &root).unwrap(),
-        )
-        .unwrap();
+        for (name, text) in shared(&root) {
+            fs::write(root.join("shared").join(name), text).unwrap();
+        }
         let config = dir.join("installer.toml");
         fs::write(
             &config,
@@ -1026,4 +1034,198 @@ fn the_pipeline_end_to_end_on_two_instances() {
         !two.root.join("releases").join(&b4).exists(),
         "the second instance was never touched"
     );
+}
+
+/// A Django app unlike BinaryCrate in every way that matters (`tests/fixtures/second-app`:
+/// `manage.py` at the root, the project `shop`, a `.env` as the only server file, uploads in
+/// `uploads/`, no front end, no template, requirements without hashes), from `builder init`
+/// through prepare, package, publish to S3, a deploy through SSM served by real uWSGI, a second
+/// build with a migration, and a rollback: the app's facts travel in its releases, and the same
+/// installer and loader serve it.
+#[test]
+fn a_second_app_from_builder_init_to_rollback() {
+    if !ready() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = example::create_second(&tmp.path().join("repo")).unwrap();
+
+    let out = bins::builder_offline(&repo.work)
+        .arg("init")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let toml = fs::read_to_string(repo.work.join("deploy.toml")).unwrap();
+    tests::show(&format!(
+        "second-app: builder init wrote deploy.toml:\n{toml}"
+    ));
+    for line in [
+        "app = \"shop\"",
+        "manage_py = \"manage.py\"",
+        "wsgi_module = \"shop.wsgi\"",
+        "settings_module = \"shop.settings\"",
+        "static_root = \"staticfiles\"",
+        "build_number_file = \"shop/build_number.py\"",
+        "version_hash_file = \"shop/version_hash.py\"",
+        "production_template = \"\"",
+        "shared_files = { \".env\" = \".env\" }",
+        "shared_dirs = { \"uploads\" = \"uploads\" }",
+        "enabled = false",
+    ] {
+        assert!(toml.contains(line), "`{line}` is not in:\n{toml}");
+    }
+    let left = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        left.contains("Build number = {{ BUILD_NUMBER }}") && left.contains(".env"),
+        "{left}"
+    );
+    assert_eq!(
+        fs::read_to_string(repo.work.join("shop/build_number.py"))
+            .unwrap()
+            .lines()
+            .last(),
+        Some("BUILD_NUMBER = '000000'")
+    );
+    let again = bins::builder_offline(&repo.work)
+        .arg("init")
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(2), "{}", text(&again));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+    let out = bins::builder_offline(&repo.work)
+        .arg("check")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    example::git(&repo.work, &["add", "-A"]).unwrap();
+    example::git(
+        &repo.work,
+        &["commit", "-q", "-m", "deploy.toml from builder init"],
+    )
+    .unwrap();
+
+    let one = ServerRoot::with_shared(&tmp.path().join("one"), |root| {
+        vec![(
+            ".env",
+            format!(
+                "SECRET_KEY=second-app-test-secret-key-second-app-test-secret-key\nALLOWED_HOSTS=127.0.0.1,localhost\nDATABASE_PATH={}\n",
+                root.join("shared/db.sqlite3").display()
+            ),
+        )]
+    });
+    // This root takes the shop's releases from the store.
+    let config = fs::read_to_string(&one.config).unwrap();
+    fs::write(&one.config, format!("app = \"shop\"\n{config}")).unwrap();
+    let instances = |env: &[(String, String)]| {
+        let i = env
+            .iter()
+            .fold(Instance::new(one.root.parent().unwrap()), |i, (k, v)| {
+                i.env(k, v)
+            })
+            .env(
+                "BINARYCRATE_INSTALLER_CONFIG",
+                one.config.display().to_string(),
+            );
+        BTreeMap::from([("i-00000001".to_owned(), i)])
+    };
+    let Some(ssm) = SsmServer::start_or_skip(&instances(&[])) else {
+        return;
+    };
+    ssm.set_instances(&instances(&ssm.env())).unwrap();
+    ssm.moto().create_bucket(BUCKET).unwrap();
+    let endpoint = ssm.endpoint();
+    let run = |args: &[&str]| -> Output {
+        let mut cmd = builder(&repo.work);
+        cmd.envs(ssm.env())
+            .args(args)
+            .args(["--targets", "i-00000001", "--installer"])
+            .arg(bins::installer());
+        if args[0] == "deploy" {
+            cmd.args(["--store", S3_STORE, "--s3-endpoint", endpoint.as_str()]);
+        }
+        cmd.output().unwrap()
+    };
+
+    let b1 = prepare_next(&repo, |_| {});
+    assert_eq!(b1, "Build000001");
+    let out = bins::builder_offline(&repo.work)
+        .args(["package", "--tag", &b1, "--out"])
+        .arg(tmp.path().join("out1"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        said.matches("pins versions without hashes").count(),
+        1,
+        "said once: {said}"
+    );
+    let sidecar: serde_json::Value =
+        serde_json::from_slice(&fs::read(tmp.path().join("out1/release.json")).unwrap()).unwrap();
+    let profile = &sidecar["manifest"]["profile"];
+    assert_eq!(profile["project_dir"], "", "{profile}");
+    assert_eq!(profile["wsgi_module"], "shop.wsgi");
+    assert_eq!(profile["shared_files"][".env"], ".env");
+    let files = sidecar["manifest"]["files"].as_object().unwrap();
+    assert!(files.contains_key("staticfiles/catalog/shop.css"));
+    assert!(
+        !files
+            .keys()
+            .any(|f| f.contains("builder_collectstatic_settings") || f == ".env"),
+        "the generated build settings and the server's file are never packaged"
+    );
+    package_and_publish_s3(&repo, &ssm, &b1, &tmp.path().join("out1"));
+    let starter = one.uwsgi_once_current();
+    let out = run(&["deploy", "--build", &b1]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let server = starter.join().unwrap();
+    let serving = |build: &str| {
+        for _ in 0..6 {
+            let page = server.request("/").unwrap();
+            assert_eq!(page.build_number(), Some(build), "{}", page.body);
+        }
+    };
+    serving("000001");
+
+    // Build 2: a new field and its migration.
+    let b2 = prepare_next(&repo, |w| {
+        let models = w.join("catalog/models.py");
+        let text = fs::read_to_string(&models).unwrap();
+        fs::write(
+            &models,
+            text + "    price = models.IntegerField(default=0)\n",
+        )
+        .unwrap();
+        fs::write(
+            w.join("catalog/migrations/0002_item_price.py"),
+            "from django.db import migrations, models\n\n\nclass Migration(migrations.Migration):\n    dependencies = [('catalog', '0001_initial')]\n    operations = [migrations.AddField(model_name='item', name='price', field=models.IntegerField(default=0))]\n",
+        )
+        .unwrap();
+    });
+    package_and_publish_s3(&repo, &ssm, &b2, &tmp.path().join("out2"));
+    let out = run(&["deploy", "--build", &b2]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    serving("000002");
+    assert_eq!(
+        fs::read_link(one.root.join("current/.env")).unwrap(),
+        one.root.join("shared/.env")
+    );
+    assert!(one.root.join("shared/uploads").is_dir());
+
+    let out = run(&["rollback"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        row_of(&out, "i-00000001")[4],
+        "Build000001",
+        "{}",
+        text(&out)
+    );
+    serving("000001");
+    let verified = Command::new(bins::installer())
+        .env("BINARYCRATE_INSTALLER_CONFIG", &one.config)
+        .arg("verify")
+        .output()
+        .unwrap();
+    assert_eq!(verified.status.code(), Some(0), "{}", text(&verified));
+    tests::show("second-app: init -> check -> prepare -> package -> publish (S3) -> deploy (SSM) Build000001 -> deploy Build000002 (migration) -> rollback: served by uWSGI, verified");
 }
