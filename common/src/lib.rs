@@ -19,6 +19,7 @@
 //! - [`configdoc`]: the configuration reference rendered from the config types' doc comments.
 //! - [`fault`]: the crash tests' fault-injection hook (real only with `fault-injection`).
 //! - [`untrusted`]: text from the store or an archive made safe to print (escaped, capped).
+//! - [`when`]: times as people read them (UTC date and age).
 
 pub mod archive;
 pub mod atomic;
@@ -34,6 +35,7 @@ pub mod report;
 pub mod runtime;
 pub mod store;
 pub mod untrusted;
+pub mod when;
 
 pub use build_number::BuildNumber;
 pub use hash::Blake3Hash;

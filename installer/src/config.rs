@@ -198,7 +198,16 @@ impl InstallerConfig {
         };
         match std::fs::read_to_string(&path) {
             Ok(text) => Self::parse(&text, &path.display().to_string()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => Ok(Self::default()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                let d = Self::default();
+                eprintln!(
+                    "note: no configuration file (`{}` does not exist; `--config FILE` or ${CONFIG_ENV} name another): using the defaults, root `{}`, app `{}`, no store (`installer config` prints them all)",
+                    path.display(),
+                    d.root.display(),
+                    d.app
+                );
+                Ok(d)
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(BadInput(format!(
                 "configuration file `{}` does not exist",
                 path.display()

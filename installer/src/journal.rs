@@ -91,12 +91,21 @@ impl Record {
             duration_ms: None,
             outcome: None,
             detail: None,
-            user: std::env::var("SUDO_USER")
-                .or_else(|_| std::env::var("USER"))
-                .unwrap_or_default(),
+            user: invoker(),
             pid: std::process::id(),
         }
     }
+}
+
+/// Who runs this command: what `builder deploy` says it is (`alice@laptop (builder deploy)`),
+/// else the user behind `sudo`, else the login user; empty when nothing says (SSM's agent runs
+/// commands as root with no user of its own).
+fn invoker() -> String {
+    ["BINARYCRATE_INVOKED_BY", "SUDO_USER", "USER", "LOGNAME"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
+        .map(|u| u.chars().filter(|c| !c.is_control()).take(200).collect())
+        .unwrap_or_default()
 }
 
 /// The journal file.

@@ -61,6 +61,25 @@ impl Layout {
         self.cache().join(build.tag())
     }
 
+    /// Refuses (bad input, nothing created) a root that does not exist, or, when `releases` is
+    /// asked for, one that holds no `releases/`: a mistyped `root` must not become a new,
+    /// empty layout.
+    pub fn check_exists(&self, releases: bool) -> anyhow::Result<()> {
+        if !self.root.is_dir() {
+            anyhow::bail!(common::error::BadInput(format!(
+                "the root `{}` does not exist: check `root` in the installer configuration (or create the directory for a first activation)",
+                self.root.display()
+            )));
+        }
+        if releases && !self.releases().is_dir() {
+            anyhow::bail!(common::error::BadInput(format!(
+                "`{}` holds no releases (no `releases/`): check `root` in the installer configuration; nothing was changed",
+                self.root.display()
+            )));
+        }
+        Ok(())
+    }
+
     /// Creates the directories the installer writes into (not `shared/`'s content).
     pub fn ensure(&self) -> anyhow::Result<()> {
         for dir in [

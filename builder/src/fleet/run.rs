@@ -11,8 +11,8 @@ use super::ssm::SsmTransport;
 use super::summary::FleetSummary;
 use super::watch::{watch, WatchOptions, Watched};
 use super::{
-    check_word, comment, render_line, Action, InstallerInvocation, SendRequest, Targets, Transport,
-    TransportKind,
+    check_word, comment, render_line, shell_quote, Action, InstallerInvocation, SendRequest,
+    Targets, Transport, TransportKind,
 };
 use crate::cli::{FleetArgs, ReachArgs};
 
@@ -38,6 +38,22 @@ pub fn targets(args: &ReachArgs) -> Result<Option<Targets>, BadInput> {
     }
 }
 
+/// The variable the installer records as who ran it (its journal's `user`).
+pub const INVOKED_BY_ENV: &str = "BINARYCRATE_INVOKED_BY";
+
+/// `user@host` of whoever runs the builder, printable characters only.
+fn invoker() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "someone".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{user}@{}", host.trim())
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(100)
+        .collect()
+}
+
 /// Checks the options that are not targets and builds the plan.
 pub fn plan(
     args: &FleetArgs,
@@ -51,7 +67,14 @@ pub fn plan(
         config: args.installer_config.clone(),
         lock_timeout,
     };
-    let line = render_line(&invocation.argv(&action)?);
+    // Who asked, for the servers' journals (`installer status` shows it): the environment
+    // variable rides in front of the quoted command line.
+    let by = format!("{} (builder {})", invoker(), action.name());
+    let line = format!(
+        "{INVOKED_BY_ENV}={} {}",
+        shell_quote(&by),
+        render_line(&invocation.argv(&action)?)
+    );
     let reach = &args.reach;
     Ok(Plan {
         request: request(reach, targets, line, comment(app, &action))?,

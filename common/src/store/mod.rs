@@ -30,6 +30,28 @@ use crate::manifest::{BUILD_LOG_JSON, MAX_SIDECAR_BYTES, RELEASE_JSON, RELEASE_S
 use crate::progress::ProgressWriter;
 use crate::{progress, Blake3Hash, BuildNumber, Sidecar};
 
+/// A store given as a plain directory path must not look like a mistyped URL (`s3:/bucket`,
+/// `s3//bucket`, `file:/x`): taken as a path, it would quietly become a local directory.
+fn check_plain_path(path: &str) -> Result<(), String> {
+    let first = path.split('/').next().unwrap_or_default();
+    let lower = first.to_ascii_lowercase();
+    if let Some((scheme, _)) = lower.split_once(':') {
+        let fix = match scheme {
+            "s3" => "`s3://bucket/prefix`",
+            "file" => "`file:///absolute/path`",
+            _ => "`s3://bucket/prefix`, `file:///path`, or a directory path without `:`",
+        };
+        return Err(format!("this looks like a mistyped URL: write {fix}"));
+    }
+    if lower == "s3" && path.contains("//") {
+        return Err("this looks like a mistyped URL: write `s3://bucket/prefix`".into());
+    }
+    if path.contains("//") {
+        return Err("a directory path with an empty component (`//`): write it without, or as `file:///path`".into());
+    }
+    Ok(())
+}
+
 /// Where tools for the servers live in the store, apart from every application's releases.
 pub const TOOLS_PREFIX: &str = "tools/";
 
@@ -173,11 +195,16 @@ impl ArtifactStore {
                 ));
             }
             PathBuf::from(rest)
-        } else if url.contains("://") {
-            return Err(bad(
-                "unsupported scheme; use `file:///path`, a directory path, or `s3://bucket/prefix`",
-            ));
+        } else if let Some((scheme, _)) = url.split_once("://") {
+            let known = ["s3", "file"]
+                .into_iter()
+                .find(|k| k.eq_ignore_ascii_case(scheme));
+            return Err(bad(&match known {
+                Some(k) => format!("the scheme is written `{k}://` (lowercase)"),
+                None => "unsupported scheme; use `file:///path`, a directory path, or `s3://bucket/prefix`".to_owned(),
+            }));
         } else {
+            check_plain_path(url).map_err(|reason| bad(&reason))?;
             PathBuf::from(url)
         };
         Ok(Self::new(Box::new(FileStore::new(path))))
@@ -708,14 +735,29 @@ mod tests {
             .location()
             .starts_with("file:///"));
         assert!(ArtifactStore::open("artifacts", &StoreOptions::default()).is_ok());
-        for bad in [
-            "",
-            "file://relative/x",
-            "ftp://host/x",
-            "http://127.0.0.1/x",
+        for (bad, says) in [
+            ("", "empty"),
+            ("file://relative/x", "absolute path"),
+            ("ftp://host/x", "unsupported scheme"),
+            ("http://127.0.0.1/x", "unsupported scheme"),
+            ("S3://bucket/x", "`s3://` (lowercase)"),
+            ("File:///x", "`file://` (lowercase)"),
+            ("s3:/bucket/x", "mistyped URL: write `s3://bucket/prefix`"),
+            ("s3:bucket", "mistyped URL"),
+            ("s3//bucket", "mistyped URL: write `s3://bucket/prefix`"),
+            (
+                "file:/srv/store",
+                "mistyped URL: write `file:///absolute/path`",
+            ),
+            ("gs:bucket", "mistyped URL"),
+            ("artifacts//x", "empty component"),
         ] {
             let err = ArtifactStore::open(bad, &StoreOptions::default()).unwrap_err();
-            assert!(matches!(err, StoreError::BadUrl { .. }), "{bad}: {err}");
+            assert!(
+                matches!(err, StoreError::BadUrl { .. }) && err.to_string().contains(says),
+                "{bad}: {err}"
+            );
         }
+        assert!(ArtifactStore::open("dist/store", &StoreOptions::default()).is_ok());
     }
 }

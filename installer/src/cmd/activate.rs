@@ -95,6 +95,9 @@ fn activate_checked(
 ) -> anyhow::Result<Outcome> {
     let build = args.build;
     let config = run.config;
+    run.layout.check_exists(false)?;
+    // Before anything is created: a store URL with a typo is refused here.
+    let store = open_store(args.store.as_deref(), args.s3_endpoint.as_deref(), config)?;
     run.layout.ensure()?;
 
     let timeout = Duration::from_secs(args.lock_timeout.unwrap_or(config.lock_timeout_secs));
@@ -114,7 +117,9 @@ fn activate_checked(
         .journal
         .unfinished()?
         .filter(|r| current == Some(build) && r.build == Some(build));
-    if current == Some(build) && resumed.is_none() {
+    // A `current` whose release directory is gone is repaired, never "nothing to do".
+    let current_on_disk = current.filter(|c| layout.release(*c).is_dir());
+    if current_on_disk == Some(build) && resumed.is_none() {
         let finished = run.journal.last_finished(build)?;
         if finished.as_ref().and_then(|r| r.outcome) == Some(Outcome::Success) {
             eprintln!("{build:#} is already the current release: nothing to do");
@@ -133,8 +138,9 @@ fn activate_checked(
     started.previous = current;
     run.journal.append(&started)?;
 
-    // The release that goes back live if this one fails: what was live before it.
-    let previous = match current {
+    // The release that goes back live if this one fails: what was live before it (while it
+    // is still on disk to go back to).
+    let previous = match current_on_disk {
         Some(c) if c != build => Some(c),
         _ => run.journal.previous_good(Some(build))?,
     };
@@ -143,7 +149,6 @@ fn activate_checked(
     // signature is checked over the exact bytes before a field of it is believed or quoted.
     let release_dir = layout.release(build);
     let (sidecar, artifact) = run.phase(Phase::Fetch, build, |run| {
-        let store = open_store(args.store.as_deref(), args.s3_endpoint.as_deref(), config)?;
         let sidecar_bytes = store.fetch_sidecar_bytes(&config.app, build)?;
         crate::signing::check_release(&store, config, build, &sidecar_bytes, &mut run.report)?;
         let sidecar = store.parse_sidecar(&config.app, build, &sidecar_bytes)?;
@@ -178,7 +183,7 @@ fn activate_checked(
 
     // Shared files and static, after the template check.
     run.phase(Phase::Link, build, |run| {
-        if let Some(c) = current.filter(|c| *c != build) {
+        if let Some(c) = current_on_disk.filter(|c| *c != build) {
             if let Some(diff) = release::template_change(config, &layout.release(c), &release_dir)?
             {
                 let template = profile.production_template.as_deref().unwrap_or("the production template");

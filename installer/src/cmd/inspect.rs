@@ -12,11 +12,23 @@ use crate::legacy::{self, Legacy};
 use crate::release;
 use crate::run::finish;
 
+/// Prints a line of a read-only command's result: on stdout, unless the JSON report is what
+/// goes there, when the human lines go to stderr.
+fn say(json: bool, line: &str) {
+    if json {
+        eprintln!("{line}");
+    } else {
+        println!("{line}");
+    }
+}
+
 /// `installer status`: what is live, what was live before, and how the last command ended.
 pub fn status(args: &JsonArgs, config: &InstallerConfig) -> anyhow::Result<ExitCode> {
     let mut report = Report::new("status");
+    let json = args.json;
     let result = (|| {
         let layout = Layout::new(&config.root);
+        layout.check_exists(false)?;
         let journal = Journal::new(&layout.journal());
         let current = layout.current_build()?;
         let previous = journal.previous_good(current)?;
@@ -31,22 +43,35 @@ pub fn status(args: &JsonArgs, config: &InstallerConfig) -> anyhow::Result<ExitC
         });
         let last = records.iter().rev().find(|r| r.event == Event::Finished);
         match current {
-            Some(c) => eprintln!("current: {c:#}"),
-            None => eprintln!(
-                "current: none (no release is live under `{}`)",
-                config.root.display()
+            Some(c) => say(json, &format!("current: {c:#}")),
+            None if layout.releases_on_disk()?.is_empty() => say(
+                json,
+                &format!(
+                    "current: none — no release is installed under `{}` yet (`installer activate --build BuildNNNNNN`)",
+                    config.root.display()
+                ),
+            ),
+            None => say(
+                json,
+                &format!(
+                    "current: none (no release is live under `{}`)",
+                    config.root.display()
+                ),
             ),
         }
         if let Some(r) = live {
-            eprintln!(
-                "  made live by `{}` at {} (unix) by {}",
-                r.command,
-                r.time,
-                if r.user.is_empty() {
-                    "unknown"
-                } else {
-                    &r.user
-                }
+            say(
+                json,
+                &format!(
+                    "  made live by `{}` on {} by {}",
+                    r.command,
+                    common::when::shown(r.time),
+                    if r.user.is_empty() {
+                        "an unrecorded user"
+                    } else {
+                        &r.user
+                    }
+                ),
             );
             report.details.insert("activated_at".into(), r.time.into());
             report
@@ -56,20 +81,27 @@ pub fn status(args: &JsonArgs, config: &InstallerConfig) -> anyhow::Result<ExitC
                 .details
                 .insert("activated_with".into(), r.command.name().into());
         }
-        eprintln!(
-            "previous good: {}",
-            previous.map(|b| b.tag()).unwrap_or_else(|| "none".into())
+        say(
+            json,
+            &format!(
+                "previous good: {}",
+                previous.map(|b| b.tag()).unwrap_or_else(|| "none".into())
+            ),
         );
         if let Some(r) = last {
             let outcome = r.outcome.map(|o| format!("{o:?}")).unwrap_or_default();
-            eprintln!(
-                "last command: {} {} -> {outcome}{}",
-                r.command,
-                r.build.map(|b| b.tag()).unwrap_or_default(),
-                r.detail
-                    .as_ref()
-                    .map(|d| format!(": {d}"))
-                    .unwrap_or_default()
+            say(
+                json,
+                &format!(
+                    "last command: {} {} -> {outcome} on {}{}",
+                    r.command,
+                    r.build.map(|b| b.tag()).unwrap_or_default(),
+                    common::when::shown(r.time),
+                    r.detail
+                        .as_ref()
+                        .map(|d| format!(": {d}"))
+                        .unwrap_or_default()
+                ),
             );
             let last = LastCommand {
                 command: r.command.name().to_owned(),
@@ -80,6 +112,13 @@ pub fn status(args: &JsonArgs, config: &InstallerConfig) -> anyhow::Result<ExitC
             };
             report.set_detail(detail::LAST_COMMAND, &last);
         }
+        // A `current` whose release is gone serves nothing: say so, and fail.
+        if let Some(c) = current.filter(|c| !layout.release(*c).is_dir()) {
+            anyhow::bail!(
+                "`current` points at {c:#}, whose directory `{}` is gone: the site cannot serve it; run `installer activate --build {c:#}` to put it back (or `installer rollback --to` a release on disk)",
+                layout.release(c).display()
+            );
+        }
         Ok(Outcome::Success)
     })();
     finish(report, result, args.json)
@@ -88,8 +127,10 @@ pub fn status(args: &JsonArgs, config: &InstallerConfig) -> anyhow::Result<ExitC
 /// `installer list`: every release on disk with its state, size and activation time.
 pub fn list(args: &JsonArgs, config: &InstallerConfig) -> anyhow::Result<ExitCode> {
     let mut report = Report::new("list");
+    let json = args.json;
     let result = (|| {
         let layout = Layout::new(&config.root);
+        layout.check_exists(false)?;
         let journal = Journal::new(&layout.journal());
         let records = journal.read()?;
         let current = layout.current_build()?;
@@ -111,19 +152,23 @@ pub fn list(args: &JsonArgs, config: &InstallerConfig) -> anyhow::Result<ExitCod
                 .map(|r| r.time);
             let state = release_state(build, current, previous, &records);
             let legacy = Legacy::of(&dir).is_some();
-            eprintln!(
-                "{:<12} {:<12} {:>10} MB  {}{}",
-                build.tag(),
-                state.name(),
-                size / 1_000_000,
-                activated
-                    .map(|t| format!("live at {t}"))
-                    .unwrap_or_default(),
-                if legacy {
-                    "  (legacy: the adopted checkout)"
-                } else {
-                    ""
-                }
+            say(
+                json,
+                &format!(
+                    "{:<12} {:<12} {:>10} MB  {}{}",
+                    build.tag(),
+                    state.name(),
+                    size / 1_000_000,
+                    activated
+                        .map(|t| format!("live since {}", common::when::shown(t)))
+                        .unwrap_or_default(),
+                    if legacy {
+                        "  (legacy: the adopted checkout)"
+                    } else {
+                        ""
+                    }
+                )
+                .trim_end(),
             );
             rows.push(ReleaseRow {
                 build,
@@ -132,6 +177,12 @@ pub fn list(args: &JsonArgs, config: &InstallerConfig) -> anyhow::Result<ExitCod
                 activated_at: activated,
                 legacy,
             });
+        }
+        if rows.is_empty() {
+            say(
+                json,
+                &format!("no release is installed under `{}`", config.root.display()),
+            );
         }
         report.set_detail(detail::RELEASES, &rows);
         report.build = current;
@@ -186,9 +237,12 @@ pub fn verify(args: &VerifyArgs, config: &InstallerConfig) -> anyhow::Result<Exi
             .insert("unexpected".into(), serde_json::to_value(&drift.extra)?);
         if drift.is_clean() {
             if legacy {
-                eprintln!("{build:#} is the adopted checkout: its links, virtualenv and build number check out (a checkout has no manifest to re-hash)");
+                say(args.json, &format!("{build:#} is the adopted checkout: its links, virtualenv and build number check out (a checkout has no manifest to re-hash)"));
             } else {
-                eprintln!("{build:#} verifies: every file matches its manifest");
+                say(
+                    args.json,
+                    &format!("{build:#} verifies: every file matches its manifest"),
+                );
             }
             Ok(Outcome::Success)
         } else {

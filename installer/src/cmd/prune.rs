@@ -17,6 +17,7 @@ pub fn run(args: &PruneArgs, config: &InstallerConfig) -> anyhow::Result<ExitCod
     let mut report = Report::new("prune");
     let result = (|| {
         let layout = Layout::new(&config.root);
+        layout.check_exists(true)?;
         layout.ensure()?;
         let _lock = lock::acquire(
             &layout.lock_file(),

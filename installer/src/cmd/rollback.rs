@@ -28,6 +28,7 @@ pub fn rollback(
 ) -> anyhow::Result<Outcome> {
     let config = run.config;
     let layout = run.layout.clone();
+    layout.check_exists(true)?;
     layout.ensure()?;
     let timeout = Duration::from_secs(args.lock_timeout.unwrap_or(config.lock_timeout_secs));
     let t = run.begin(Phase::Lock);

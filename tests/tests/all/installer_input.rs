@@ -305,3 +305,170 @@ fn an_activation_killed_mid_way_completes_when_run_again() {
     );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
 }
+
+/// The first day with the installer, without surprises: a mistyped store URL or root is refused
+/// and creates nothing, a run without configuration says which defaults it used, `status` and
+/// `list` say when and by whom in words on stdout, and a `current` whose release is gone is
+/// reported and then repaired by the next activation.
+#[test]
+fn first_day_surprises_are_said_plainly() {
+    if !bins::have_wheelhouse() {
+        return;
+    }
+    let (tmp, repo) = example::create_temp().unwrap();
+    let store = publish_build1(tmp.path(), &repo);
+    let cwd = tmp.path().join("cwd");
+    fs::create_dir_all(&cwd).unwrap();
+    let run_in = |config: &Path, args: &[&str], env: &[(&str, &str)]| -> Output {
+        Command::new(bins::installer())
+            .current_dir(&cwd)
+            .env("BINARYCRATE_INSTALLER_CONFIG", config)
+            .envs(env.iter().copied())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let said = |out: &Output| {
+        format!(
+            "exit {:?}\n{}\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+
+    // Store URLs with a typo: refused, and no `s3:` directory appears where it runs.
+    let root = tmp.path().join("srv");
+    fs::create_dir_all(root.join("shared")).unwrap();
+    fs::write(
+        root.join("shared/production.py"),
+        example::production_settings(&repo, &root).unwrap(),
+    )
+    .unwrap();
+    for (url, says) in [
+        ("s3:/bucket/releases", "mistyped URL"),
+        ("s3//bucket/releases", "mistyped URL"),
+        ("S3://bucket/releases", "lowercase"),
+        ("file:/srv/store", "mistyped URL"),
+        ("gopher://host/x", "unsupported scheme"),
+    ] {
+        let config = tmp.path().join("typo.toml");
+        fs::write(
+            &config,
+            format!("root = {:?}\nstore = {url:?}\n", root.display().to_string()),
+        )
+        .unwrap();
+        let out = run_in(&config, &["activate", "--build", "Build000001"], &[]);
+        assert_eq!(out.status.code(), Some(2), "{url}: {}", said(&out));
+        assert!(said(&out).contains(says), "{url}: {}", said(&out));
+        assert_eq!(
+            fs::read_dir(&cwd).unwrap().count(),
+            0,
+            "{url}: created something"
+        );
+        assert!(!root.join("releases").exists(), "{url}");
+    }
+
+    // A mistyped root: refused by every command that would have made a layout there.
+    let typo = tmp.path().join("srv-typo");
+    let config = tmp.path().join("typo-root.toml");
+    fs::write(
+        &config,
+        format!(
+            "root = {:?}\nstore = \"file://{}\"\n",
+            typo.display().to_string(),
+            store.display()
+        ),
+    )
+    .unwrap();
+    for args in [
+        &["rollback"][..],
+        &["prune", "--keep", "1"],
+        &["status"],
+        &["list"],
+        &["activate", "--build", "Build000001"],
+    ] {
+        let out = run_in(&config, args, &[]);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", said(&out));
+        assert!(
+            said(&out).contains("does not exist"),
+            "{args:?}: {}",
+            said(&out)
+        );
+        assert!(!typo.exists(), "{args:?} created the mistyped root");
+    }
+
+    // No configuration file at all: the defaults, said so.
+    let out = Command::new(bins::installer())
+        .env_remove("BINARYCRATE_INSTALLER_CONFIG")
+        .arg("config")
+        .output()
+        .unwrap();
+    if Path::new("/etc/binarycrate/installer.toml").exists() {
+        println!("skipped the no-configuration check: /etc/binarycrate/installer.toml exists here");
+    } else {
+        assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("no configuration file") && err.contains("using the defaults"),
+            "{err}"
+        );
+    }
+
+    // A first activation, by a named person; status and list say when and by whom.
+    let (port, stop) = fake_site(&root);
+    let config = tmp.path().join("installer.toml");
+    fs::write(
+        &config,
+        format!(
+            "root = {:?}\nstore = \"file://{}\"\npython = {:?}\nreload = [\"true\"]\n[health]\nurl = \"http://127.0.0.1:{port}/\"\ntimeout_secs = 20\nconfirm_requests = 2\n",
+            root.display().to_string(),
+            store.display(),
+            tests::moto::venv_dir().join("bin/python").display().to_string()
+        ),
+    )
+    .unwrap();
+    let by = [("BINARYCRATE_INVOKED_BY", "alice@laptop (builder deploy)")];
+    let out = run_in(&config, &["activate", "--build", "Build000001"], &by);
+    assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+    let out = run_in(&config, &["status"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("current: Build000001"), "{stdout}");
+    assert!(
+        stdout.contains(" UTC, just now by alice@laptop (builder deploy)")
+            || stdout.contains(" s ago by alice@laptop (builder deploy)"),
+        "{stdout}"
+    );
+    let out = run_in(&config, &["list"], &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("Build000001")
+            && stdout.contains("live since")
+            && stdout.contains(" UTC, "),
+        "{stdout}"
+    );
+    let out = run_in(&config, &["status", "--json"], &[]);
+    let report: Report = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report.details["activated_by"],
+        "alice@laptop (builder deploy)"
+    );
+
+    // The live release's directory disappears: status says so and fails; activate repairs it.
+    fs::rename(
+        root.join("releases/Build000001"),
+        tmp.path().join("moved-away"),
+    )
+    .unwrap();
+    let out = run_in(&config, &["status"], &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", said(&out));
+    assert!(said(&out).contains("is gone"), "{}", said(&out));
+    let out = run_in(&config, &["activate", "--build", "Build000001"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+    assert!(!said(&out).contains("nothing to do"), "{}", said(&out));
+    assert!(root.join("releases/Build000001/release.json").is_file());
+    let out = run_in(&config, &["status"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+}
