@@ -976,8 +976,9 @@ fn archive_cases(site: &Site, backend: Backend, next: &mut u32, all: bool) -> Ve
     v
 }
 
-/// `installer.toml` that is not right: refused when loaded (before the lock), or when the store
-/// is opened (after it: the journal gets the refusal).
+/// `installer.toml` that is not right: refused when loaded (before anything: no journal record),
+/// or when `activate` checks the store URL (its refusal is journalled, like every refused
+/// activation on an existing root).
 fn config_cases(site: &Site, build: BuildNumber) -> Vec<Case> {
     let root = site.root.display().to_string();
     let store = site.stores.url(Backend::File);
