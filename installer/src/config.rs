@@ -87,6 +87,9 @@ pub struct InstallerConfig {
 pub struct HealthConfig {
     /// Page that must answer 200 and contain `Build number = NNNNNN` (plain `http://` only).
     pub url: String,
+    /// The `Host` header the check sends (the site's name, when its `ALLOWED_HOSTS` or virtual
+    /// host does not answer to the URL's host); default: the URL's host.
+    pub host: Option<String>,
     /// uWSGI's stats server (`--stats … --stats-http`): when set, every worker must have been
     /// (re)spawned after the swap before the check passes.
     pub stats_url: Option<String>,
@@ -149,6 +152,7 @@ impl Default for HealthConfig {
     fn default() -> Self {
         Self {
             url: "http://127.0.0.1/".into(),
+            host: None,
             stats_url: None,
             timeout_secs: 60,
             confirm_requests: 10,
@@ -284,6 +288,17 @@ impl InstallerConfig {
                     self.health.url
                 ),
             ));
+        }
+        if let Some(h) = &self.health.host {
+            if h.is_empty()
+                || h.chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || c == '/')
+            {
+                return Err(key(
+                    "health.host",
+                    format!("`{}` is not a host name", h.escape_debug()),
+                ));
+            }
         }
         if let Some(s) = &self.health.stats_url {
             if !s.starts_with("http://") {

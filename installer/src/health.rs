@@ -24,8 +24,35 @@ fn split_url(url: &str) -> anyhow::Result<(String, String)> {
     Ok((host, path.to_owned()))
 }
 
+/// What a GET got: the status line, its code, and the body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub status_line: String,
+    pub status: u16,
+    pub body: String,
+}
+
+impl Answer {
+    /// For a message: the status line and the start of the page, escaped.
+    pub fn describe(&self) -> String {
+        let start: String = self.body.trim_start().chars().take(160).collect();
+        format!(
+            "`{}`, the page starts `{}`",
+            common::untrusted::shown(&self.status_line),
+            common::untrusted::shown(&start)
+        )
+    }
+}
+
 /// One GET; returns the status code and the body.
 pub fn get(url: &str, timeout: Duration) -> anyhow::Result<(u16, String)> {
+    let a = request(url, None, timeout)?;
+    Ok((a.status, a.body))
+}
+
+/// One GET with `host` as the `Host` header when given (a site whose `ALLOWED_HOSTS` or virtual
+/// host does not answer to `127.0.0.1`).
+pub fn request(url: &str, host_header: Option<&str>, timeout: Duration) -> anyhow::Result<Answer> {
     let (host, path) = split_url(url)?;
     let addr = std::net::ToSocketAddrs::to_socket_addrs(&host)
         .with_context(|| format!("cannot resolve `{host}`"))?
@@ -35,7 +62,10 @@ pub fn get(url: &str, timeout: Duration) -> anyhow::Result<(u16, String)> {
         .with_context(|| format!("cannot connect to `{host}`"))?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
-    let hostname = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(&host);
+    let hostname = match host_header {
+        Some(h) => h,
+        None => host.rsplit_once(':').map(|(h, _)| h).unwrap_or(&host),
+    };
     // One write: `write!` on an unbuffered socket sends each piece separately, and a server that
     // answers after the first line and closes would turn the rest into a broken pipe.
     let request = format!("GET {path} HTTP/1.0\r\nHost: {hostname}\r\nUser-Agent: binarycrate-installer\r\nConnection: close\r\n\r\n");
@@ -46,13 +76,17 @@ pub fn get(url: &str, timeout: Duration) -> anyhow::Result<(u16, String)> {
         .with_context(|| format!("reading the answer of `{url}`"))?;
     let text = String::from_utf8_lossy(&raw);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .lines()
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
+    let status_line = head.lines().next().unwrap_or_default().to_owned();
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
         .and_then(|s| s.parse().ok())
         .with_context(|| format!("`{url}` did not answer HTTP"))?;
-    Ok((status, body.to_owned()))
+    Ok(Answer {
+        status_line,
+        status,
+        body: body.to_owned(),
+    })
 }
 
 /// The build number a page shows (`Build number = NNNNNN`), if any.
@@ -148,5 +182,39 @@ mod tests {
         t.join().unwrap();
         assert_eq!(status, 200);
         assert_eq!(served_build(&body).as_deref(), Some("000002"));
+    }
+    #[test]
+    fn the_host_header_is_sent_and_a_wrong_page_is_shown() {
+        use std::io::BufRead;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut host = String::new();
+            for line in std::io::BufReader::new(s.try_clone().unwrap()).lines() {
+                let line = line.unwrap();
+                if let Some(h) = line.strip_prefix("Host: ") {
+                    host = h.to_owned();
+                }
+                if line.is_empty() {
+                    break;
+                }
+            }
+            s.write_all(b"HTTP/1.0 400 Bad Request\r\n\r\n<h1>Bad Request (400)</h1>\x1b[2J")
+                .unwrap();
+            host
+        });
+        let a = request(
+            &format!("http://127.0.0.1:{port}/"),
+            Some("shop.example.com"),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        assert_eq!(server.join().unwrap(), "shop.example.com");
+        assert_eq!(a.status, 400);
+        assert_eq!(
+            a.describe(),
+            "`HTTP/1.0 400 Bad Request`, the page starts `<h1>Bad Request (400)</h1>\\u{1b}[2J`"
+        );
     }
 }

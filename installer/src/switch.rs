@@ -75,17 +75,18 @@ impl AppServer for Uwsgi<'_> {
         // 1. The page answers with the new build.
         loop {
             common::fault::point("health:poll");
-            match health::get(&h.url, request) {
-                Ok((200, body))
-                    if health::served_build(&body).as_deref() == Some(want.as_str()) =>
+            match health::request(&h.url, h.host.as_deref(), request) {
+                Ok(a)
+                    if a.status == 200
+                        && health::served_build(&a.body).as_deref() == Some(want.as_str()) =>
                 {
                     break
                 }
-                Ok((status, body)) => {
-                    last = format!(
-                        "HTTP {status}, build {}",
-                        health::served_build(&body).unwrap_or_else(|| "not shown".into())
-                    )
+                Ok(a) => {
+                    last = match health::served_build(&a.body) {
+                        Some(b) => format!("{}, build {b}", a.describe()),
+                        None => format!("{}, with no `Build number = NNNNNN`", a.describe()),
+                    }
                 }
                 Err(e) => last = format!("{e:#}"),
             }
@@ -136,13 +137,14 @@ impl AppServer for Uwsgi<'_> {
         // 3. Then every request sees it.
         for i in 0..h.confirm_requests {
             common::fault::point("health:poll");
-            let (status, body) = health::get(&h.url, request)?;
-            let seen = health::served_build(&body);
-            if status != 200 || seen.as_deref() != Some(want.as_str()) {
+            let a = health::request(&h.url, h.host.as_deref(), request)?;
+            let seen = health::served_build(&a.body);
+            if a.status != 200 || seen.as_deref() != Some(want.as_str()) {
                 bail!(
-                    "request {} of {} after the reload got HTTP {status} with build {}, not {want}",
+                    "request {} of {} after the reload got {} with build {}, not {want}",
                     i + 1,
                     h.confirm_requests,
+                    a.describe(),
                     seen.unwrap_or_else(|| "none".into())
                 );
             }
