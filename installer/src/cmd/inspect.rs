@@ -152,24 +152,21 @@ pub fn list(args: &JsonArgs, config: &InstallerConfig) -> anyhow::Result<ExitCod
                 .map(|r| r.time);
             let state = release_state(build, current, previous, &records);
             let legacy = Legacy::of(&dir).is_some();
-            say(
-                json,
-                &format!(
-                    "{:<12} {:<12} {:>10} MB  {}{}",
-                    build.tag(),
-                    state.name(),
-                    size / 1_000_000,
-                    activated
-                        .map(|t| format!("live since {}", common::when::shown(t)))
-                        .unwrap_or_default(),
-                    if legacy {
-                        "  (legacy: the adopted checkout)"
-                    } else {
-                        ""
-                    }
-                )
-                .trim_end(),
+            let line = format!(
+                "{:<12} {:<12} {:>10} MB  {}{}",
+                build.tag(),
+                state.name(),
+                size / 1_000_000,
+                activated
+                    .map(|t| format!("live since {}", common::when::shown(t)))
+                    .unwrap_or_default(),
+                if legacy {
+                    "  (legacy: the adopted checkout)"
+                } else {
+                    ""
+                }
             );
+            say(json, line.trim_end());
             rows.push(ReleaseRow {
                 build,
                 state,
