@@ -55,17 +55,23 @@ pub struct RepoArg {
 /// requirements, a build-number file (creating one when there is none), a production template
 /// or a `.env`, the git submodules and a PyPy.js front end; writes only the keys that differ
 /// from the defaults, each with a comment; prints what is left to do by hand.
-///
-/// Examples:
-///   builder init
-///   builder init --repo ~/src/shop --force
 #[derive(Debug, Args)]
+#[command(after_help = concat!(
+    "Examples:\n",
+    "  builder init\n",
+    "  builder init --repo ~/src/shop --force\n",
+    "\n",
+    "Exit codes: 0 written; 2 bad input (a `deploy.toml` exists without --force, no `manage.py`): nothing written."
+))]
 pub struct InitArgs {
     #[command(flatten)]
     pub repo: RepoArg,
     /// Replace an existing `deploy.toml`.
     #[arg(long)]
     pub force: bool,
+    /// Print one JSON object on standard output instead of the path written (the files created and the configuration).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Check the working tree as `builder package` would, without building anything.
@@ -73,14 +79,20 @@ pub struct InitArgs {
 /// `deploy.toml`, the requirements (every line pinned), the project and its WSGI and settings
 /// modules, the build-number file, the front end's pieces, and that no server's own file is
 /// committed. Exit 2 with every problem listed.
-///
-/// Examples:
-///   builder check
-///   builder check --repo ~/src/shop
 #[derive(Debug, Args)]
+#[command(after_help = concat!(
+    "Examples:\n",
+    "  builder check\n",
+    "  builder check --repo ~/src/shop --json\n",
+    "\n",
+    "Exit codes: 0 every check passed; 2 a check found a problem (each is listed)."
+))]
 pub struct CheckArgs {
     #[command(flatten)]
     pub repo: RepoArg,
+    /// Print one JSON object on standard output instead of the checklist (each check, passed or not, with its detail).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Merge `develop` into `master`, bump the build number and create the annotated tag.
@@ -91,6 +103,14 @@ pub struct CheckArgs {
 /// `BuildNNNNNN`, and brings `develop` up to `master`. On any failure the repository is left
 /// exactly as it was.
 #[derive(Debug, Args)]
+#[command(after_help = concat!(
+    "Examples:\n",
+    "  builder prepare --dry-run\n",
+    "  builder prepare --push --remote origin\n",
+    "\n",
+    "Exit codes: 0 tagged (the tag is printed); 2 bad input (dirty tree, no develop, no git identity): nothing changed; ",
+    "1 failed: the repository was put back as it was."
+))]
 pub struct PrepareArgs {
     #[command(flatten)]
     pub repo: RepoArg,
@@ -103,6 +123,9 @@ pub struct PrepareArgs {
     /// Print the plan and change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Print one JSON object on standard output instead of the tag (the build, the new commits, merged and pushed).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Build a tag into a release artifact: export, build steps, checks, reproducible tarball.
@@ -112,6 +135,15 @@ pub struct PrepareArgs {
 /// collectstatic and the other steps, checks the front end's build number, refuses secrets, and
 /// writes `<app>-BuildNNNNNN-<hash16>.tar.gz`, `release.json` and `build-log.json`.
 #[derive(Debug, Args)]
+#[command(after_help = concat!(
+    "Examples:\n",
+    "  builder package\n",
+    "  builder package --tag Build000034 --out /tmp/dist --signing-key ~/.binarycrate/release.key\n",
+    "  builder package --tag 000034 --json\n",
+    "\n",
+    "Exit codes: 0 packaged (the artifact's path is printed); 2 bad input (unknown tag, bad deploy.toml, ",
+    "unpinned requirements, a secret in the tree); 1 a build step failed (its output is shown)."
+))]
 pub struct PackageArgs {
     #[command(flatten)]
     pub repo: RepoArg,
@@ -186,6 +218,9 @@ pub struct KeygenArgs {
     /// Protect the secret key with the password in this environment variable.
     #[arg(long, value_name = "VAR")]
     pub password_env: Option<String>,
+    /// Print one JSON object on standard output instead of the instructions (the key id, the public key and both files).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Sign an already packaged release: `release.json` into `release.json.minisig` beside it.
@@ -194,6 +229,13 @@ pub struct KeygenArgs {
 /// without the key (e.g. on a build machine, signed afterwards on the machine that has it).
 /// Signing the same `release.json` with the same key always gives the same bytes.
 #[derive(Debug, Args)]
+#[command(after_help = concat!(
+    "Examples:\n",
+    "  builder sign dist/Build000034 --signing-key ~/.binarycrate/release.key\n",
+    "  BINARYCRATE_SIGNING_KEY=release.key builder sign dist/Build000034/release.json\n",
+    "\n",
+    "Exit codes: 0 signed (the signature's path is printed); 2 bad input (no release there, no key, wrong password)."
+))]
 pub struct SignArgs {
     #[command(flatten)]
     pub repo: RepoArg,
@@ -201,6 +243,9 @@ pub struct SignArgs {
     pub release: PathBuf,
     #[command(flatten)]
     pub signing: SigningArgs,
+    /// Print one JSON object on standard output instead of the signature's path (with the key that signed).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Publish an artifact, its `release.json` and `build-log.json` to the artifact store.
@@ -211,6 +256,14 @@ pub struct SignArgs {
 /// number is refused. A release published unsigned gets its signature when published again
 /// signed.
 #[derive(Debug, Args)]
+#[command(after_help = concat!(
+    "Examples:\n",
+    "  builder publish dist/Build000034/binarycrate-Build000034-0123456789abcdef.tar.gz\n",
+    "  builder publish dist/Build000034/*.tar.gz --store s3://releases/binarycrate --json\n",
+    "\n",
+    "Exit codes: 0 published (or already published, identical); 2 bad input (no sidecar, another release ",
+    "under that build number, a signature for another release); 1 the store failed."
+))]
 pub struct PublishArgs {
     #[command(flatten)]
     pub repo: RepoArg,
@@ -218,16 +271,29 @@ pub struct PublishArgs {
     pub artifact: PathBuf,
     #[command(flatten)]
     pub store: StoreArgs,
+    /// Print one JSON object on standard output instead of the sidecar's location (what was uploaded and what was already there).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// List the builds published in the artifact store.
+///
+/// One line per build: its number, when it was packaged, the commit, the artifact's size and
+/// whether it is signed.
 #[derive(Debug, Args)]
+#[command(after_help = concat!(
+    "Examples:\n",
+    "  builder releases\n",
+    "  builder releases --store s3://releases/binarycrate --json\n",
+    "\n",
+    "Exit codes: 0 listed (an empty store lists nothing); 2 bad input (a mistyped store URL); 1 the store failed."
+))]
 pub struct ReleasesArgs {
     #[command(flatten)]
     pub repo: RepoArg,
     #[command(flatten)]
     pub store: StoreArgs,
-    /// Print JSON.
+    /// Print a JSON array on standard output instead of the table.
     #[arg(long)]
     pub json: bool,
 }
@@ -246,12 +312,22 @@ pub struct StoreArgs {
 
 /// Print the effective `deploy.toml` configuration (defaults filled in).
 #[derive(Debug, Args)]
+#[command(after_help = concat!(
+    "Examples:\n",
+    "  builder config\n",
+    "  builder config --tag Build000034 --json\n",
+    "\n",
+    "Exit codes: 0 printed; 2 bad input (an invalid deploy.toml, an unknown tag)."
+))]
 pub struct ConfigArgs {
     #[command(flatten)]
     pub repo: RepoArg,
     /// Read `deploy.toml` from this tag instead of the working tree.
     #[arg(long, value_name = "BuildNNNNNN")]
     pub tag: Option<BuildNumber>,
+    /// Print one JSON object on standard output instead of TOML (where it came from and the configuration).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Pack a staged tree into a reproducible artifact and its `release.json` sidecar.
@@ -261,6 +337,13 @@ pub struct ConfigArgs {
 /// The artifact is `<out>/<app>-BuildNNNNNN-<hash16>.tar.gz`; its path is the last line of
 /// standard output.
 #[derive(Debug, Args)]
+#[command(after_help = concat!(
+    "Examples:\n",
+    "  builder archive staging/ --build Build000034 --source-date 1764720000 --out dist/Build000034\n",
+    "  builder archive staging/ --build 000034 --source-date \"$(git log -1 --format=%ct Build000034)\" --out dist --json\n",
+    "\n",
+    "Exit codes: 0 written; 2 bad input (a link out of the tree, a secret, a bad name): nothing written."
+))]
 pub struct ArchiveArgs {
     /// The staged tree to pack (must not contain `release.json` at its root).
     pub staged_dir: PathBuf,

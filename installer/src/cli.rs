@@ -27,21 +27,47 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    #[command(
+        after_long_help = "Examples:\n  installer activate --build Build000034\n  installer activate --build Build000034 --template-reviewed --json\n  installer activate --build Build000034 --store s3://releases/prod"
+    )]
     Activate(ActivateArgs),
+    #[command(
+        after_long_help = "Examples:\n  installer rollback\n  installer rollback --to Build000031 --json"
+    )]
     Rollback(RollbackArgs),
     /// Show the live build, the previous good one, who activated it when, and how the last
     /// command ended.
+    #[command(after_long_help = "Examples:\n  installer status\n  installer status --json")]
     Status(JsonArgs),
     /// List every release on disk: state (live, previous, failed, rolled back, unused), size and
     /// when it went live.
+    #[command(after_long_help = "Examples:\n  installer list\n  installer list --json")]
     List(JsonArgs),
+    #[command(
+        after_long_help = "Examples:\n  installer verify\n  installer verify Build000033 --json"
+    )]
     Verify(VerifyArgs),
+    #[command(
+        after_long_help = "Examples:\n  installer prune --keep 3\n  installer prune --keep 0 --json"
+    )]
     Prune(PruneArgs),
+    #[command(
+        after_long_help = "Examples:\n  installer os-update\n  installer os-update --reboot --json"
+    )]
     OsUpdate(OsUpdateArgs),
+    #[command(
+        after_long_help = "Examples:\n  installer unpack binarycrate-Build000034-0123456789abcdef.tar.gz /tmp/Build000034\n  installer unpack artifact.tar.gz /tmp/out --sidecar release.json --json"
+    )]
     Unpack(UnpackArgs),
+    #[command(
+        after_long_help = "Examples:\n  installer adopt --dry-run\n  installer adopt --uwsgi-ini /etc/uwsgi-emperor/vassals/binarycrate.ini"
+    )]
     Adopt(AdoptArgs),
     /// Print the effective configuration (defaults filled in).
-    Config,
+    #[command(
+        after_long_help = "Examples:\n  installer config\n  installer --config /etc/binarycrate/staging.toml config --json"
+    )]
+    Config(JsonArgs),
 }
 
 /// Install a build and make it live: fetch and verify, unpack, link shared files, build its
@@ -79,8 +105,10 @@ pub struct RollbackArgs {
     /// The release to return to [default: the one live before the current one].
     #[arg(long, value_name = "BuildNNNNNN")]
     pub to: Option<BuildNumber>,
+    /// Seconds to wait for another activation's lock [default: from the configuration].
     #[arg(long, value_name = "SECS")]
     pub lock_timeout: Option<u64>,
+    /// Print one JSON report on stdout (human text stays on stderr).
     #[arg(long)]
     pub json: bool,
 }
@@ -98,6 +126,7 @@ pub struct JsonArgs {
 pub struct VerifyArgs {
     /// The release [default: the current one].
     pub build: Option<BuildNumber>,
+    /// Print one JSON report on stdout.
     #[arg(long)]
     pub json: bool,
 }
@@ -110,6 +139,7 @@ pub struct PruneArgs {
     /// do not count).
     #[arg(long, value_name = "N")]
     pub keep: usize,
+    /// Print one JSON report on stdout.
     #[arg(long)]
     pub json: bool,
 }
@@ -118,8 +148,10 @@ pub struct PruneArgs {
 /// required and reboots only with `--reboot`.
 #[derive(Debug, Args)]
 pub struct OsUpdateArgs {
+    /// Reboot when the update needs it (otherwise it is only reported).
     #[arg(long)]
     pub reboot: bool,
+    /// Print one JSON report on stdout.
     #[arg(long)]
     pub json: bool,
 }
@@ -167,8 +199,10 @@ pub struct AdoptArgs {
     /// replaces each [default: the usual in-place setup].
     #[arg(long, value_name = "FILE")]
     pub uwsgi_ini: Option<PathBuf>,
+    /// Seconds to wait for an activation's lock [default: from the configuration].
     #[arg(long, value_name = "SECS")]
     pub lock_timeout: Option<u64>,
+    /// Print one JSON report on stdout.
     #[arg(long)]
     pub json: bool,
 }

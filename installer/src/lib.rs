@@ -69,7 +69,7 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         Command::Prune(args) => cmd::prune::run(&args, &config),
         Command::OsUpdate(args) => cmd::os_update::run(&args, &config),
         Command::Adopt(args) => cmd::adopt::run(&args, &config),
-        Command::Config => cmd::inspect::config(&config),
+        Command::Config(args) => cmd::inspect::config(&args, &config),
         Command::Unpack(_) => unreachable!("handled above"),
     }
 }

@@ -16,12 +16,25 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
     let config = DeployConfig::load_dir(&root)?;
     let profile = config.django.profile();
     let mut problems: Vec<String> = Vec::new();
-    let mut ok = |what: &str, result: anyhow::Result<String>| match result {
-        Ok(detail) => eprintln!("ok       {what}{detail}"),
-        Err(e) => {
-            eprintln!("problem  {what}: {e:#}");
-            problems.push(format!("{what}: {e:#}"));
+    let mut checks: Vec<serde_json::Value> = Vec::new();
+    let mut ok = |what: &str, result: anyhow::Result<String>| {
+        match &result {
+            Ok(detail) => eprintln!("ok       {what}{detail}"),
+            Err(e) => {
+                eprintln!("problem  {what}: {e:#}");
+                problems.push(format!("{what}: {e:#}"));
+            }
         }
+        checks.push(match result {
+            Ok(detail) => serde_json::json!({
+                "check": what,
+                "ok": true,
+                "detail": detail.trim_start_matches([' ', ':']).to_owned(),
+            }),
+            Err(e) => {
+                serde_json::json!({ "check": what, "ok": false, "problem": format!("{e:#}") })
+            }
+        });
     };
     ok(
         DEPLOY_TOML,
@@ -110,6 +123,10 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
             Err(e) => Err(e),
         },
     );
+    if args.json {
+        let out = serde_json::json!({ "passed": problems.is_empty(), "checks": checks });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    }
     if problems.is_empty() {
         eprintln!("every check that needs no build passed");
         Ok(ExitCode::Success)

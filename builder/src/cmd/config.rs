@@ -33,7 +33,12 @@ pub fn run(args: &ConfigArgs) -> anyhow::Result<ExitCode> {
             (DeployConfig::load_dir(&root)?, origin)
         }
     };
-    println!("# effective configuration from {origin}");
-    print!("{}", config.to_toml());
+    if args.json {
+        let out = serde_json::json!({ "origin": origin, "config": config });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!("# effective configuration from {origin}");
+        print!("{}", config.to_toml());
+    }
     Ok(ExitCode::Success)
 }

@@ -49,7 +49,16 @@ pub fn run(args: &InitArgs) -> anyhow::Result<ExitCode> {
     created.push(DEPLOY_TOML.to_owned());
 
     eprint!("{}", summary(&found, &config, &created));
-    println!("{}", path.display());
+    if args.json {
+        let out = serde_json::json!({
+            "deploy_toml": path,
+            "created": created,
+            "config": config,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!("{}", path.display());
+    }
     Ok(ExitCode::Success)
 }
 

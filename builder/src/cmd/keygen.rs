@@ -24,6 +24,23 @@ pub fn run(args: &KeygenArgs) -> anyhow::Result<ExitCode> {
     let g = signing::generate(&args.out_dir, &args.name, password, args.force)?;
     let secret = std::path::absolute(&g.secret_path).unwrap_or(g.secret_path.clone());
     let public = std::path::absolute(&g.public_path).unwrap_or(g.public_path.clone());
+    if args.json {
+        let out = serde_json::json!({
+            "key_id": g.key_id,
+            "public_key": g.public_key,
+            "secret_key_file": secret,
+            "public_key_file": public,
+            "encrypted": g.encrypted,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        eprintln!(
+            "wrote `{}` (keep it away from the repository and the artifact store) and `{}`; trust it on the servers with `[signing] public_keys = [\"{}\"]`",
+            secret.display(),
+            public.display(),
+            g.public_key
+        );
+        return Ok(ExitCode::Success);
+    }
     println!("key id      {}", g.key_id);
     println!(
         "secret key  {} (mode 0600, {}) — keep it away from the repository and the artifact store",

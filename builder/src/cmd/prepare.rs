@@ -52,7 +52,20 @@ pub fn run(args: &PrepareArgs) -> anyhow::Result<ExitCode> {
         ..Options::default()
     };
     let prepared = prepare(&repository, &options)?;
-    println!("{}", prepared.build.tag());
+    if args.json {
+        let out = serde_json::json!({
+            "tag": prepared.build.tag(),
+            "build": prepared.build,
+            "dry_run": args.dry_run,
+            "master": prepared.master.to_string(),
+            "develop": prepared.develop.to_string(),
+            "merged": prepared.merged,
+            "pushed": prepared.pushed,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!("{}", prepared.build.tag());
+    }
     Ok(ExitCode::Success)
 }
 
@@ -1367,6 +1380,7 @@ mod tests {
             push: false,
             remote: "origin".into(),
             dry_run: true,
+            json: false,
         };
         assert_eq!(run(&args).unwrap(), ExitCode::Success);
         assert_eq!(before, snapshot(&fx.work));

@@ -46,7 +46,14 @@ pub fn run(args: &PublishArgs) -> anyhow::Result<ExitCode> {
         store.location()
     );
     let published = store.publish_signed(&args.artifact, &sidecar, signature.as_deref())?;
-    match published.signature {
+    let signature_json = match &published.signature {
+        SignatureUpload::Unsigned => serde_json::json!({ "state": "unsigned" }),
+        SignatureUpload::Uploaded { key } => serde_json::json!({ "state": "uploaded", "key": key }),
+        SignatureUpload::AlreadyThere { key } => {
+            serde_json::json!({ "state": "already_there", "key": key })
+        }
+    };
+    match &published.signature {
         SignatureUpload::Unsigned => {
             eprintln!("unsigned: there is no `{RELEASE_SIGNATURE}` beside the artifact (servers that require signatures will refuse it)")
         }
@@ -55,29 +62,51 @@ pub fn run(args: &PublishArgs) -> anyhow::Result<ExitCode> {
             eprintln!("the identical signature is already at `{key}`")
         }
     }
-    match published.outcome {
+    let newly = match &published.outcome {
         PublishOutcome::Published {
             sidecar_key,
             artifact_key,
         } => {
             eprintln!("published `{artifact_key}` and `{sidecar_key}`");
+            true
         }
         PublishOutcome::AlreadyPublished { sidecar_key } => {
             eprintln!("{build:#} is already published with the identical release (`{sidecar_key}`): nothing to do");
+            false
         }
-    }
+    };
     let log = dir.join(BUILD_LOG_JSON);
+    let mut log_key = None;
     if log.is_file() {
         let bytes =
             std::fs::read(&log).with_context(|| format!("cannot read `{}`", log.display()))?;
         let key = store.put_build_log(&sidecar.manifest.app, build, &bytes)?;
         eprintln!("build log at `{key}`");
+        log_key = Some(key);
     }
-    println!(
+    let location = format!(
         "{}/{}",
         store.location(),
         ArtifactStore::sidecar_key(&sidecar.manifest.app, build)
     );
+    if args.json {
+        let out = serde_json::json!({
+            "build": build,
+            "store": store.location(),
+            "sidecar": location,
+            "artifact_key": format!(
+                "{}{}",
+                ArtifactStore::build_prefix(&sidecar.manifest.app, build),
+                archive.file_name
+            ),
+            "published": newly,
+            "signature": signature_json,
+            "build_log_key": log_key,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!("{location}");
+    }
     Ok(ExitCode::Success)
 }
 

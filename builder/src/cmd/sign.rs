@@ -54,7 +54,17 @@ pub fn run(args: &SignArgs) -> anyhow::Result<ExitCode> {
         key.key_id(),
         key.path().display()
     );
-    println!("{}", written.display());
+    if args.json {
+        let out = serde_json::json!({
+            "sidecar": sidecar,
+            "signature": written,
+            "key_id": key.key_id(),
+            "key": key.path(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!("{}", written.display());
+    }
     Ok(ExitCode::Success)
 }
 

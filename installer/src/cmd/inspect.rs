@@ -254,9 +254,16 @@ pub fn verify(args: &VerifyArgs, config: &InstallerConfig) -> anyhow::Result<Exi
     finish(report, result, args.json)
 }
 
-/// `installer config`: the effective configuration.
-pub fn config(config: &InstallerConfig) -> anyhow::Result<ExitCode> {
+/// `installer config`: the effective configuration (as TOML, or with `--json` in a report's
+/// `details.config`, with the signing policy in words in `details.signing`).
+pub fn config(args: &JsonArgs, config: &InstallerConfig) -> anyhow::Result<ExitCode> {
     let signing = crate::signing::Policy::from_config(&config.signing)?;
+    if args.json {
+        let mut report = Report::new("config");
+        report.set_detail("config", config);
+        report.set_detail("signing", &signing.describe());
+        return finish(report, Ok(Outcome::Success), true);
+    }
     println!("# {}", signing.describe());
     print!("{}", config.to_toml());
     Ok(ExitCode::Success)

@@ -297,3 +297,48 @@ fn help_lists_only_working_subcommands() {
     });
     insta::assert_snapshot!("installer_help", String::from_utf8_lossy(&out.stdout));
 }
+
+/// Every command of both binaries takes `--json`, no option goes without a description, and
+/// every command's help shows examples.
+#[test]
+fn every_command_takes_json_and_explains_its_options() {
+    use clap::CommandFactory;
+    let mut problems = Vec::new();
+    for (bin, mut cmd) in [
+        ("installer", installer::cli::Cli::command()),
+        ("builder", builder::cli::Cli::command()),
+    ] {
+        cmd.build();
+        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+            let name = format!("{bin} {}", sub.get_name());
+            if !sub.get_arguments().any(|a| a.get_long() == Some("json")) {
+                problems.push(format!("{name}: no --json"));
+            }
+            for arg in sub.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg
+                    .get_help()
+                    .is_none_or(|h| h.to_string().trim().is_empty())
+                {
+                    problems.push(format!("{name}: `{id}` has no description"));
+                }
+            }
+            let long: String = [
+                sub.get_long_about(),
+                sub.get_after_help(),
+                sub.get_after_long_help(),
+            ]
+            .into_iter()
+            .flatten()
+            .map(|a| a.to_string())
+            .collect();
+            if !long.contains("Examples:") {
+                problems.push(format!("{name}: its --help shows no examples"));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}

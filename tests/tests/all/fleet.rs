@@ -1093,16 +1093,43 @@ fn a_second_app_from_builder_init_to_rollback() {
     assert_eq!(again.status.code(), Some(2), "{}", text(&again));
     assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
     let out = bins::builder_offline(&repo.work)
-        .arg("check")
+        .args(["check", "--json"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let checked: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(checked["passed"], true, "{checked}");
+    assert!(
+        checked["checks"]
+            .as_array()
+            .is_some_and(|c| c.len() >= 5 && c.iter().all(|c| c["ok"] == true)),
+        "{checked}"
+    );
+    let out = bins::builder_offline(&repo.work)
+        .args(["config", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let config: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(config["config"]["app"], "shop", "{config}");
+    assert_eq!(config["config"]["django"]["wsgi_module"], "shop.wsgi");
     example::git(&repo.work, &["add", "-A"]).unwrap();
     example::git(
         &repo.work,
         &["commit", "-q", "-m", "deploy.toml from builder init"],
     )
     .unwrap();
+    let out = bins::builder_offline(&repo.work)
+        .args(["prepare", "--dry-run", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (&plan["tag"], &plan["dry_run"]),
+        (&"Build000001".into(), &true.into()),
+        "{plan}"
+    );
 
     let one = ServerRoot::with_shared(&tmp.path().join("one"), |root| {
         vec![(

@@ -392,21 +392,54 @@ fn signed_releases_install_and_forgeries_are_refused() {
         sig1.as_bytes()
     );
     // Publishing again is a no-op; a signature by another key for the same release is refused.
-    let same = ok(publish(&repo, &artifact1, &store_url, &[]));
+    let same = ok(Command::new(bins::builder())
+        .current_dir(&repo.work)
+        .arg("publish")
+        .arg(&artifact1)
+        .args(["--store", &store_url, "--json"])
+        .output()
+        .unwrap());
     assert!(
         stderr(&same).contains("identical signature"),
         "{}",
         text(&same)
     );
+    let said: serde_json::Value = serde_json::from_slice(&same.stdout).unwrap();
+    assert_eq!(said["published"], false, "{said}");
+    assert_eq!(said["signature"]["state"], "already_there", "{said}");
+    assert!(
+        said["sidecar"]
+            .as_str()
+            .unwrap()
+            .ends_with("/Build000001/release.json"),
+        "{said}"
+    );
     let by_c = copy_release(&out1, &t.join("out1c"), false);
-    ok(Command::new(bins::builder())
+    let signed = ok(Command::new(bins::builder())
         .current_dir(&repo.work)
         .arg("sign")
         .arg(&by_c)
         .arg("--signing-key")
         .arg(&c.secret)
+        .arg("--json")
         .output()
         .unwrap());
+    let said: serde_json::Value = serde_json::from_slice(&signed.stdout).unwrap();
+    assert_eq!(said["key_id"], c.id.as_str(), "{said}");
+    assert_eq!(
+        Path::new(said["signature"].as_str().unwrap()),
+        by_c.with_file_name("release.json.minisig")
+    );
+    // The key pair's facts as JSON: what a CI script puts into `installer.toml`.
+    let made = ok(Command::new(bins::builder())
+        .args(["keygen", "--name", "j", "--json", "--out-dir"])
+        .arg(&keys)
+        .output()
+        .unwrap());
+    let said: serde_json::Value = serde_json::from_slice(&made.stdout).unwrap();
+    let public = fs::read_to_string(keys.join("j.pub")).unwrap();
+    assert_eq!(said["public_key"].as_str(), public.lines().nth(1), "{said}");
+    assert_eq!(said["encrypted"], false);
     // A password-protected key signs only with its password (from the environment).
     let made = Command::new(bins::builder())
         .env("KEY_PASSWORD", "correct horse battery")
