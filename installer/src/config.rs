@@ -85,11 +85,17 @@ pub struct InstallerConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct HealthConfig {
-    /// Page that must answer 200 and contain `Build number = NNNNNN` (plain `http://` only).
+    /// Page that must answer 200 and contain `Build number = NNNNNN`: `http://` or
+    /// `https://`, normally on the server itself.
     pub url: String,
     /// The `Host` header the check sends (the site's name, when its `ALLOWED_HOSTS` or virtual
-    /// host does not answer to the URL's host); default: the URL's host.
+    /// host does not answer to the URL's host); default: the URL's host. For `https://` it is
+    /// also the name the site's certificate must carry.
     pub host: Option<String>,
+    /// For an `https://` URL: PEM file of the CA certificates that may sign the site's
+    /// certificate (a private CA, or the certificate itself when self-signed); default: the
+    /// system's trusted CAs.
+    pub ca_file: Option<PathBuf>,
     /// uWSGI's stats server (`--stats … --stats-http`): when set, every worker must have been
     /// (re)spawned after the swap before the check passes.
     pub stats_url: Option<String>,
@@ -153,6 +159,7 @@ impl Default for HealthConfig {
         Self {
             url: "http://127.0.0.1/".into(),
             host: None,
+            ca_file: None,
             stats_url: None,
             timeout_secs: 60,
             confirm_requests: 10,
@@ -280,14 +287,16 @@ impl InstallerConfig {
                 return Err(key(k, "must be a command line as a list of words, e.g. [\"touch\", \"/srv/app/.deploy/reload\"]".into()));
             }
         }
-        if !self.health.url.starts_with("http://") {
-            return Err(key(
+        crate::health::check_url(&self.health.url).map_err(|m| {
+            key(
                 "health.url",
-                format!(
-                    "`{}` must be a plain `http://` URL (the check runs on the server itself)",
-                    self.health.url
-                ),
-            ));
+                format!("{m} (the page the check asks, normally on the server itself)"),
+            )
+        })?;
+        if let Some(ca) = &self.health.ca_file {
+            // Read now, so a wrong path is bad input before anything changes, not a rollback.
+            crate::health::Site::new(&self.health.url, self.health.host.as_deref(), Some(ca))
+                .map_err(|e| key("health.ca_file", format!("{e:#}")))?;
         }
         if let Some(h) = &self.health.host {
             if h.is_empty()
@@ -516,7 +525,29 @@ mod tests {
             ("rooot = '/srv'", "rooot"),
             ("root = 'relative'", "root"),
             ("reload = []", "reload"),
-            ("[health]\nurl = 'https://x/'", "health.url"),
+            ("[health]\nurl = 'ftp://x/'", "health.url"),
+            ("[health]\nurl = 'https:///'", "health.url"),
+            (
+                "[health]\nurl = 'https://x/'\nca_file = '/nonexistent/ca.pem'",
+                "health.ca_file",
+            ),
+            // A CA file for a plain URL, and a file that holds no certificate.
+            (
+                concat!(
+                    "[health]\nurl = 'http://x/'\nca_file = '",
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/Cargo.toml'"
+                ),
+                "health.ca_file",
+            ),
+            (
+                concat!(
+                    "[health]\nurl = 'https://x/'\nca_file = '",
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/Cargo.toml'"
+                ),
+                "health.ca_file",
+            ),
             ("[shared.files]\n'../x' = 'production.py'", "shared.files"),
             ("lock_timeout_secs = -1", "lock_timeout_secs"),
             (

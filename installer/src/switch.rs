@@ -64,6 +64,8 @@ impl AppServer for Uwsgi<'_> {
         timeout: Duration,
     ) -> anyhow::Result<()> {
         let h = &self.config.health;
+        let site = health::Site::new(&h.url, h.host.as_deref(), h.ca_file.as_deref())
+            .context("the health check cannot start")?;
         let deadline = Instant::now() + timeout;
         let request = Duration::from_secs(5).min(timeout);
         let want = build.digits();
@@ -75,7 +77,7 @@ impl AppServer for Uwsgi<'_> {
         // 1. The page answers with the new build.
         loop {
             common::fault::point("health:poll");
-            match health::request(&h.url, h.host.as_deref(), request) {
+            match site.get(request) {
                 Ok(a)
                     if a.status == 200
                         && health::served_build(&a.body).as_deref() == Some(want.as_str()) =>
@@ -137,7 +139,7 @@ impl AppServer for Uwsgi<'_> {
         // 3. Then every request sees it.
         for i in 0..h.confirm_requests {
             common::fault::point("health:poll");
-            let a = health::request(&h.url, h.host.as_deref(), request)?;
+            let a = site.get(request)?;
             let seen = health::served_build(&a.body);
             if a.status != 200 || seen.as_deref() != Some(want.as_str()) {
                 bail!(

@@ -12,6 +12,8 @@
 //! - [`process`]: a server process under a watchdog that stops it even when the test dies.
 //! - [`published`]: builds 000001–000004 of the example, published once to one file store, and
 //!   server roots (config, ports, copies) that install them under a real uWSGI.
+//! - [`site`]: a loopback page saying which build `current` names, over HTTP or HTTPS (a
+//!   private CA's certificate), for health checks that need no uWSGI.
 //! - [`ssm`]: the SSM Run Command stand-in (moto with `AWS-RunShellScript` really run on
 //!   "instances" that are directories and environments here; `fixtures/ssm/launcher.py`).
 //! - [`uwsgi`]: a real uWSGI (pyuwsgi) serving `<root>/current` from the recommended
@@ -23,6 +25,7 @@ pub mod moto;
 pub mod nginx;
 pub mod process;
 pub mod published;
+pub mod site;
 pub mod ssm;
 pub mod uwsgi;
 

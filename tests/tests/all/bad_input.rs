@@ -422,7 +422,7 @@ fn live_site(moto: MotoServer) -> Site {
         example::production_settings(&repo, &root).unwrap(),
     )
     .unwrap();
-    let (port, stop) = crate::installer_input::fake_site(&root);
+    let (port, stop) = tests::site::fake_site(&root);
     let config = tmp.path().join("installer.toml");
     fs::write(
         &config,
@@ -2141,7 +2141,7 @@ fn step_a_build_of_the_live_commit_leaves_the_live_static_link(site: &Site, next
     assert!(site.root.join("static").join(&hash).is_dir());
     assert!(!site.root.join("releases").join(failing.tag()).exists());
 
-    let (port, stop) = crate::installer_input::fake_site(&site.root);
+    let (port, stop) = tests::site::fake_site(&site.root);
     let config = site.config_file(
         "same-commit",
         &config_text(

@@ -190,34 +190,6 @@ fn refusals_change_nothing_and_say_what_to_do() {
     assert!(r.warnings.iter().any(|w| w.contains("--reboot")));
 }
 
-/// A loopback page that says whichever build `current` points at, like the real app would.
-pub(crate) fn fake_site(root: &Path) -> (u16, std::sync::Arc<std::sync::atomic::AtomicBool>) {
-    use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (root, flag) = (root.to_owned(), stop.clone());
-    std::thread::spawn(move || {
-        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-            match listener.accept() {
-                Ok((mut s, _)) => {
-                    s.set_nonblocking(false).unwrap();
-                    let mut buf = [0u8; 1024];
-                    let _ = s.read(&mut buf);
-                    let current = fs::read_link(root.join("current"))
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_default();
-                    let digits = current.trim_start_matches("releases/Build");
-                    let _ = write!(s, "HTTP/1.0 200 OK\r\n\r\n<!-- Build number = {digits} -->");
-                }
-                Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
-            }
-        }
-    });
-    (port, stop)
-}
-
 /// kill -9 of the installer in the venv phase and again between swap and reload: each time,
 /// running the same command again completes the activation.
 #[test]
@@ -231,7 +203,7 @@ fn an_activation_killed_mid_way_completes_when_run_again() {
     let root = tmp.path().join("srv");
     fs::create_dir_all(root.join("shared")).unwrap();
     fs::write(root.join("shared/production.py"), format!("from .base import *\nSECRET_KEY = 'x' * 50\nDATABASES = {{'default': {{'ENGINE': 'django.db.backends.sqlite3', 'NAME': {:?}}}}}\n", root.join("shared/db.sqlite3").display().to_string())).unwrap();
-    let (port, stop) = fake_site(&root);
+    let (port, stop) = tests::site::fake_site(&root);
     let python = tests::moto::venv_dir().join("bin/python");
     // A "python" and a "reload" that kill the installer (their parent) with SIGKILL.
     let killer = tmp.path().join("kill-parent");
@@ -415,19 +387,33 @@ fn first_day_surprises_are_said_plainly() {
         );
     }
 
-    // A first activation, by a named person; status and list say when and by whom.
-    let (port, stop) = fake_site(&root);
+    // A first activation, by a named person; status and list say when and by whom. The site
+    // answers only HTTPS, with a private CA's certificate, and only to its own name.
+    let site = tests::site::HttpsSite::start(&root, "shop.example.com", tmp.path()).unwrap();
     let config = tmp.path().join("installer.toml");
-    fs::write(
-        &config,
-        format!(
-            "root = {:?}\nstore = \"file://{}\"\npython = {:?}\nreload = [\"true\"]\n[health]\nurl = \"http://127.0.0.1:{port}/\"\ntimeout_secs = 20\nconfirm_requests = 2\n",
-            root.display().to_string(),
-            store.display(),
-            tests::moto::venv_dir().join("bin/python").display().to_string()
-        ),
-    )
-    .unwrap();
+    let write_config = |health: &str| {
+        fs::write(
+            &config,
+            format!(
+                "root = {:?}\nstore = \"file://{}\"\npython = {:?}\nreload = [\"true\"]\n[health]\nurl = \"https://127.0.0.1:{}/\"\ntimeout_secs = 20\nconfirm_requests = 2\n{health}",
+                root.display().to_string(),
+                store.display(),
+                tests::moto::venv_dir().join("bin/python").display().to_string(),
+                site.port,
+            ),
+        )
+        .unwrap()
+    };
+    // A CA file that is not there: bad input before anything changes.
+    write_config("host = \"shop.example.com\"\nca_file = \"/nonexistent/ca.pem\"\n");
+    let out = run_in(&config, &["activate", "--build", "Build000001"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", said(&out));
+    assert!(said(&out).contains("health.ca_file"), "{}", said(&out));
+    assert!(!root.join("releases").exists());
+    write_config(&format!(
+        "host = \"shop.example.com\"\nca_file = {:?}\n",
+        site.ca_file.display().to_string()
+    ));
     let by = [("BINARYCRATE_INVOKED_BY", "alice@laptop (builder deploy)")];
     let out = run_in(&config, &["activate", "--build", "Build000001"], &by);
     assert_eq!(out.status.code(), Some(0), "{}", said(&out));
@@ -470,5 +456,5 @@ fn first_day_surprises_are_said_plainly() {
     assert!(root.join("releases/Build000001/release.json").is_file());
     let out = run_in(&config, &["status"], &[]);
     assert_eq!(out.status.code(), Some(0), "{}", said(&out));
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    drop(site);
 }

@@ -164,35 +164,6 @@ fn listing(root: &Path) -> Vec<(String, Vec<u8>)> {
     v
 }
 
-/// A loopback page saying whichever build `current` points at, as the app would; the health
-/// check's target when no uWSGI is needed.
-fn fake_site(root: &Path) -> (u16, Arc<AtomicBool>) {
-    use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let stop = Arc::new(AtomicBool::new(false));
-    let (root, flag) = (root.to_owned(), stop.clone());
-    std::thread::spawn(move || {
-        while !flag.load(Ordering::Relaxed) {
-            match listener.accept() {
-                Ok((mut s, _)) => {
-                    s.set_nonblocking(false).unwrap();
-                    let mut buf = [0u8; 1024];
-                    let _ = s.read(&mut buf);
-                    let current = fs::read_link(root.join("current"))
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_default();
-                    let digits = current.trim_start_matches("releases/Build");
-                    let _ = write!(s, "HTTP/1.0 200 OK\r\n\r\n<!-- Build number = {digits} -->");
-                }
-                Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
-            }
-        }
-    });
-    (port, stop)
-}
-
 /// A server root with its `shared/production.py`, a fake site for the health check, and an
 /// `installer.toml` with `signing` as its `[signing]` table.
 struct Server {
@@ -219,7 +190,7 @@ impl Server {
             example::production_settings(repo, &root).unwrap(),
         )
         .unwrap();
-        let (port, stop) = fake_site(&root);
+        let (port, stop) = tests::site::fake_site(&root);
         let config = dir.join("installer.toml");
         let python = tests::moto::venv_dir().join("bin/python");
         fs::write(
