@@ -9,6 +9,7 @@
 //! - [`hash`]: `Blake3Hash` and streaming hashing helpers.
 //! - [`manifest`]: `ReleaseManifest`, the `release.json` sidecar and the build log.
 //! - [`archive`]: the deterministic `.tar.gz` writer and the verifying safe reader.
+//! - [`aws`]: the AWS region in use and SDK errors as one line that says what to do.
 //! - [`atomic`]: crash-safe filesystem changes (atomic write, symlink swap, directory fsync).
 //! - [`store`]: the artifact store (`file://` and `s3://`) with immutable publishing.
 //! - [`report`]: exit codes and the machine-readable report every command can print.
@@ -23,6 +24,7 @@
 
 pub mod archive;
 pub mod atomic;
+pub mod aws;
 pub mod build_number;
 pub mod clidocs;
 pub mod configdoc;

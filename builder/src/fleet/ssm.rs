@@ -15,10 +15,8 @@
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
-use aws_config::meta::region::RegionProviderChain;
 use aws_config::BehaviorVersion;
-use aws_sdk_ssm::config::Region;
-use aws_sdk_ssm::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_ssm::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ssm::primitives::DateTime;
 use aws_sdk_ssm::types::Target;
 use aws_sdk_ssm::Client;
@@ -33,8 +31,6 @@ use super::{
 pub const DOCUMENT: &str = "AWS-RunShellScript";
 /// Its one plugin, whose output `GetCommandInvocation` returns.
 pub const PLUGIN: &str = "aws:runShellScript";
-/// Used when neither the environment nor a profile names a region.
-pub const FALLBACK_REGION: &str = "us-east-1";
 /// `GetCommandInvocation` returns at most this many characters of each stream.
 pub const MAX_INLINE_OUTPUT: usize = 24_000;
 /// Page size of `ListCommandInvocations`.
@@ -67,11 +63,7 @@ fn describe<E>(err: &SdkError<E>) -> String
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
-    match (err.code(), err.message()) {
-        (Some(code), Some(message)) => format!("{code}: {message}"),
-        (Some(code), None) => code.to_owned(),
-        _ => DisplayErrorContext(err).to_string(),
-    }
+    common::aws::explain(err, common::aws::Service::Ssm)
 }
 
 fn seconds_between(start: Option<&DateTime>, end: Option<&DateTime>) -> Option<Duration> {
@@ -115,8 +107,7 @@ impl SsmTransport {
                 .into());
             }
         }
-        let region =
-            RegionProviderChain::default_provider().or_else(Region::from_static(FALLBACK_REGION));
+        let region = common::aws::region().await;
         let mut loader = aws_config::defaults(BehaviorVersion::latest()).region(region);
         if let Some(e) = endpoint {
             loader = loader.endpoint_url(e);

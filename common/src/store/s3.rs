@@ -10,10 +10,8 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use aws_config::meta::region::RegionProviderChain;
 use aws_config::BehaviorVersion;
-use aws_sdk_s3::config::Region;
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
@@ -32,7 +30,6 @@ const MIN_PART_SIZE: u64 = 5 << 20;
 /// S3's largest number of parts in one upload.
 const MAX_PARTS: u64 = 10_000;
 /// The region used when neither the environment nor a profile names one.
-const FALLBACK_REGION: &str = "us-east-1";
 /// How often a conditional write that S3 reports as racing another one is tried again.
 const CONFLICT_RETRIES: u32 = 4;
 
@@ -40,6 +37,8 @@ const CONFLICT_RETRIES: u32 = 4;
 pub struct S3Store {
     bucket: String,
     prefix: String,
+    /// The region requests go to (for the advice when the bucket is elsewhere).
+    region: String,
     client: Client,
     runtime: &'static tokio::runtime::Runtime,
     multipart_threshold: u64,
@@ -101,7 +100,8 @@ impl S3Store {
     ///
     /// `options.s3_endpoint` (or `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_S3`) points it at an S3
     /// stand-in; any such override turns on path-style addressing. Without a configured region
-    /// it uses `us-east-1`. No request is made here: a wrong bucket shows on first use.
+    /// it uses `us-east-1`, and says so. No request is made here: a wrong bucket shows on first
+    /// use.
     pub fn connect(bucket: &str, prefix: &str, options: &StoreOptions) -> Result<Self, StoreError> {
         let url = if prefix.is_empty() {
             format!("s3://{bucket}")
@@ -132,8 +132,7 @@ impl S3Store {
             message: format!("cannot start the I/O runtime: {e}"),
         })?;
         let sdk_config = runtime.block_on(async {
-            let region = RegionProviderChain::default_provider()
-                .or_else(Region::from_static(FALLBACK_REGION));
+            let region = crate::aws::region().await;
             let mut loader = aws_config::defaults(BehaviorVersion::latest()).region(region);
             if let Some(endpoint) = &options.s3_endpoint {
                 loader = loader.endpoint_url(endpoint);
@@ -161,6 +160,10 @@ impl S3Store {
         Ok(Self {
             bucket: bucket.to_owned(),
             prefix: prefix.to_owned(),
+            region: sdk_config
+                .region()
+                .map(|r| r.to_string())
+                .unwrap_or_default(),
             client: Client::from_conf(config),
             runtime,
             multipart_threshold,
@@ -191,8 +194,22 @@ impl S3Store {
             store: self.location(),
             op,
             key: key.to_owned(),
-            message: describe(err),
+            message: self.explain(err),
         }
+    }
+
+    /// An SDK error as one line with what to do ([`crate::aws::explain`]).
+    fn explain<E>(&self, err: &SdkError<E>) -> String
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        crate::aws::explain(
+            err,
+            crate::aws::Service::S3 {
+                bucket: &self.bucket,
+                region: &self.region,
+            },
+        )
     }
 
     fn put_object_new(
@@ -297,7 +314,7 @@ impl S3Store {
                         key: key.clone(),
                         message: format!(
                             "{message}; aborting the multipart upload `{upload_id}` failed too: {}",
-                            describe(&abort)
+                            self.explain(&abort)
                         ),
                     });
                 }
@@ -400,25 +417,6 @@ impl ByteStreamSource<'_> {
 
 fn byte_stream_error(path: &Path, e: aws_sdk_s3::primitives::ByteStreamError) -> StoreError {
     FsError::new("cannot read", path, std::io::Error::other(e)).into()
-}
-
-/// The error as a person wants to read it: AWS's code and message for a service error, the
-/// whole chain of causes otherwise (connection refused, timeout, …).
-fn describe<E>(err: &SdkError<E>) -> String
-where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-{
-    match err {
-        SdkError::ServiceError(se) => {
-            let status = se.raw().status().as_u16();
-            match (se.err().code(), se.err().message()) {
-                (Some(code), Some(message)) => format!("{code}: {message} (HTTP {status})"),
-                (Some(code), None) => format!("{code} (HTTP {status})"),
-                _ => format!("HTTP {status}: {}", DisplayErrorContext(err)),
-            }
-        }
-        _ => DisplayErrorContext(err).to_string(),
-    }
 }
 
 fn service_status<E>(err: &SdkError<E>) -> Option<u16> {
@@ -542,7 +540,7 @@ impl ObjectStore for S3Store {
                 .key(&full)
                 .presigned(config)
                 .await
-                .map_err(|e| fail(describe(&e)))?;
+                .map_err(|e| fail(self.explain(&e)))?;
             Ok(DownloadSource::Url(presigned.uri().to_owned()))
         })
     }
@@ -605,7 +603,7 @@ impl ObjectStore for S3Store {
                             reason: format!(
                                 "the download broke off after {written}{} bytes: {}",
                                 expected.map(|n| format!(" of {n}")).unwrap_or_default(),
-                                DisplayErrorContext(&e)
+                                crate::aws::one_line(&e)
                             ),
                         })
                     }

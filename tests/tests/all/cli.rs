@@ -342,3 +342,185 @@ fn every_command_takes_json_and_explains_its_options() {
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
+
+/// A loopback stand-in for AWS that gives every request the same canned answer.
+fn canned_aws(answer: &'static str) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut head = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                    _ => break,
+                }
+            }
+            let _ = s.write_all(answer.as_bytes());
+        }
+    });
+    port
+}
+
+/// The first day's AWS failures — no credentials, refused ones, a missing permission, a
+/// mistyped bucket, the wrong region — are each one line that says what to do, from both
+/// binaries and from SSM; the region is said when nobody chose it.
+#[test]
+fn aws_errors_are_one_line_that_says_what_to_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    fs::create_dir_all(&repo).unwrap();
+    tests::example::git(&repo, &["init", "-q"]).unwrap();
+    let aws = |cmd: &mut Command, credentials: bool, region: bool| {
+        for var in [
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "AWS_PROFILE",
+            "AWS_REGION",
+            "AWS_DEFAULT_REGION",
+            "AWS_ENDPOINT_URL",
+            "AWS_ENDPOINT_URL_S3",
+            "AWS_CONFIG_FILE",
+            "AWS_SHARED_CREDENTIALS_FILE",
+        ] {
+            cmd.env_remove(var);
+        }
+        cmd.env("HOME", tmp.path())
+            .env("AWS_EC2_METADATA_DISABLED", "true");
+        if credentials {
+            cmd.env("AWS_ACCESS_KEY_ID", "testing")
+                .env("AWS_SECRET_ACCESS_KEY", "testing");
+        }
+        if region {
+            cmd.env("AWS_REGION", "us-east-1");
+        }
+    };
+    let s3 = |answer: &'static str, credentials: bool, region: bool| -> (Option<i32>, String) {
+        let port = canned_aws(answer);
+        let mut cmd = Command::new(bins::builder());
+        cmd.current_dir(&repo).args([
+            "releases",
+            "--store",
+            "s3://shop-releases/app",
+            "--s3-endpoint",
+            &format!("http://127.0.0.1:{port}"),
+        ]);
+        aws(&mut cmd, credentials, region);
+        let out = run(cmd);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let xml = |status: &str, code: &str, extra: &str| -> &'static str {
+        let body = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>{code} says AWS</Message></Error>");
+        Box::leak(
+            format!(
+                "HTTP/1.1 {status}\r\nContent-Type: application/xml\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .into_boxed_str(),
+        )
+    };
+    for (answer, credentials, says) in [
+        ("", false, "no AWS credentials"),
+        (
+            xml("403 Forbidden", "AccessDenied", ""),
+            true,
+            "access denied to the bucket `shop-releases`",
+        ),
+        (
+            xml("403 Forbidden", "InvalidAccessKeyId", ""),
+            true,
+            "AWS refused the credentials",
+        ),
+        (
+            xml("404 Not Found", "NoSuchBucket", ""),
+            true,
+            "the bucket `shop-releases` does not exist (region us-east-1)",
+        ),
+        (
+            xml(
+                "301 Moved Permanently",
+                "PermanentRedirect",
+                "x-amz-bucket-region: eu-west-1\r\n",
+            ),
+            true,
+            "set `AWS_REGION=eu-west-1`",
+        ),
+    ] {
+        let (code, err) = s3(answer, credentials, true);
+        assert_eq!(code, Some(1), "{says}: {err}");
+        let lines: Vec<&str> = err.lines().collect();
+        assert!(
+            lines.len() == 1 && lines[0].contains(says) && !err.contains("DispatchFailure"),
+            "expected one line with `{says}`:\n{err}"
+        );
+    }
+    // No region anywhere: the default is said, once.
+    let (_, err) = s3(xml("403 Forbidden", "AccessDenied", ""), true, false);
+    assert_eq!(
+        err.matches("AWS region us-east-1: none is configured")
+            .count(),
+        1,
+        "{err}"
+    );
+
+    // The installer says the same.
+    let root = tmp.path().join("srv");
+    fs::create_dir_all(&root).unwrap();
+    let port = canned_aws(xml("403 Forbidden", "AccessDenied", ""));
+    let config = tmp.path().join("installer.toml");
+    fs::write(
+        &config,
+        format!(
+            "root = {:?}\nstore = \"s3://shop-releases/app\"\n",
+            root.display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(bins::installer());
+    cmd.env("BINARYCRATE_INSTALLER_CONFIG", &config)
+        .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"))
+        .args(["activate", "--build", "Build000001"]);
+    aws(&mut cmd, true, true);
+    cmd.env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"));
+    let out = run(cmd);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("access denied to the bucket `shop-releases`"),
+        "{err}"
+    );
+
+    // And SSM.
+    let body = r#"{"__type":"AccessDeniedException","message":"User is not authorized to perform: ssm:SendCommand"}"#;
+    let answer: &'static str = Box::leak(
+        format!(
+            "HTTP/1.1 400 Bad Request\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .into_boxed_str(),
+    );
+    let port = canned_aws(answer);
+    let mut cmd = Command::new(bins::builder());
+    cmd.current_dir(&repo).args([
+        "status",
+        "--targets",
+        "i-0123456789abcdef0",
+        "--ssm-endpoint",
+        &format!("http://127.0.0.1:{port}"),
+    ]);
+    aws(&mut cmd, true, true);
+    let out = run(cmd);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("access denied by SSM") && err.contains("ssm:SendCommand"),
+        "{err}"
+    );
+}
