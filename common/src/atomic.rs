@@ -151,6 +151,16 @@ pub fn sync_filesystem(path: &Path) -> Result<(), FsError> {
     rustix::fs::syncfs(&f).map_err(|e| FsError::new("cannot sync filesystem of", path, e.into()))
 }
 
+/// Removes a file if it exists, durably (the directory is synced): a marker that must not
+/// come back after a crash.
+pub fn remove_file_if_exists(path: &Path) -> Result<(), FsError> {
+    match fs::remove_file(path) {
+        Ok(()) => fsync_dir(parent_of(path)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(FsError::new("cannot remove", path, e)),
+    }
+}
+
 /// Removes a directory tree if it exists; used to clean up temporary trees after a failure.
 pub fn remove_tree(path: &Path) -> Result<(), FsError> {
     match fs::remove_dir_all(path) {

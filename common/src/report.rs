@@ -22,6 +22,10 @@ pub enum ExitCode {
     OperatorNeeded = 4,
     /// Another activation holds the lock past `--lock-timeout`.
     Locked = 5,
+    /// Only `installer os-update --reboot --via-ssm`: the update succeeded and needs a reboot,
+    /// which the SSM agent does on this code (the Linux agent's documented "reboot and run the
+    /// command again"); the command's final status comes from that second run.
+    RebootBySsm = 194,
 }
 
 impl ExitCode {
@@ -37,6 +41,7 @@ impl ExitCode {
             3 => Self::RolledBack,
             4 => Self::OperatorNeeded,
             5 => Self::Locked,
+            194 => Self::RebootBySsm,
             _ => return None,
         })
     }
@@ -54,6 +59,7 @@ impl ExitCode {
             }
             Self::OperatorNeeded => "failed after the swap and could not restore: operator needed",
             Self::Locked => "another activation holds the lock",
+            Self::RebootBySsm => "updated; the SSM agent reboots the server and runs it again",
         }
     }
 }

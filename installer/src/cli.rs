@@ -146,11 +146,24 @@ pub struct PruneArgs {
 
 /// The server's `apt-get update`, `dist-upgrade`, `autoremove`; reports whether a reboot is
 /// required and reboots only with `--reboot`.
+///
+/// Holds the deployment lock while it runs, so no activation or rollback changes the site while
+/// packages (Python among them) are replaced under it, and no update starts in the middle of
+/// one.
 #[derive(Debug, Args)]
 pub struct OsUpdateArgs {
     /// Reboot when the update needs it (otherwise it is only reported).
     #[arg(long)]
     pub reboot: bool,
+    /// Running under SSM Run Command (`builder os-update` passes it): with `--reboot`, exit
+    /// 194 instead of running `os_update.reboot`, so that the SSM agent reboots the server and
+    /// runs this command again once it is back (a script that reboots by itself leaves the
+    /// command's status wrong).
+    #[arg(long, requires = "reboot")]
+    pub via_ssm: bool,
+    /// Seconds to wait for a running activation's lock [default: from the configuration].
+    #[arg(long, value_name = "SECS")]
+    pub lock_timeout: Option<u64>,
     /// Print one JSON report on stdout.
     #[arg(long)]
     pub json: bool,

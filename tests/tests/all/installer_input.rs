@@ -182,12 +182,78 @@ fn refusals_change_nothing_and_say_what_to_do() {
     );
     let r: Report = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r.details["reboot_required"], false);
-    assert_eq!(r.phases.len(), 2);
+    let phases: Vec<&str> = r.phases.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(phases, ["lock", "sh -c echo updating", "true"]);
     fs::write(&marker, "").unwrap();
     let r: Report =
         serde_json::from_slice(&installer(&config, &["os-update", "--json"]).stdout).unwrap();
     assert_eq!(r.details["reboot_required"], true);
     assert!(r.warnings.iter().any(|w| w.contains("--reboot")));
+
+    // Under SSM the agent reboots: exit 194, and the run after the reboot says so. A reboot
+    // that did not clear the need is not asked for again.
+    let out = installer(&config, &["os-update", "--reboot", "--via-ssm", "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(194),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Report = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r.details["reboot_requested"], true);
+    let out = installer(&config, &["os-update", "--reboot", "--via-ssm", "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Report = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r.details["rebooted"], true);
+    assert!(r
+        .warnings
+        .iter()
+        .any(|w| w.contains("still required after the reboot")));
+    fs::remove_file(&marker).unwrap();
+    let r: Report = serde_json::from_slice(
+        &installer(&config, &["os-update", "--reboot", "--via-ssm", "--json"]).stdout,
+    )
+    .unwrap();
+    assert_eq!(r.details.get("rebooted"), None, "the marker was used once");
+    assert_eq!(r.details["reboot_required"], false);
+
+    // os-update holds the deployment lock while it runs: an activation meanwhile waits for it
+    // and names it.
+    let slow = tmp.path().join("slow.toml");
+    fs::write(
+        &slow,
+        fs::read_to_string(&config).unwrap().replace(
+            "[\"sh\", \"-c\", \"echo updating\"], [\"true\"]",
+            "[\"sleep\", \"4\"]",
+        ),
+    )
+    .unwrap();
+    let mut updating = Command::new(bins::installer())
+        .env("BINARYCRATE_INSTALLER_CONFIG", &slow)
+        .arg("os-update")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let lock = root.join(".deploy/lock");
+    let t = std::time::Instant::now();
+    while !fs::read_to_string(&lock).is_ok_and(|l| l.contains("installer os-update")) {
+        assert!(t.elapsed().as_secs() < 20, "os-update never took the lock");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = installer(
+        &config,
+        &["activate", "--build", "Build000001", "--lock-timeout", "1"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(err.contains("installer os-update"), "{err}");
+    assert!(updating.wait().unwrap().success());
 }
 
 /// kill -9 of the installer in the venv phase and again between swap and reload: each time,
