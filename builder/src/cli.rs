@@ -38,6 +38,7 @@ pub enum Command {
     Deploy(DeployArgs),
     Rollback(FleetRollbackArgs),
     Status(FleetStatusArgs),
+    OsUpdate(FleetOsUpdateArgs),
     Bootstrap(BootstrapArgs),
 }
 
@@ -381,9 +382,10 @@ pub struct ReachArgs {
     #[arg(long, value_enum, default_value = "ssm", value_name = "TRANSPORT")]
     pub transport: TransportKind,
     /// How many servers run the command at the same time: a count or a percentage of the
-    /// targets (SSM's `MaxConcurrency`). `1` is a rolling deploy, one server after the other.
-    #[arg(long, value_name = "N|N%", default_value = "50", value_parser = Rate::parse_concurrency)]
-    pub max_concurrency: Rate,
+    /// targets (SSM's `MaxConcurrency`). `1` is a rolling deploy, one server after the other
+    /// [default: 50; `os-update`: 1].
+    #[arg(long, value_name = "N|N%", value_parser = Rate::parse_concurrency)]
+    pub max_concurrency: Option<Rate>,
     /// How many servers may fail before SSM stops starting the command on the rest (SSM's
     /// `MaxErrors`): `0` stops after the first failure; servers already running finish.
     #[arg(long, value_name = "N|N%", default_value = "0", value_parser = Rate::parse_errors)]
@@ -519,6 +521,42 @@ pub struct FleetRollbackArgs {
 pub struct FleetStatusArgs {
     #[command(flatten)]
     pub repo: RepoArg,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
+}
+
+/// Update the servers' packages (`installer os-update` through AWS SSM), one server at a time.
+///
+/// Runs `installer os-update --json` on each target in turn — the next one only after the
+/// previous one succeeded, so a bad update stops at the first server. The installer holds each
+/// server's deployment lock meanwhile. With `--reboot`, a server that needs a reboot gets one
+/// through the SSM agent (the installer exits 194; the agent reboots and runs the command again
+/// once the server is back), and the next server starts only once this one is back online in
+/// SSM. Tag targets are resolved to instances first (SSM's `DescribeInstanceInformation`). The
+/// table shows each server's result and whether it needed, or got, a reboot.
+#[derive(Debug, Args)]
+#[command(after_help = concat!(
+    "Examples:\n",
+    "  builder os-update --targets tag:Role=web\n",
+    "  builder os-update --targets i-0123456789abcdef0 i-0fedcba9876543210 --reboot\n",
+    "  builder os-update --targets tag:Env=staging --max-concurrency 25% --json\n",
+    "\n",
+    "Exit codes: 0 every server updated (and is back when rebooted); 2 bad input, nothing was sent; ",
+    "otherwise the installer's exit code when every failure has one (5 locked by a deploy, 1 failed), else 1 ",
+    "(timed out, not back online after the reboot, cancelled, no server matched). Servers after a failure are not started."
+))]
+pub struct FleetOsUpdateArgs {
+    #[command(flatten)]
+    pub repo: RepoArg,
+    /// Reboot the servers that need it, one at a time, each back online before the next.
+    #[arg(long)]
+    pub reboot: bool,
+    /// Seconds a rebooted server may take to be back online in SSM before the update stops.
+    #[arg(long, value_name = "SECS", default_value_t = 900, value_parser = clap::value_parser!(u64).range(10..=7200))]
+    pub reboot_timeout: u64,
+    /// Seconds the installer waits for a running deploy's lock [default: its configuration's].
+    #[arg(long, value_name = "SECS")]
+    pub lock_timeout: Option<u64>,
     #[command(flatten)]
     pub fleet: FleetArgs,
 }

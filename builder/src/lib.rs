@@ -65,6 +65,7 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Deploy(args) => cmd::deploy::run(&args),
         cli::Command::Rollback(args) => cmd::fleet_rollback::run(&args),
         cli::Command::Status(args) => cmd::fleet_status::run(&args),
+        cli::Command::OsUpdate(args) => cmd::os_update::run(&args),
         cli::Command::Bootstrap(args) => cmd::bootstrap::run(&args),
     }
 }

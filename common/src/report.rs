@@ -191,6 +191,22 @@ impl Report {
     }
 
     /// Finds the report in mixed output (SSM returns stdout, which may carry other lines).
+    /// The last report in `output`: a command the SSM agent ran again after a reboot may
+    /// leave the first run's report before its own.
+    pub fn find_last_in(output: &str) -> Option<Report> {
+        let mut rest = output;
+        let mut last = None;
+        while let Some(r) = Self::find_in(rest) {
+            last = Some(r);
+            let start = rest
+                .find("{\n  \"command\"")
+                .or_else(|| rest.find("{\"command\""))
+                .unwrap_or(0);
+            rest = &rest[start + 1..];
+        }
+        last
+    }
+
     pub fn find_in(output: &str) -> Option<Report> {
         let start = output
             .find("{\n  \"command\"")

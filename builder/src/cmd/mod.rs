@@ -9,6 +9,7 @@ pub mod fleet_rollback;
 pub mod fleet_status;
 pub mod init;
 pub mod keygen;
+pub mod os_update;
 pub mod package;
 pub mod prepare;
 pub mod publish;

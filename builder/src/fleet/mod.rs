@@ -1,4 +1,5 @@
-//! Running the installer on a fleet: `builder deploy`, `builder rollback`, `builder status`.
+//! Running the installer on a fleet: `builder deploy`, `builder rollback`, `builder status`,
+//! `builder os-update`.
 //!
 //! One installer command line is rendered from argv with every word single-quoted (so nothing in
 //! it is ever interpreted by the shell), sent once to every target, and watched until every
@@ -16,9 +17,12 @@
 //! - [`summary`]: per-instance results, the table, the JSON, the exit code.
 //! - [`run`]: the plan from the arguments, then send, watch and report; [`run::dispatch`] (send
 //!   and watch only) also carries `builder bootstrap`'s script, which reports in its own table.
+//! - [`rolling`]: `os-update`'s round, one instance after the other, a rebooted one back online
+//!   before the next.
 //! - [`ssm`], [`local`]: the two transports.
 
 pub mod local;
+pub mod rolling;
 pub mod run;
 pub mod ssm;
 pub mod summary;
@@ -301,6 +305,8 @@ pub enum Action {
     Rollback { to: Option<BuildNumber> },
     /// `installer status`
     Status,
+    /// `installer os-update [--reboot [--via-ssm]]`
+    OsUpdate { reboot: bool, via_ssm: bool },
 }
 
 impl Action {
@@ -310,6 +316,7 @@ impl Action {
             Self::Deploy { .. } => "deploy",
             Self::Rollback { .. } => "rollback",
             Self::Status => "status",
+            Self::OsUpdate { .. } => "os-update",
         }
     }
 
@@ -318,7 +325,7 @@ impl Action {
         match self {
             Self::Deploy { build, .. } => Some(*build),
             Self::Rollback { to } => *to,
-            Self::Status => None,
+            Self::Status | Self::OsUpdate { .. } => None,
         }
     }
 
@@ -331,7 +338,7 @@ impl Action {
             Outcome::Failed | Outcome::BadInput | Outcome::RolledBack | Outcome::Locked => {
                 match self {
                     // `status` puts the live build in `build` even when something else failed.
-                    Self::Status => report.build,
+                    Self::Status | Self::OsUpdate { .. } => report.build,
                     _ => report.previous_build,
                 }
             }
@@ -346,7 +353,7 @@ pub struct InstallerInvocation {
     pub program: String,
     /// `--config FILE` for the installer, a path on the target.
     pub config: Option<String>,
-    /// `--lock-timeout SECS` for `activate` and `rollback`.
+    /// `--lock-timeout SECS` for `activate`, `rollback` and `os-update`.
     pub lock_timeout: Option<u64>,
 }
 
@@ -387,9 +394,20 @@ impl InstallerInvocation {
                 }
             }
             Action::Status => argv.push("status".into()),
+            Action::OsUpdate { reboot, via_ssm } => {
+                argv.push("os-update".into());
+                if *reboot {
+                    argv.push("--reboot".into());
+                    if *via_ssm {
+                        argv.push("--via-ssm".into());
+                    }
+                }
+            }
         }
-        if let (Some(secs), Action::Deploy { .. } | Action::Rollback { .. }) =
-            (self.lock_timeout, action)
+        if let (
+            Some(secs),
+            Action::Deploy { .. } | Action::Rollback { .. } | Action::OsUpdate { .. },
+        ) = (self.lock_timeout, action)
         {
             argv.extend(["--lock-timeout".into(), secs.to_string()]);
         }
@@ -406,6 +424,8 @@ pub fn comment(app: &str, action: &Action) -> String {
         Action::Rollback { to: Some(to) } => text.push_str(&format!(" to {to:#}")),
         Action::Rollback { to: None } => text.push_str(" to previous"),
         Action::Status => {}
+        Action::OsUpdate { reboot: true, .. } => text.push_str(" --reboot"),
+        Action::OsUpdate { reboot: false, .. } => {}
     }
     text.chars().take(MAX_COMMENT_CHARS).collect()
 }
@@ -544,6 +564,20 @@ pub trait Transport {
     ) -> anyhow::Result<InvocationOutput>;
     /// Asks every unfinished invocation to stop.
     async fn cancel(&self, handle: &CommandHandle) -> anyhow::Result<()>;
+    /// The instances whose tags match every filter, sorted: for a command that goes one
+    /// instance at a time and must know them in advance.
+    async fn instances(&self, tags: &[TagFilter]) -> anyhow::Result<Vec<String>> {
+        let _ = tags;
+        anyhow::bail!(
+            "the {} transport cannot look instances up by tag",
+            self.name()
+        )
+    }
+    /// Whether the instance's agent is connected (SSM's `PingStatus` `Online`).
+    async fn online(&self, instance: &str) -> anyhow::Result<bool> {
+        let _ = instance;
+        Ok(true)
+    }
 }
 
 /// Which transport `--transport` chose.
@@ -659,6 +693,17 @@ mod tests {
         assert_eq!(
             render_line(&inv.argv(&Action::Rollback { to: None }).unwrap()),
             "'installer' 'rollback' '--json'"
+        );
+        assert_eq!(
+            render_line(
+                &inv2
+                    .argv(&Action::OsUpdate {
+                        reboot: true,
+                        via_ssm: true
+                    })
+                    .unwrap()
+            ),
+            r"'/opt/bin/installer' '--config' '/etc/it'\''s/installer.toml' 'os-update' '--reboot' '--via-ssm' '--lock-timeout' '30' '--json'"
         );
         assert_eq!(
             render_line(

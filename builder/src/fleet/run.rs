@@ -38,6 +38,9 @@ pub fn targets(args: &ReachArgs) -> Result<Option<Targets>, BadInput> {
     }
 }
 
+/// `--max-concurrency` when not given (`os-update` goes one at a time instead).
+pub const DEFAULT_MAX_CONCURRENCY: super::Rate = super::Rate::Count(50);
+
 /// The variable the installer records as who ran it (its journal's `user`).
 pub const INVOKED_BY_ENV: &str = "BINARYCRATE_INVOKED_BY";
 
@@ -117,7 +120,7 @@ pub fn request(
         line,
         comment,
         targets,
-        max_concurrency: reach.max_concurrency,
+        max_concurrency: reach.max_concurrency.unwrap_or(DEFAULT_MAX_CONCURRENCY),
         max_errors: reach.max_errors,
         execution_timeout: timeout,
         delivery_timeout: reach
@@ -193,7 +196,9 @@ pub fn execute(plan: Plan) -> anyhow::Result<ExitCode> {
     summary.show(plan.verbose, plan.json, |_| {})
 }
 
-async fn drive<T: Transport>(
+/// Sends `request` over `transport` and watches it to the end (what [`dispatch`] runs inside
+/// the runtime; a caller that sends several commands in turn calls it directly).
+pub(super) async fn drive<T: Transport>(
     transport: &T,
     kind: TransportKind,
     request: &SendRequest,

@@ -18,13 +18,13 @@ use anyhow::{anyhow, Context};
 use aws_config::BehaviorVersion;
 use aws_sdk_ssm::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ssm::primitives::DateTime;
-use aws_sdk_ssm::types::Target;
+use aws_sdk_ssm::types::{InstanceInformationStringFilter, Target};
 use aws_sdk_ssm::Client;
 use common::error::BadInput;
 
 use super::{
-    CommandHandle, InvocationOutput, InvocationState, PollResult, SendRequest, Status, Targets,
-    Transport,
+    CommandHandle, InvocationOutput, InvocationState, PollResult, SendRequest, Status, TagFilter,
+    Targets, Transport,
 };
 
 /// The document every command uses.
@@ -33,6 +33,8 @@ pub const DOCUMENT: &str = "AWS-RunShellScript";
 pub const PLUGIN: &str = "aws:runShellScript";
 /// `GetCommandInvocation` returns at most this many characters of each stream.
 pub const MAX_INLINE_OUTPUT: usize = 24_000;
+/// Page size of `DescribeInstanceInformation` (its maximum).
+const INSTANCE_PAGE_SIZE: i32 = 50;
 /// Page size of `ListCommandInvocations`.
 const PAGE_SIZE: i32 = 50;
 
@@ -283,6 +285,56 @@ impl Transport for SsmTransport {
             .await
             .map_err(|e| anyhow!("SSM CancelCommand failed: {}", describe(&e)))?;
         Ok(())
+    }
+
+    async fn instances(&self, tags: &[TagFilter]) -> anyhow::Result<Vec<String>> {
+        let mut request = self
+            .client
+            .describe_instance_information()
+            .max_results(INSTANCE_PAGE_SIZE);
+        for t in tags {
+            request = request.filters(
+                InstanceInformationStringFilter::builder()
+                    .key(format!("tag:{}", t.key))
+                    .set_values(Some(t.values.clone()))
+                    .build()
+                    .context("an instance filter")?,
+            );
+        }
+        let mut pages = request.into_paginator().send();
+        let mut ids = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page
+                .map_err(|e| anyhow!("SSM DescribeInstanceInformation failed: {}", describe(&e)))?;
+            ids.extend(
+                page.instance_information_list()
+                    .iter()
+                    .filter_map(|i| i.instance_id().map(str::to_owned)),
+            );
+        }
+        ids.sort();
+        ids.dedup();
+        Ok(ids)
+    }
+
+    async fn online(&self, instance: &str) -> anyhow::Result<bool> {
+        let out = self
+            .client
+            .describe_instance_information()
+            .filters(
+                InstanceInformationStringFilter::builder()
+                    .key("InstanceIds")
+                    .values(instance)
+                    .build()
+                    .context("an instance filter")?,
+            )
+            .send()
+            .await
+            .map_err(|e| anyhow!("SSM DescribeInstanceInformation failed: {}", describe(&e)))?;
+        Ok(out
+            .instance_information_list()
+            .iter()
+            .any(|i| i.ping_status().is_some_and(|p| p.as_str() == "Online")))
     }
 }
 

@@ -355,20 +355,38 @@ const SEVERITY: [ExitCode; 5] = [
     ExitCode::BadInput,
 ];
 
+/// The installer's exit code when a failed instance ended with one (1–5), from its report or
+/// else its exit status.
+pub fn installer_code<R>(i: &Instance<R>, report: Option<&Report>) -> Option<ExitCode> {
+    if i.status != Status::Failed {
+        return None;
+    }
+    let from_report = report.and_then(|r| ExitCode::from_code(r.exit_code as i32));
+    from_report
+        .or_else(|| i.exit_code.and_then(ExitCode::from_code))
+        .filter(|c| *c != ExitCode::Success)
+}
+
+/// The exit code of failed instances with these installer codes: 4 anywhere wins; when every
+/// one has a code, the worst; otherwise 1.
+pub fn worst_code(codes: &[Option<ExitCode>]) -> ExitCode {
+    if codes.contains(&Some(ExitCode::OperatorNeeded)) {
+        return ExitCode::OperatorNeeded;
+    }
+    if codes.iter().all(Option::is_some) {
+        for worst in SEVERITY {
+            if codes.contains(&Some(worst)) {
+                return worst;
+            }
+        }
+    }
+    ExitCode::Failed
+}
+
 impl Action {
     /// The installer's exit code when the instance failed with one (1–5).
     pub fn installer_code(&self, i: &Instance<Installed>) -> Option<ExitCode> {
-        if i.status != Status::Failed {
-            return None;
-        }
-        let from_report = i
-            .result
-            .report
-            .as_ref()
-            .and_then(|r| ExitCode::from_code(r.exit_code as i32));
-        from_report
-            .or_else(|| i.exit_code.and_then(ExitCode::from_code))
-            .filter(|c| *c != ExitCode::Success)
+        installer_code(i, i.result.report.as_ref())
     }
 
     /// What the LIVE column shows: the build, `none`, or `?` when the report does not say.
@@ -440,17 +458,7 @@ impl Kind for Action {
 
     fn failure_code(&self, failed: &[&Instance<Installed>]) -> ExitCode {
         let codes: Vec<Option<ExitCode>> = failed.iter().map(|i| self.installer_code(i)).collect();
-        if codes.contains(&Some(ExitCode::OperatorNeeded)) {
-            return ExitCode::OperatorNeeded;
-        }
-        if codes.iter().all(Option::is_some) {
-            for worst in SEVERITY {
-                if codes.contains(&Some(worst)) {
-                    return worst;
-                }
-            }
-        }
-        ExitCode::Failed
+        worst_code(&codes)
     }
 
     fn header(&self) -> &'static [&'static str] {
@@ -516,7 +524,7 @@ impl Kind for Action {
     }
 }
 
-fn outcome_name(o: Outcome) -> &'static str {
+pub fn outcome_name(o: Outcome) -> &'static str {
     match o {
         Outcome::Success => "success",
         Outcome::NothingToDo => "nothing to do",
