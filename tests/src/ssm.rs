@@ -31,8 +31,16 @@ pub struct Instance {
     pub cwd: PathBuf,
     /// Laid over the server's own environment.
     pub env: BTreeMap<String, String>,
-    /// EC2-style tags, for `Targets` with `tag:KEY` / `tag-key`.
+    /// EC2-style tags, for `Targets` with `tag:KEY` / `tag-key` (and the same filters of
+    /// `DescribeInstanceInformation`).
     pub tags: BTreeMap<String, String>,
+    /// How long a reboot (a script exiting 194) keeps the instance `ConnectionLost` before the
+    /// script runs again; `None`: the launcher's default, 2 seconds. (A `Duration`, not the
+    /// file's fractional seconds, so that `Instance` stays `Eq`.)
+    pub reboot_seconds: Option<Duration>,
+    /// Absolute paths a reboot deletes, as a real one empties `/var/run` (where Debian's
+    /// `reboot-required` lives).
+    pub reboot_clears: Vec<PathBuf>,
 }
 
 impl Instance {
@@ -50,6 +58,18 @@ impl Instance {
 
     pub fn tag(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.tags.insert(key.into(), value.into());
+        self
+    }
+
+    /// Panics unless `seconds` is finite and not negative.
+    pub fn reboot_seconds(mut self, seconds: f64) -> Self {
+        self.reboot_seconds = Some(Duration::from_secs_f64(seconds));
+        self
+    }
+
+    /// One more path a reboot deletes; it must be absolute (the launcher refuses others).
+    pub fn reboot_clears(mut self, path: impl Into<PathBuf>) -> Self {
+        self.reboot_clears.push(path.into());
         self
     }
 }
@@ -242,15 +262,30 @@ _spec.loader.exec_module(_mod)
 
 fn write_instances(file: &Path, instances: &BTreeMap<String, Instance>) -> anyhow::Result<()> {
     let mut map = serde_json::Map::new();
+    let utf8 = |p: &Path| -> anyhow::Result<String> {
+        p.to_str()
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow!("`{}` is not UTF-8", p.display()))
+    };
     for (id, instance) in instances {
-        let cwd = instance
-            .cwd
-            .to_str()
-            .ok_or_else(|| anyhow!("`{}` is not UTF-8", instance.cwd.display()))?;
-        map.insert(
-            id.clone(),
-            serde_json::json!({ "cwd": cwd, "env": instance.env, "tags": instance.tags }),
-        );
+        let mut spec = serde_json::json!({
+            "cwd": utf8(&instance.cwd)?,
+            "env": instance.env,
+            "tags": instance.tags,
+        });
+        // Left out unless set, so that an instance without them is written as before.
+        if let Some(reboot) = instance.reboot_seconds {
+            spec["reboot_seconds"] = reboot.as_secs_f64().into();
+        }
+        if !instance.reboot_clears.is_empty() {
+            let paths = instance
+                .reboot_clears
+                .iter()
+                .map(|p| utf8(p))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            spec["reboot_clears"] = paths.into();
+        }
+        map.insert(id.clone(), spec);
     }
     let text = serde_json::to_string_pretty(&serde_json::Value::Object(map))?;
     // Written whole and renamed, so the launcher never reads half a file.

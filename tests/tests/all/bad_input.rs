@@ -1061,14 +1061,9 @@ fn config_cases(site: &Site, build: BuildNumber) -> Vec<Case> {
             false,
         ),
         (
-            "health URL that is not plain http",
-            config_text(
-                &root,
-                &store,
-                "",
-                "[health]\nurl = \"https://127.0.0.1/\"\n",
-            ),
-            &["key `health.url`: `https://127.0.0.1/` must be a plain `http://` URL"],
+            "health URL that is neither http nor https",
+            config_text(&root, &store, "", "[health]\nurl = \"ftp://127.0.0.1/\"\n"),
+            &["key `health.url`: `ftp://127.0.0.1/` is not an `http://` or `https://` URL"],
             false,
         ),
         (

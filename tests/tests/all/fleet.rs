@@ -688,13 +688,20 @@ fn deploy_to_two_instances_through_the_ssm_stand_in() {
     assert_eq!(command.max_concurrency(), Some("1"));
     assert_eq!(command.max_errors(), Some("0"));
     let line = &command.parameters().unwrap()["commands"];
+    assert_eq!(line.len(), 1, "{line:?}");
+    // Who asked rides in front, for the servers' journals; then the quoted command line.
+    let (by, rest) = line[0].split_once("' '").unwrap();
+    assert!(
+        by.starts_with("BINARYCRATE_INVOKED_BY='") && by.ends_with(" (builder deploy)"),
+        "{line:?}"
+    );
     assert_eq!(
-        line,
-        &[format!(
+        format!("'{rest}"),
+        format!(
             "'{}' 'activate' '--build' 'Build000001' '--store' '{S3_STORE}' '--s3-endpoint' '{}' '--json'",
             bins::installer().display(),
             ssm.endpoint()
-        )]
+        )
     );
     // One after the other: the second started after the first had finished.
     let invocations = ssm.invocations(command_id).unwrap();
@@ -1255,4 +1262,123 @@ fn a_second_app_from_builder_init_to_rollback() {
         .unwrap();
     assert_eq!(verified.status.code(), Some(0), "{}", text(&verified));
     tests::show("second-app: init -> check -> prepare -> package -> publish (S3) -> deploy (SSM) Build000001 -> deploy Build000002 (migration) -> rollback: served by uWSGI, verified");
+}
+
+/// `builder os-update` through SSM: one server after the other; a server that needs a reboot
+/// gets it from the SSM agent (the installer exits 194, the stand-in "reboots": the instance
+/// drops out of SSM, `/var/run` is emptied, the command runs again) and is back before the
+/// next one starts; a failure stops the round before the servers after it.
+#[test]
+fn os_update_goes_one_server_at_a_time_and_waits_for_a_reboot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut instances = BTreeMap::new();
+    let mut logs = Vec::new();
+    for n in 1..=3 {
+        let dir = tmp.path().join(format!("server{n}"));
+        fs::create_dir_all(dir.join("srv")).unwrap();
+        let log = dir.join("updates.log");
+        let required = dir.join("reboot-required");
+        let config = dir.join("installer.toml");
+        // Each update notes when it ran (nanoseconds), to show no two overlapped.
+        let update = format!(
+            "echo start $(date +%s%N) >> {0}; sleep 1; echo end $(date +%s%N) >> {0}",
+            log.display()
+        );
+        fs::write(
+            &config,
+            format!(
+                "root = {:?}\n[os_update]\ncommands = [[\"sh\", \"-c\", {update:?}]]\nreboot_required_file = {:?}\nreboot = [\"false\"]\n",
+                dir.join("srv").display().to_string(),
+                required.display().to_string()
+            ),
+        )
+        .unwrap();
+        instances.insert(
+            format!("i-0000000{n}"),
+            Instance::new(&dir)
+                .env("BINARYCRATE_INSTALLER_CONFIG", config.display().to_string())
+                .tag("Role", "web")
+                .reboot_seconds(1.0)
+                .reboot_clears(&required),
+        );
+        logs.push(log);
+    }
+    fs::write(tmp.path().join("server1/reboot-required"), "").unwrap();
+    let Some(ssm) = SsmServer::start_or_skip(&instances) else {
+        return;
+    };
+    let run = |args: &[&str]| -> Output {
+        builder(tmp.path())
+            .envs(ssm.env())
+            .args([
+                "os-update",
+                "--targets",
+                "tag:Role=web",
+                "--json",
+                "--installer",
+            ])
+            .arg(bins::installer())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let times = |log: &Path, what: &str| -> Vec<u128> {
+        fs::read_to_string(log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.strip_prefix(what)?.trim().parse().ok())
+            .collect()
+    };
+
+    let out = run(&["--reboot"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let said: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let reboot: Vec<&str> = said["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["reboot"].as_str().unwrap())
+        .collect();
+    assert_eq!(reboot, ["rebooted", "not needed", "not needed"], "{said}");
+    assert!(!tmp.path().join("server1/reboot-required").exists());
+    // Server 1 updated twice (before and after its reboot), each other once, never two at once.
+    let (s1, e1) = (times(&logs[0], "start "), times(&logs[0], "end "));
+    let (s2, e2) = (times(&logs[1], "start "), times(&logs[1], "end "));
+    let (s3, _) = (times(&logs[2], "start "), times(&logs[2], "end "));
+    assert_eq!((s1.len(), s2.len(), s3.len()), (2, 1, 1));
+    assert!(e1[1] < s2[0] && e2[0] < s3[0], "overlapping updates");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("each back online before the next"), "{said}");
+
+    // A failing update on server 2 stops the round: server 3 is not touched.
+    let config2 = tmp.path().join("server2/installer.toml");
+    let text2 = fs::read_to_string(&config2).unwrap();
+    let start = text2.find("commands = ").unwrap();
+    let end = start + text2[start..].find('\n').unwrap();
+    fs::write(
+        &config2,
+        format!(
+            "{}commands = [[\"false\"]]{}",
+            &text2[..start],
+            &text2[end..]
+        ),
+    )
+    .unwrap();
+    let out = run(&[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let said: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let statuses: Vec<&str> = said["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["Success", "Failed", "Cancelled"], "{said}");
+    assert_eq!(times(&logs[2], "start ").len(), 1, "server 3 ran again");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not started: i-00000002 did not succeed")
+    );
+    tests::show(
+        "os-update: 3 servers one at a time, server 1 rebooted through the agent and back before server 2; a failure on server 2 left server 3 untouched",
+    );
 }

@@ -242,7 +242,10 @@ fn refusals_change_nothing_and_say_what_to_do() {
         .unwrap();
     let lock = root.join(".deploy/lock");
     let t = std::time::Instant::now();
-    while !fs::read_to_string(&lock).is_ok_and(|l| l.contains("installer os-update")) {
+    // The file keeps the last holder's text after release (the earlier os-update runs above),
+    // so wait for this child's own pid in it.
+    let pid = updating.id().to_string();
+    while !fs::read_to_string(&lock).is_ok_and(|l| l.lines().next() == Some(pid.as_str())) {
         assert!(t.elapsed().as_secs() < 20, "os-update never took the lock");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }

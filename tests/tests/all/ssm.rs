@@ -10,12 +10,14 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use aws_sdk_ssm::error::ProvideErrorMetadata;
+use aws_sdk_ssm::operation::describe_instance_information::builders::DescribeInstanceInformationFluentBuilder;
 use aws_sdk_ssm::operation::get_command_invocation::GetCommandInvocationOutput;
 use aws_sdk_ssm::operation::send_command::builders::SendCommandFluentBuilder;
 use aws_sdk_ssm::primitives::DateTime;
 use aws_sdk_ssm::types::{
     Command, CommandInvocation, CommandInvocationStatus, CommandPlugin, CommandPluginStatus,
-    CommandStatus, Target,
+    CommandStatus, InstanceInformationFilter, InstanceInformationStringFilter, PingStatus,
+    PlatformType, ResourceType, Target,
 };
 use tests::ssm::{Instance, SsmServer};
 
@@ -678,5 +680,347 @@ fn dropping_the_server_kills_the_commands_still_running() {
         gone(pid.trim()),
         "the command's child {} survived",
         pid.trim()
+    );
+}
+
+/// `DescribeInstanceInformation` with these `Filters` (all pages): the instance ids, in order.
+fn described(server: &SsmServer, filters: &[(&str, &[&str])]) -> Vec<String> {
+    let mut request = server.client().describe_instance_information();
+    for (key, values) in filters {
+        request = request.filters(string_filter(key, values));
+    }
+    let mut pages = request.into_paginator().send();
+    let mut ids = Vec::new();
+    while let Some(page) = server.block_on(pages.next()) {
+        for info in page.unwrap().instance_information_list() {
+            ids.push(info.instance_id().unwrap().to_owned());
+        }
+    }
+    ids
+}
+
+fn string_filter(key: &str, values: &[&str]) -> InstanceInformationStringFilter {
+    let mut filter = InstanceInformationStringFilter::builder().key(key);
+    for value in values {
+        filter = filter.values(*value);
+    }
+    filter.build().unwrap()
+}
+
+fn ping_status(server: &SsmServer, instance: &str) -> PingStatus {
+    let infos = server
+        .block_on(
+            server
+                .client()
+                .describe_instance_information()
+                .filters(string_filter("InstanceIds", &[instance]))
+                .send(),
+        )
+        .unwrap();
+    let infos = infos.instance_information_list();
+    assert_eq!(infos.len(), 1, "{infos:#?}");
+    infos[0].ping_status().unwrap().clone()
+}
+
+fn lines(path: PathBuf) -> usize {
+    std::fs::read_to_string(path).unwrap().lines().count()
+}
+
+#[test]
+fn exit_194_reboots_the_instance_and_runs_the_script_again() {
+    // As Debian's /var/run/reboot-required: there until the reboot, which clears it.
+    let fleet = Fleet::new()
+        .add("i-00000001", |i| {
+            let mark = i.cwd.join("reboot-required");
+            i.env("MARK", mark.to_str().unwrap())
+                .reboot_clears(mark)
+                .reboot_seconds(1.0)
+        })
+        .add("i-00000002", |i| i.reboot_seconds(0.05));
+    let Some(server) = fleet.start() else { return };
+    let mark = fleet.cwd("i-00000001").join("reboot-required");
+    std::fs::write(&mark, "").unwrap();
+
+    let once = send_command(
+        &server,
+        &[
+            "echo run >> runs",
+            "if [ -e \"$MARK\" ]; then echo before; exit 194; fi",
+            "echo after",
+        ],
+    );
+    let sent_at = Instant::now();
+    let once = send(&server, with_instances(once, &["i-00000001"]));
+    // Asks for a reboot every time: the stand-in stops after 10.
+    let always = send_command(
+        &server,
+        &["echo run >> runs", "echo before; echo err >&2", "exit 194"],
+    );
+    let always = send(&server, with_instances(always, &["i-00000002"]));
+
+    // While it reboots, the invocation is still InProgress and the instance ConnectionLost.
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let status = invocation(&server, &once, "i-00000001").status().cloned();
+        if matches!(status, Some(ref s) if s != &CommandInvocationStatus::Pending && s != &CommandInvocationStatus::InProgress)
+        {
+            break;
+        }
+        seen.push((status, ping_status(&server, "i-00000001")));
+        assert!(Instant::now() < deadline, "never finished: {seen:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        seen.contains(&(
+            Some(CommandInvocationStatus::InProgress),
+            PingStatus::ConnectionLost
+        )),
+        "never seen rebooting: {seen:?}"
+    );
+    assert!(sent_at.elapsed() >= Duration::from_secs(1));
+    assert_eq!(ping_status(&server, "i-00000001"), PingStatus::Online);
+
+    // The result is the last run's; the reboot took the mark along.
+    server.wait_for_command(&once, WAIT).unwrap();
+    let got = invocation(&server, &once, "i-00000001");
+    assert_eq!(got.status(), Some(&CommandInvocationStatus::Success));
+    assert_eq!(got.response_code(), 0);
+    assert_eq!(got.standard_output_content(), Some("after\n"));
+    assert_eq!(got.standard_error_content(), Some(""));
+    assert!(!mark.exists());
+    assert_eq!(lines(fleet.cwd("i-00000001").join("runs")), 2);
+    assert_eq!(
+        command(&server, &once).status(),
+        Some(&CommandStatus::Success)
+    );
+
+    // The first run and 10 more after as many reboots; then Failed, with the 11th run's output.
+    server.wait_for_command(&always, WAIT).unwrap();
+    let got = invocation(&server, &always, "i-00000002");
+    assert_eq!(got.status(), Some(&CommandInvocationStatus::Failed));
+    assert_eq!(got.response_code(), 194);
+    assert_eq!(got.standard_output_content(), Some("before\n"));
+    let stderr = got.standard_error_content().unwrap();
+    assert!(
+        stderr.starts_with("err\n\nfailed to run commands: exit status 194")
+            && stderr.contains("at most 10 times"),
+        "{stderr}"
+    );
+    assert_eq!(lines(fleet.cwd("i-00000002").join("runs")), 11);
+    assert_eq!(
+        command(&server, &always).status(),
+        Some(&CommandStatus::Failed)
+    );
+}
+
+#[test]
+fn a_reboot_can_be_cancelled_and_counts_toward_the_execution_timeout() {
+    let fleet = Fleet::new()
+        .add("i-00000001", |i| i.reboot_seconds(60.0))
+        .add("i-00000002", |i| i.reboot_seconds(0.2));
+    let Some(server) = fleet.start() else { return };
+
+    let long = send_command(&server, &["echo run >> runs", "echo out", "exit 194"]);
+    let long = send(&server, with_instances(long, &["i-00000001"]));
+    // Each run is well within 2 seconds, not all of them together.
+    let timed = send_command(&server, &["echo run >> runs", "sleep 0.5", "exit 194"])
+        .parameters("executionTimeout", vec!["2".to_owned()]);
+    let timed = send(&server, with_instances(timed, &["i-00000002"]));
+
+    let deadline = Instant::now() + WAIT;
+    while ping_status(&server, "i-00000001") != PingStatus::ConnectionLost {
+        assert!(Instant::now() < deadline, "the instance never rebooted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let cancelled_at = Instant::now();
+    server
+        .block_on(server.client().cancel_command().command_id(&long).send())
+        .unwrap();
+    server
+        .wait_for_command(&long, Duration::from_secs(10))
+        .unwrap();
+    assert!(cancelled_at.elapsed() < Duration::from_secs(10));
+    let got = invocation(&server, &long, "i-00000001");
+    assert_eq!(got.status(), Some(&CommandInvocationStatus::Cancelled));
+    assert_eq!(got.response_code(), 137);
+    assert_eq!(got.standard_output_content(), Some("out\n"));
+    assert_eq!(lines(fleet.cwd("i-00000001").join("runs")), 1);
+    // A cancel does not bring the instance back sooner.
+    assert_eq!(
+        ping_status(&server, "i-00000001"),
+        PingStatus::ConnectionLost
+    );
+
+    server.wait_for_command(&timed, WAIT).unwrap();
+    let got = invocation(&server, &timed, "i-00000002");
+    assert_eq!(got.status(), Some(&CommandInvocationStatus::TimedOut));
+    assert_eq!(got.status_details(), Some("ExecutionTimedOut"));
+    assert_eq!(got.response_code(), 137);
+    let runs = lines(fleet.cwd("i-00000002").join("runs"));
+    assert!((2..11).contains(&runs), "{runs} runs");
+}
+
+#[test]
+fn describe_instance_information_lists_the_instances_with_filters_and_pages() {
+    let managed = "mi-0123456789abcdef0";
+    let fleet = Fleet::new()
+        .add("i-00000001", |i| i.tag("Role", "web"))
+        .add("i-00000002", |i| i.tag("Role", "web").tag("Env", "prod"))
+        .add("i-00000003", |i| {
+            i.tag("Role", "db").tag("Env", "prod").reboot_seconds(60.0)
+        })
+        .add("i-00000004", |i| i)
+        .add("i-00000005", |i| i)
+        .add("i-00000006", |i| i)
+        .add(managed, |i| i.tag("Role", "web"));
+    let Some(server) = fleet.start() else { return };
+    let all: Vec<_> = fleet.instances.keys().cloned().collect();
+
+    let infos = server
+        .block_on(server.client().describe_instance_information().send())
+        .unwrap();
+    let infos = infos.instance_information_list();
+    assert_eq!(infos.len(), 7);
+    for info in infos {
+        let id = info.instance_id().unwrap();
+        assert_eq!(info.ping_status(), Some(&PingStatus::Online));
+        assert!(info.last_ping_date_time().is_some());
+        assert_eq!(info.agent_version(), Some("3.3.0.0"));
+        assert_eq!(info.is_latest_version(), Some(true));
+        assert_eq!(info.platform_type(), Some(&PlatformType::Linux));
+        assert_eq!(info.platform_name(), Some("Ubuntu"));
+        assert_eq!(info.platform_version(), Some("16.04"));
+        assert_eq!(info.computer_name(), Some(id));
+        let expected = if id == managed {
+            ResourceType::ManagedInstance
+        } else {
+            ResourceType::Ec2Instance
+        };
+        assert_eq!(info.resource_type(), Some(&expected));
+    }
+
+    // Values OR-ed within a filter, filters AND-ed, tags as for SendCommand's Targets.
+    assert_eq!(
+        described(&server, &[("tag:Role", &["web"])]),
+        ["i-00000001", "i-00000002", managed]
+    );
+    assert_eq!(
+        described(
+            &server,
+            &[("tag:Role", &["web", "db"]), ("tag:Env", &["prod"])]
+        ),
+        ["i-00000002", "i-00000003"]
+    );
+    assert_eq!(
+        described(&server, &[("tag-key", &["Env"])]),
+        ["i-00000002", "i-00000003"]
+    );
+    assert_eq!(
+        described(&server, &[("InstanceIds", &["i-00000004", "i-00000099"])]),
+        ["i-00000004"]
+    );
+    assert_eq!(
+        described(
+            &server,
+            &[
+                ("InstanceIds", &["i-00000001", "i-00000002"]),
+                ("tag-key", &["Env"])
+            ]
+        ),
+        ["i-00000002"]
+    );
+    // The older InstanceInformationFilterList.
+    let legacy = |key: &str, values: &[&str]| -> Vec<String> {
+        let mut filter = InstanceInformationFilter::builder().key(key.into());
+        for value in values {
+            filter = filter.value_set(*value);
+        }
+        let page = server
+            .block_on(
+                server
+                    .client()
+                    .describe_instance_information()
+                    .instance_information_filter_list(filter.build().unwrap())
+                    .send(),
+            )
+            .unwrap();
+        page.instance_information_list()
+            .iter()
+            .map(|i| i.instance_id().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(legacy("InstanceIds", &[managed]), [managed]);
+
+    // PingStatus: a rebooting instance (60 s: it stays down for the rest of the test).
+    let request = send_command(&server, &["exit 194"]);
+    let id = send(&server, with_instances(request, &["i-00000003"]));
+    let deadline = Instant::now() + WAIT;
+    while described(&server, &[("PingStatus", &["ConnectionLost"])]).is_empty() {
+        assert!(Instant::now() < deadline, "the instance never rebooted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        described(&server, &[("PingStatus", &["ConnectionLost"])]),
+        ["i-00000003"]
+    );
+    let online: Vec<_> = all.iter().filter(|i| *i != "i-00000003").cloned().collect();
+    assert_eq!(described(&server, &[("PingStatus", &["Online"])]), online);
+    assert_eq!(
+        described(&server, &[("PingStatus", &["Online", "ConnectionLost"])]),
+        all
+    );
+    assert_eq!(legacy("PingStatus", &["ConnectionLost"]), ["i-00000003"]);
+    server
+        .block_on(server.client().cancel_command().command_id(&id).send())
+        .unwrap();
+
+    // MaxResults 5..50, pages with NextToken.
+    let mut pages = server
+        .client()
+        .describe_instance_information()
+        .max_results(5)
+        .into_paginator()
+        .send();
+    let mut sizes = Vec::new();
+    let mut seen = Vec::new();
+    while let Some(page) = server.block_on(pages.next()) {
+        let page = page.unwrap();
+        sizes.push(page.instance_information_list().len());
+        seen.extend(
+            page.instance_information_list()
+                .iter()
+                .map(|i| i.instance_id().unwrap().to_owned()),
+        );
+    }
+    assert_eq!(sizes, [5, 2]);
+    assert_eq!(seen, all);
+
+    let refused = |request: DescribeInstanceInformationFluentBuilder| -> String {
+        error_code(server.block_on(request.send()).unwrap_err())
+    };
+    let request = || server.client().describe_instance_information();
+    assert_eq!(refused(request().max_results(4)), "ValidationException");
+    assert_eq!(refused(request().max_results(51)), "ValidationException");
+    assert_eq!(
+        refused(request().filters(string_filter("Color", &["blue"]))),
+        "InvalidFilterKey"
+    );
+    // Tags are no key of the older list.
+    assert_eq!(
+        refused(
+            request().instance_information_filter_list(
+                InstanceInformationFilter::builder()
+                    .key("tag:Role".into())
+                    .value_set("web")
+                    .build()
+                    .unwrap()
+            )
+        ),
+        "InvalidFilterKey"
+    );
+    assert_eq!(
+        refused(request().next_token("not a token")),
+        "InvalidNextToken"
     );
 }
