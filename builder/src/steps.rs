@@ -71,6 +71,11 @@ impl StepRunner {
         &self.staging
     }
 
+    /// Where the throwaway venv the steps name as [`VENV_PLACEHOLDER`] is.
+    pub fn venv(&self) -> &Path {
+        &self.venv
+    }
+
     /// Runs an external command in the staging directory. Its output goes to stderr as it
     /// happens, so a failing step's output is on screen right above the error.
     pub fn run(&mut self, name: &str, cmd: StepCommand) -> anyhow::Result<()> {

@@ -15,7 +15,9 @@ use crate::untrusted::shown;
 use crate::{Blake3Hash, BuildNumber};
 
 /// The newest manifest schema this code writes and understands.
-pub const SCHEMA_VERSION: u32 = 1;
+/// 2: releases carry their dependencies installed (`deps`); installers that know only 1 refuse
+/// them before downloading rather than look for wheels that are not there.
+pub const SCHEMA_VERSION: u32 = 2;
 /// The sidecar's file name, beside the artifact, at the archive's root and in the store.
 pub const RELEASE_JSON: &str = "release.json";
 /// The informational build log's file name.
@@ -27,8 +29,10 @@ pub const RELEASE_SIGNATURE: &str = "release.json.minisig";
 /// allows well over 100,000 files, and anything larger is refused before it is read whole.
 pub const MAX_SIDECAR_BYTES: u64 = 32 << 20;
 
-/// The release's virtualenv, which the installer builds on the server.
+/// The release's virtualenv, which the installer makes on the server.
 pub const VENV_DIR: &str = "venv";
+/// Where `builder package` installs the dependencies inside a release.
+pub const DEPS_DIR: &str = "deps";
 /// The marker `installer adopt` writes into the release that stands for an adopted checkout.
 pub const LEGACY_MARKER: &str = "legacy.json";
 /// Paths at a release's root that only the installer creates: an archive never contains them,
@@ -102,6 +106,19 @@ pub struct WheelEntry {
     pub blake3: Blake3Hash,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+}
+
+/// The release's dependencies, installed by the builder for the servers' Python (the one
+/// [`ReleaseManifest::python_tag`] names) as a site-packages directory inside the release; its
+/// files are among the manifest's files like any other. Releases without it carry wheels that
+/// the server installs with pip.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dependencies {
+    /// The directory, relative to the release root (`deps`).
+    pub dir: String,
+    /// Whether their bytecode (and the project's) was compiled by the builder and is among the
+    /// files; when not (another platform's Python), the server compiles it once.
+    pub bytecode: bool,
 }
 
 /// What a server needs to know about the application to activate and serve a release: declared
@@ -278,6 +295,9 @@ pub struct ReleaseManifest {
     /// What servers need to know about the app; absent in releases packaged before profiles.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile: Option<AppProfile>,
+    /// The installed dependencies; absent in releases whose servers install wheels with pip.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deps: Option<Dependencies>,
     /// Every entry of the tree by relative path, `release.json` itself excepted.
     pub files: BTreeMap<String, FileEntry>,
 }
@@ -299,8 +319,19 @@ impl ReleaseManifest {
             wheels: BTreeMap::new(),
             vcs: BTreeMap::new(),
             profile: None,
+            deps: None,
             files: BTreeMap::new(),
         }
+    }
+
+    /// `(3, 11)` for the `python_tag` `cp311`.
+    pub fn python_version(&self) -> Option<(u32, u32)> {
+        let digits = self.python_tag.as_deref()?.strip_prefix("cp")?;
+        if digits.len() < 2 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let (major, minor) = digits.split_at(1);
+        Some((major.parse().ok()?, minor.parse().ok()?))
     }
 
     /// Checks what serde cannot: that names and paths are safe to use on disk and in keys.
@@ -399,6 +430,21 @@ impl ReleaseManifest {
             profile
                 .validate()
                 .map_err(|m| invalid(format!("app profile: {m}")))?;
+        }
+        if let Some(deps) = &self.deps {
+            validate_relative_path(&deps.dir)
+                .map_err(|m| invalid(format!("deps dir `{}`: {m}", shown(&deps.dir))))?;
+            if deps.dir.contains('/') || INSTALLER_OWNED.contains(&deps.dir.as_str()) {
+                return Err(invalid(format!(
+                    "deps dir `{}` is not a plain directory name of the release",
+                    shown(&deps.dir)
+                )));
+            }
+            if self.python_version().is_none() {
+                return Err(invalid(
+                    "installed dependencies need a `python_tag` like `cp311`".into(),
+                ));
+            }
         }
         for (path, entry) in &self.files {
             validate_relative_path(path)

@@ -263,8 +263,125 @@ fn static_owner(layout: &Layout, link: &Path) -> Option<BuildNumber> {
     layout.release(build).is_dir().then_some(build)
 }
 
+/// How a release's dependencies were made ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DepsReady {
+    /// Its complete environment was already there.
+    Reused,
+    /// An environment over the dependencies it carries installed (no pip).
+    Linked,
+    /// A venv built with pip from the wheels it carries (releases from before `deps`).
+    Pip,
+}
+
+/// Makes the release's dependencies importable through `venv/`: for a release that carries them
+/// installed ([`common::manifest::Dependencies`]), a venv without pip whose site-packages is
+/// that directory (a few files and links, no pip, no index); for an older one, a venv built
+/// from its wheels with pip. Reused when complete.
+pub fn ready_dependencies(
+    config: &InstallerConfig,
+    release: &Path,
+    lock: &DeployLock,
+) -> anyhow::Result<DepsReady> {
+    let manifest = manifest_of(release)?.manifest;
+    let Some(deps) = &manifest.deps else {
+        return Ok(if build_venv(config, release, lock)? {
+            DepsReady::Pip
+        } else {
+            DepsReady::Reused
+        });
+    };
+    let venv = release.join(VENV_DIR);
+    let wanted = (manifest.python_version(), deps);
+    let (Some((major, minor)), deps) = wanted else {
+        bail!("the release's manifest names no Python for its dependencies");
+    };
+    let site = venv.join(format!("lib/python{major}.{minor}/site-packages"));
+    let link = format!("../../../{}", deps.dir);
+    let complete = venv.join(VENV_COMPLETE).is_file()
+        && fs::read_link(&site).is_ok_and(|t| t == Path::new(&link))
+        && venv.join("bin/python").exists();
+    if complete {
+        return Ok(DepsReady::Reused);
+    }
+    let server = server_python(&config.python)?;
+    if server.version != (major, minor) {
+        bail!(BadInput(format!(
+            "the release's dependencies are installed for Python {major}.{minor}, and this server's `python` (`{}`) is {}.{}: set `python` in the installer configuration to a Python {major}.{minor} (the one uWSGI embeds), or package for {}.{} (`python.python_version` in `deploy.toml`)",
+            config.python, server.version.0, server.version.1, server.version.0, server.version.1
+        )));
+    }
+    // What `python -m venv --without-pip` writes, minus the activation scripts, written here
+    // (a few milliseconds instead of a second): the interpreter, its `pyvenv.cfg`, and
+    // site-packages as a link to the verified dependencies inside the release.
+    atomic::remove_tree(&venv)?;
+    fs::create_dir_all(venv.join("bin"))
+        .and_then(|_| fs::create_dir_all(site.parent().expect("lib/pythonX.Y")))
+        .with_context(|| format!("cannot create `{}`", venv.display()))?;
+    let cfg = format!(
+        "home = {}\ninclude-system-site-packages = false\nversion = {}\n",
+        server.home.display(),
+        server.full_version
+    );
+    fs::write(venv.join("pyvenv.cfg"), cfg)
+        .with_context(|| format!("cannot write `{}/pyvenv.cfg`", venv.display()))?;
+    for name in ["python", "python3", &format!("python{major}.{minor}")] {
+        std::os::unix::fs::symlink(&server.executable, venv.join("bin").join(name))
+            .with_context(|| format!("cannot link `{}/bin/{name}`", venv.display()))?;
+    }
+    std::os::unix::fs::symlink(&link, &site)
+        .with_context(|| format!("cannot link `{}`", site.display()))?;
+    if !deps.bytecode {
+        // Packaged for another platform's Python: compiled here, once per release, so that no
+        // worker compiles on start.
+        let mut argv = procs::argv(&["venv/bin/python", "-m", "compileall", "-q", &deps.dir]);
+        let profile = profile_at(config, release);
+        if !profile.project_dir.is_empty() {
+            argv.push(profile.project_dir.clone());
+        }
+        procs::run_locked(&argv, release, &[], lock, "deps:compile")?;
+    }
+    common::fault::point("deps:before-complete");
+    atomic::write_file(&venv.join(VENV_COMPLETE), b"")?;
+    Ok(DepsReady::Linked)
+}
+
+/// The interpreter a release's venv runs.
+struct ServerPython {
+    version: (u32, u32),
+    full_version: String,
+    /// The real interpreter (not a venv's link to it), and its directory.
+    executable: PathBuf,
+    home: PathBuf,
+}
+
+fn server_python(python: &str) -> anyhow::Result<ServerPython> {
+    // `_base_executable` (3.7+) is the interpreter behind a venv's; older ones have only
+    // `executable`.
+    let script = "import os, sys; print('%d %d %d' % sys.version_info[:3]); print(os.path.realpath(getattr(sys, '_base_executable', None) or sys.executable))";
+    let out = procs::output(&procs::argv(&[python, "-c", script]), Path::new("/"), &[])
+        .with_context(|| format!("cannot run the server's Python `{python}` (`python` in the installer configuration)"))?;
+    let mut lines = out.lines();
+    let parts: Vec<u32> = lines
+        .next()
+        .unwrap_or_default()
+        .split(' ')
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    let executable = PathBuf::from(lines.next().unwrap_or_default());
+    let (Some(home), [major, minor, micro]) = (executable.parent(), parts.as_slice()) else {
+        bail!("the server's Python `{python}` did not say its version and place: {out}");
+    };
+    Ok(ServerPython {
+        version: (*major, *minor),
+        full_version: format!("{major}.{minor}.{micro}"),
+        home: home.to_owned(),
+        executable,
+    })
+}
+
 /// Builds `venv/` from the release's own wheels only (no index). Reused when complete.
-pub fn build_venv(
+fn build_venv(
     config: &InstallerConfig,
     release: &Path,
     lock: &DeployLock,

@@ -35,8 +35,9 @@ pub enum Phase {
     Legacy,
     /// Shared files and directories, the loader and the static link in place.
     Link,
-    /// The release's virtualenv ready.
-    Venv,
+    /// The release's dependencies importable (its `venv/` over its installed `deps/`, or built
+    /// with pip for releases from before them).
+    Deps,
     /// `manage.py migrate` with the new code.
     Migrate,
     /// `current` renamed to the new release.
@@ -60,7 +61,7 @@ impl Phase {
             Phase::Copy => "copy",
             Phase::Legacy => "legacy",
             Phase::Link => "link",
-            Phase::Venv => "venv",
+            Phase::Deps => "deps",
             Phase::Migrate => "migrate",
             Phase::Swap => "swap",
             Phase::Reload => "reload",
@@ -90,7 +91,7 @@ pub fn phase_boundaries(command: Command) -> &'static [Phase] {
     use Phase::*;
     match command {
         Command::Activate => &[
-            Lock, Fetch, Unpack, Link, Venv, Migrate, Swap, Reload, Health,
+            Lock, Fetch, Unpack, Link, Deps, Migrate, Swap, Reload, Health,
         ],
         Command::Rollback => &[Lock, Verify, Link, Swap, Reload, Health],
         Command::Adopt => &[Plan, Copy, Legacy],
@@ -258,7 +259,7 @@ mod tests {
         let build = BuildNumber::new(7).unwrap();
         let got: anyhow::Result<u8> = run.phase(Phase::Fetch, build, |_| Ok(3));
         assert_eq!(got.unwrap(), 3);
-        let failed: anyhow::Result<()> = run.phase(Phase::Venv, build, |_| anyhow::bail!("no pip"));
+        let failed: anyhow::Result<()> = run.phase(Phase::Deps, build, |_| anyhow::bail!("no pip"));
         assert!(failed.is_err());
         run.phase(Phase::Lock, build, |_| Ok(())).unwrap();
         let phases: Vec<(String, bool)> = run
@@ -271,7 +272,7 @@ mod tests {
             phases,
             [
                 ("fetch".to_owned(), true),
-                ("venv".to_owned(), false),
+                ("deps".to_owned(), false),
                 ("lock".to_owned(), true)
             ]
         );
@@ -285,7 +286,7 @@ mod tests {
             journalled,
             [
                 (Some("fetch".into()), Some(Outcome::Success)),
-                (Some("venv".into()), Some(Outcome::Failed))
+                (Some("deps".into()), Some(Outcome::Failed))
             ]
         );
     }

@@ -11,7 +11,9 @@ use anyhow::{bail, Context};
 use common::archive::writer::{pack, PackOptions};
 use common::build_number::BuildNumberLine;
 use common::error::BadInput;
-use common::manifest::{BuildLog, WheelEntry, BUILD_LOG_JSON, RELEASE_SIGNATURE};
+use common::manifest::{
+    AppProfile, BuildLog, Dependencies, WheelEntry, BUILD_LOG_JSON, DEPS_DIR, RELEASE_SIGNATURE,
+};
 use common::report::ExitCode;
 use common::{atomic, Blake3Hash, BuildNumber, ReleaseManifest, Sidecar};
 
@@ -231,25 +233,30 @@ fn build_and_pack(
     let requirements = read_requirements(&staging, config)?;
     let python_tag = build_wheels(config, &requirements, runner)?;
     let wheels = list_wheels(&staging.join("wheels"))?;
+    // The dependencies, installed once here for the servers' Python and platform: the release
+    // carries them as ordinary files under `deps/` (listed in the manifest, verified on the
+    // servers like every other file), so a server needs neither pip nor an index.
+    install_deps(config, &wheels, runner)?;
     let py = &config.python.interpreter;
     let venv_python = format!("{VENV_PLACEHOLDER}/bin/python");
+    // collectstatic's environment: a venv without pip whose site-packages is the `deps/` just
+    // installed, as the servers give each release.
     runner.run(
         "venv",
-        StepCommand::new(&[py.as_str(), "-m", "venv", VENV_PLACEHOLDER]),
+        StepCommand::new(&[py.as_str(), "-m", "venv", "--without-pip", VENV_PLACEHOLDER]),
     )?;
-    // Exactly the wheels just built (every dependency among them), as the servers install them.
-    let mut install: Vec<String> = [
-        venv_python.as_str(),
-        "-m",
-        "pip",
-        "install",
-        "--no-index",
-        "--no-deps",
-    ]
-    .map(str::to_owned)
-    .to_vec();
-    install.extend(wheels.keys().map(|w| format!("wheels/{w}")));
-    runner.run("venv-install", StepCommand::new(&install))?;
+    let venv = runner.venv().to_owned();
+    runner.internal(
+        "venv-deps",
+        &["ln", "-s", DEPS_DIR, "<venv>/lib/pythonX.Y/site-packages"],
+        || {
+            let site = venv_site_packages(&venv)?;
+            atomic::remove_tree(&site)?;
+            std::os::unix::fs::symlink(staging.join(DEPS_DIR), &site)
+                .with_context(|| format!("cannot link `{}`", site.display()))?;
+            Ok(String::new())
+        },
+    )?;
 
     if config.frontend.enabled {
         frontend_steps(config, runner)?;
@@ -299,6 +306,9 @@ fn build_and_pack(
     eprintln!("==> package rules: removed {removed} excluded entries");
     check_secrets(&staging, config)?;
     let profile = config.django.profile();
+    // The wheels are in `deps/` now, installed; the manifest keeps their names and hashes.
+    atomic::remove_tree(&staging.join("wheels"))?;
+    let bytecode = compile_bytecode(config, &profile, runner)?;
     crate::appcheck::project(&staging, &profile)?;
     crate::appcheck::built(&staging, &profile)?;
 
@@ -310,6 +320,10 @@ fn build_and_pack(
     base.wheels = wheels;
     base.vcs = requirements.vcs();
     base.profile = Some(profile);
+    base.deps = Some(Dependencies {
+        dir: DEPS_DIR.into(),
+        bytecode,
+    });
     eprintln!("==> archive: packing `{}`", staging.display());
     let t = Instant::now();
     let packed = pack(&staging, base, out, &PackOptions::default())
@@ -486,6 +500,142 @@ fn interpreter_tag(interpreter: &str) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
+/// Installs the wheels into `deps/` as pip lays out a site-packages directory, for the target's
+/// Python and platform, without compiling (bytecode is made by [`compile_bytecode`]) and without
+/// console scripts (their first line names this machine's interpreter; servers run `manage.py`).
+/// Requirements are given by name and version, found among the wheels: installed from a file
+/// path, pip would record that temporary path in each `direct_url.json`.
+fn install_deps(
+    config: &DeployConfig,
+    wheels: &BTreeMap<String, WheelEntry>,
+    runner: &mut StepRunner,
+) -> anyhow::Result<()> {
+    let staging = runner.staging().to_owned();
+    if fs::symlink_metadata(staging.join(DEPS_DIR)).is_ok() {
+        bail!(BadInput(format!(
+            "the tag has `{DEPS_DIR}` at its root, where the builder installs the dependencies: rename it"
+        )));
+    }
+    let p = &config.python;
+    let mut argv: Vec<String> = [
+        p.interpreter.as_str(),
+        "-m",
+        "pip",
+        "install",
+        "--target",
+        DEPS_DIR,
+        "--no-index",
+        "--find-links",
+        "wheels",
+        "--no-deps",
+        "--no-compile",
+        "--disable-pip-version-check",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    if let (Some(platform), Some(version)) = (&p.platform, &p.python_version) {
+        argv.extend(
+            [
+                "--only-binary=:all:",
+                "--implementation",
+                "cp",
+                "--platform",
+                platform,
+                "--python-version",
+                version,
+            ]
+            .map(str::to_owned),
+        );
+    }
+    for name in wheels.keys() {
+        argv.push(wheel_requirement(name)?);
+    }
+    runner.run("deps", StepCommand::new(&argv))?;
+    atomic::remove_tree(&staging.join(DEPS_DIR).join("bin"))?;
+    Ok(())
+}
+
+/// `name==version` for a wheel file name (`Django-5.2.19-py3-none-any.whl`).
+fn wheel_requirement(file: &str) -> anyhow::Result<String> {
+    let parts: Vec<&str> = file
+        .strip_suffix(".whl")
+        .unwrap_or(file)
+        .split('-')
+        .collect();
+    if parts.len() < 5 || parts[0].is_empty() || parts[1].is_empty() {
+        bail!("`{file}` is not a wheel file name (name-version-python-abi-platform.whl)");
+    }
+    Ok(format!("{}=={}", parts[0], parts[1]))
+}
+
+/// The `lib/pythonX.Y/site-packages` of a venv just made.
+fn venv_site_packages(venv: &Path) -> anyhow::Result<PathBuf> {
+    let lib = venv.join("lib");
+    for entry in fs::read_dir(&lib).with_context(|| format!("cannot read `{}`", lib.display()))? {
+        let site = entry?.path().join("site-packages");
+        if site.is_dir() {
+            return Ok(site);
+        }
+    }
+    bail!("the venv `{}` has no `lib/python*/site-packages`", venv.display())
+}
+
+/// Compiles the bytecode of the dependencies and of the project, once, here, when the builder's
+/// Python is the servers' (no `python.platform`): hash-checked `.pyc` files (valid whatever the
+/// files' times; Python checks them against the source it verifies anyway), under relative
+/// names so that they are the same bytes wherever the staging directory is, in one process so
+/// that they are the same bytes every time. They are release files like any other, so no worker
+/// compiles on start and nothing a worker loads escapes verification. For another platform's
+/// Python the servers compile (`false`).
+fn compile_bytecode(
+    config: &DeployConfig,
+    profile: &AppProfile,
+    runner: &mut StepRunner,
+) -> anyhow::Result<bool> {
+    if config.python.platform.is_some() {
+        return Ok(false);
+    }
+    let mut argv: Vec<String> = [
+        config.python.interpreter.as_str(),
+        "-m",
+        "compileall",
+        "-q",
+        "-j",
+        "1",
+        "--invalidation-mode",
+        "checked-hash",
+        DEPS_DIR,
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let project = if profile.project_dir.is_empty() {
+        // The project is the release root: its packages and modules beside `deps/` (the front
+        // end's files and anything else at the root are not the project's Python).
+        ".".to_owned()
+    } else {
+        profile.project_dir.clone()
+    };
+    if project == "." {
+        argv.extend(["-l".to_owned(), ".".to_owned()]);
+        let root = runner.staging().to_owned();
+        let mut dirs: Vec<String> = fs::read_dir(&root)?
+            .flatten()
+            .filter(|e| e.path().join("__init__.py").is_file())
+            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+            .collect();
+        dirs.sort();
+        argv.extend(dirs);
+    } else {
+        argv.push(project);
+    }
+    // Compiling must write the bytecode the other steps are kept from writing.
+    runner.run(
+        "bytecode",
+        StepCommand::new(&argv).env("PYTHONDONTWRITEBYTECODE", ""),
+    )?;
+    Ok(true)
+}
+
 fn list_wheels(dir: &Path) -> anyhow::Result<BTreeMap<String, WheelEntry>> {
     let mut wheels = BTreeMap::new();
     let entries = fs::read_dir(dir)
@@ -642,6 +792,12 @@ fn apply_package_rules(staging: &Path, config: &DeployConfig) -> anyhow::Result<
         let entry = entry?;
         let rel = relative(staging, entry.path());
         let is_dir = entry.file_type().is_dir();
+        // The rules choose among the repository's files; the installed dependencies are the
+        // builder's own output and go whole.
+        if rel == DEPS_DIR {
+            walk.skip_current_dir();
+            continue;
+        }
         if exclude.matches(&rel) {
             remove(entry.path(), is_dir)?;
             removed += 1;
@@ -673,7 +829,11 @@ fn apply_package_rules(staging: &Path, config: &DeployConfig) -> anyhow::Result<
 fn check_secrets(staging: &Path, config: &DeployConfig) -> anyhow::Result<()> {
     let secrets = PathMatcher::new(&config.package.secrets).map_err(BadInput)?;
     let exclude = PathMatcher::new(&config.package.exclude).map_err(BadInput)?;
-    for entry in walk(staging) {
+    // `deps/` is what the wheels hold (a CA bundle is a `.pem`), not the repository's files.
+    let repository = walk(staging)
+        .into_iter()
+        .filter_entry(|e| relative(staging, e.path()) != DEPS_DIR);
+    for entry in repository {
         let entry = entry?;
         let rel = relative(staging, entry.path());
         if exclude.matches_or_inside(&rel) {

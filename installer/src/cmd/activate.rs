@@ -218,16 +218,20 @@ fn activate_checked(
         Ok(())
     })?;
 
-    // The venv from the release's own wheels.
-    run.phase(Phase::Venv, build, |_| {
-        let built = release::build_venv(config, &release_dir, &deploy_lock).with_context(|| {
-            format!(
-                "building the release's virtualenv failed; {}",
-                still_serving(current)
-            )
-        })?;
-        if !built {
-            eprintln!("    reusing the complete venv");
+    // Its dependencies importable: the installed ones it carries, or (older releases) a venv
+    // from its wheels.
+    run.phase(Phase::Deps, build, |_| {
+        let ready = release::ready_dependencies(config, &release_dir, &deploy_lock)
+            .with_context(|| {
+                format!(
+                    "making the release's dependencies ready failed; {}",
+                    still_serving(current)
+                )
+            })?;
+        match ready {
+            release::DepsReady::Reused => eprintln!("    reusing its complete environment"),
+            release::DepsReady::Linked => eprintln!("    its installed dependencies, without pip"),
+            release::DepsReady::Pip => eprintln!("    a venv built from its wheels with pip"),
         }
         Ok(())
     })?;

@@ -108,7 +108,7 @@ pub fn rollback(
             run.report.warnings.push(w);
         } else {
             release::link_shared(&layout, &release::profile_at(config, &dir), &dir)?;
-            release::build_venv(config, &dir, &deploy_lock)?;
+            release::ready_dependencies(config, &dir, &deploy_lock)?;
         }
         // Taken over at the swap if another release has it (see `switch`).
         release::link_static(&layout, config, target, release::StaticLink::Claim)?;

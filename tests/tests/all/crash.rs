@@ -52,9 +52,9 @@ const INSIDE: &[(Cmd, Phase, &str, &str)] = &[
     ),
     (
         Command::Activate,
-        Phase::Venv,
-        "venv:pip@4",
-        "pip installing the venv",
+        Phase::Deps,
+        "deps:before-complete",
+        "venv over deps/ made, not marked complete",
     ),
     (
         Command::Activate,

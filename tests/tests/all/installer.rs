@@ -205,7 +205,7 @@ fn activate_upgrade_rollback_and_failures_against_real_uwsgi() {
     assert_eq!(r.outcome, common::report::Outcome::Success);
     let phases: Vec<&str> = r.phases.iter().map(|p| p.name.as_str()).collect();
     for p in [
-        "lock", "fetch", "unpack", "link", "venv", "migrate", "swap", "reload", "health",
+        "lock", "fetch", "unpack", "link", "deps", "migrate", "swap", "reload", "health",
     ] {
         assert!(phases.contains(&p), "{p} missing from {phases:?}");
     }

@@ -119,7 +119,22 @@ fn package_runs_every_step_in_staging_and_is_reproducible() {
             .is_file(),
         "collectstatic output is packaged"
     );
-    assert!(tree.join("wheels").read_dir().unwrap().count() >= 3);
+    // The dependencies travel installed, with their bytecode and the project's, and without
+    // the wheels they came from (recorded in the manifest).
+    assert!(tree.join("deps/django/__init__.py").is_file());
+    assert!(tree
+        .join("deps/django/__pycache__")
+        .read_dir()
+        .unwrap()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().ends_with(".pyc")));
+    assert!(tree
+        .join("binarycrate/binarycrate/__pycache__")
+        .read_dir()
+        .unwrap()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().starts_with("wsgi.")));
+    assert!(!tree.join("wheels").exists() && !tree.join("deps/bin").exists());
     assert!(!tree.join(".git").exists() && !tree.join(".gitmodules").exists());
     assert!(
         tree.join("cavorite/cavorite/__init__.py").is_file(),
@@ -133,6 +148,17 @@ fn package_runs_every_step_in_staging_and_is_reproducible() {
     assert_eq!(m["source_date"], example::TAG_TIME);
     assert_eq!(m["submodules"].as_object().unwrap().len(), 2);
     assert!(m["python_tag"].as_str().unwrap().starts_with("cp3"));
+    assert_eq!(m["deps"], serde_json::json!({"dir": "deps", "bytecode": true}));
+    assert!(m["wheels"].as_object().unwrap().len() >= 3);
+    assert!(
+        m["files"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|f| f.starts_with("deps/") && f.ends_with(".pyc"))
+            .count()
+            > 100
+    );
     let steps: Vec<&str> = m["build_steps"]
         .as_array()
         .unwrap()
@@ -141,6 +167,7 @@ fn package_runs_every_step_in_staging_and_is_reproducible() {
         .collect();
     for step in [
         "wheels",
+        "deps",
         "venv",
         "copy-build-number",
         "bundle-add:cavorite",
@@ -148,6 +175,7 @@ fn package_runs_every_step_in_staging_and_is_reproducible() {
         "version-hash",
         "collectstatic",
         "check-frontend-build-number",
+        "bytecode",
     ] {
         assert!(steps.contains(&step), "{step} missing from {steps:?}");
     }
