@@ -304,13 +304,7 @@ pub fn ready_dependencies(
     if complete {
         return Ok(DepsReady::Reused);
     }
-    let server = server_python(&config.python)?;
-    if server.version != (major, minor) {
-        bail!(BadInput(format!(
-            "the release's dependencies are installed for Python {major}.{minor}, and this server's `python` (`{}`) is {}.{}: set `python` in the installer configuration to a Python {major}.{minor} (the one uWSGI embeds), or package for {}.{} (`python.python_version` in `deploy.toml`)",
-            config.python, server.version.0, server.version.1, server.version.0, server.version.1
-        )));
-    }
+    let server = python_for(config, &manifest)?.expect("the release has deps");
     // What `python -m venv --without-pip` writes, minus the activation scripts, written here
     // (a few milliseconds instead of a second): the interpreter, its `pyvenv.cfg`, and
     // site-packages as a link to the verified dependencies inside the release.
@@ -344,6 +338,37 @@ pub fn ready_dependencies(
     common::fault::point("deps:before-complete");
     atomic::write_file(&venv.join(VENV_COMPLETE), b"")?;
     Ok(DepsReady::Linked)
+}
+
+/// Refuses (exit 2) a release whose dependencies are installed for another Python than the
+/// server's: checked before anything is downloaded.
+pub fn check_python(
+    config: &InstallerConfig,
+    manifest: &common::ReleaseManifest,
+) -> anyhow::Result<()> {
+    python_for(config, manifest).map(drop)
+}
+
+/// The server's Python when the release carries installed dependencies, once it is known to
+/// be the one they were installed for.
+fn python_for(
+    config: &InstallerConfig,
+    manifest: &common::ReleaseManifest,
+) -> anyhow::Result<Option<ServerPython>> {
+    if manifest.deps.is_none() {
+        return Ok(None);
+    }
+    let Some((major, minor)) = manifest.python_version() else {
+        bail!("the release's manifest names no Python for its dependencies");
+    };
+    let server = server_python(&config.python)?;
+    if server.version != (major, minor) {
+        bail!(BadInput(format!(
+            "{:#}'s dependencies are installed for Python {major}.{minor}, and this server's `python` (`{}`) is {}.{}: set `python` in the installer configuration to a Python {major}.{minor} (the one uWSGI embeds), or package for {}.{} (`python.python_version` in `deploy.toml`)",
+            manifest.build, config.python, server.version.0, server.version.1, server.version.0, server.version.1
+        )));
+    }
+    Ok(Some(server))
 }
 
 /// The interpreter a release's venv runs.

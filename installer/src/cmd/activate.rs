@@ -154,6 +154,7 @@ fn activate_checked(
         let sidecar = store.parse_sidecar(&config.app, build, &sidecar_bytes)?;
         // Before anything is downloaded: the server's own files this release needs are there.
         release::check_shared_files(&layout, &config.profile_of(&sidecar.manifest))?;
+        release::check_python(config, &sidecar.manifest)?;
         if release_dir.exists() {
             check_reusable(config, &release_dir, &sidecar, build)?;
             return Ok((sidecar, None));

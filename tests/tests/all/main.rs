@@ -6,6 +6,7 @@ mod bootstrap;
 mod cli;
 mod concurrency;
 mod crash;
+mod deps;
 mod dist;
 mod fleet;
 mod installer;

@@ -1,0 +1,266 @@
+//! Dependencies that travel installed: a release's `deps/` (made by `builder package`) becomes
+//! its environment on the server without pip, every file in it is verified like the app's, a
+//! release made for another Python is refused before anything changes, and a release from
+//! before `deps/` (wheels only) still gets its venv from pip.
+//!
+//! One story over the shared published builds and one uWSGI, in steps.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::report::Report;
+use tests::published::{self, Published, ServerRoot};
+use tests::show;
+
+fn ready() -> bool {
+    tests::ready(tests::uwsgi::unavailable().or_else(tests::example::wheelhouse_missing))
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn report(out: &Output) -> Report {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not a JSON report ({e}): {}", stderr(out)))
+}
+
+#[test]
+fn dependencies_travel_installed_are_verified_and_ready_without_pip() {
+    if !ready() {
+        return;
+    }
+    let published = published::builds();
+    let tmp = tempfile::tempdir().unwrap();
+    let site = ServerRoot::new(tmp.path(), &published, 120).unwrap();
+    let server = site.first_activation("Build000001").unwrap();
+
+    an_upgrade_makes_its_environment_from_deps_without_pip(&site);
+    an_edited_file_of_a_release_on_disk_refuses_it(&site, "binarycrate/binarycrate/urls.py");
+    an_edited_file_of_a_release_on_disk_refuses_it(&site, "deps/django/__init__.py");
+    a_release_for_another_python_is_refused_and_changes_nothing(&site, tmp.path());
+    a_release_from_before_deps_still_gets_its_venv_from_pip(&site, &published, tmp.path());
+    drop(server);
+}
+
+/// Step 1: Build000002's `deps` phase links its verified `deps/` as the venv's site-packages;
+/// no pip runs and the venv holds no pip.
+fn an_upgrade_makes_its_environment_from_deps_without_pip(site: &ServerRoot) {
+    let out = site.installer(&["activate", "--build", "Build000002", "--json"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let r = report(&out);
+    assert!(r.phases.iter().any(|p| p.name == "deps" && p.ok), "{r:?}");
+    assert!(
+        stderr(&out).contains("its installed dependencies, without pip"),
+        "{}",
+        stderr(&out)
+    );
+    let release = site.root.join("releases/Build000002");
+    let site_packages = site_packages(&release.join("venv"));
+    assert_eq!(
+        fs::read_link(&site_packages).unwrap(),
+        Path::new("../../../deps")
+    );
+    assert!(!release.join("venv/bin/pip").exists());
+    assert!(release.join("deps/django/__init__.py").is_file());
+    // Django comes from the release's own deps/ when its venv's Python runs manage.py.
+    let python = release.join("venv/bin/python");
+    let where_ = Command::new(&python)
+        .args(["-c", "import django; print(django.__file__)"])
+        .output()
+        .unwrap();
+    let file = String::from_utf8_lossy(&where_.stdout).trim().to_owned();
+    assert!(
+        file.starts_with(release.to_str().unwrap()),
+        "{file} {}",
+        stderr(&where_)
+    );
+    show("deps: Build000002's venv is a link to its verified deps/, no pip ran");
+}
+
+fn site_packages(venv: &Path) -> PathBuf {
+    let lib = venv.join("lib");
+    let dir = fs::read_dir(&lib).unwrap().flatten().next().unwrap().path();
+    dir.join("site-packages")
+}
+
+/// Steps 2 and 3: a file changed in Build000001 on disk (an app file, then a dependency's) is
+/// drift for `verify` and refuses `rollback --to` and `activate --build` of it; restored, the
+/// release verifies again.
+fn an_edited_file_of_a_release_on_disk_refuses_it(site: &ServerRoot, file: &str) {
+    let path = site.root.join("releases/Build000001").join(file);
+    let original = fs::read(&path).unwrap();
+    let mut edited = original.clone();
+    edited.extend_from_slice(b"\nimport os; os.system('echo owned')\n");
+    fs::write(&path, &edited).unwrap();
+
+    let out = site.installer(&["verify", "Build000001"], &[]);
+    assert_ne!(out.status.code(), Some(0), "{}", stderr(&out));
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert!(said.contains(file), "{said}");
+    for args in [
+        &["rollback", "--to", "Build000001"][..],
+        &["activate", "--build", "Build000001"][..],
+    ] {
+        let out = site.installer(args, &[]);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert_eq!(
+            site.current().as_deref(),
+            Some("releases/Build000002"),
+            "{args:?}"
+        );
+        assert_eq!(fs::read(&path).unwrap(), edited, "{args:?} left it alone");
+    }
+    fs::write(&path, &original).unwrap();
+    let out = site.installer(&["verify", "Build000001"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    show(&format!(
+        "deps: `{file}` edited on disk: verify finds it, rollback --to and activate --build refuse it"
+    ));
+}
+
+/// Step 4: a server whose `python` is another version refuses Build000003 with exit 2 and
+/// leaves nothing of it behind.
+fn a_release_for_another_python_is_refused_and_changes_nothing(site: &ServerRoot, dir: &Path) {
+    let fake = dir.join("python3.5");
+    fs::write(
+        &fake,
+        "#!/bin/sh\necho '3 5 10'\necho /usr/bin/python3.5\n",
+    )
+    .unwrap();
+    fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let config = dir.join("old-python.toml");
+    let text = fs::read_to_string(&site.config).unwrap();
+    let text = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("python = ") {
+                format!("python = {:?}", fake.display().to_string())
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    fs::write(&config, text).unwrap();
+    let out = Command::new(tests::bins::installer())
+        .env("BINARYCRATE_INSTALLER_CONFIG", &config)
+        .env_remove(common::fault::ENV)
+        .args(["activate", "--build", "Build000003"])
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("installed for Python 3.") && err.contains("is 3.5"),
+        "{err}"
+    );
+    assert!(!site.root.join("releases/Build000003").exists());
+    assert_eq!(site.current().as_deref(), Some("releases/Build000002"));
+    show("deps: a release for Python 3.x on a 3.5 server: exit 2, nothing left behind");
+}
+
+/// Step 5: Build000005 packed as releases were before `deps/` (its wheels, no `deps` in its
+/// manifest) activates with a venv built by pip, and serves.
+fn a_release_from_before_deps_still_gets_its_venv_from_pip(
+    site: &ServerRoot,
+    published: &Published,
+    dir: &Path,
+) {
+    let artifact = fs::read_dir(published.tmp.path().join("out000004"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(".tar.gz"))
+        .unwrap();
+    let tree = dir.join("old-tree");
+    let out = Command::new(tests::bins::installer())
+        .arg("unpack")
+        .arg(&artifact)
+        .arg(&tree)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    fs::remove_file(tree.join("release.json")).unwrap();
+    fs::remove_dir_all(tree.join("deps")).unwrap();
+    let pycache: Vec<PathBuf> = walkdir::WalkDir::new(&tree)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_name() == "__pycache__")
+        .map(|e| e.path().to_owned())
+        .collect();
+    for d in pycache {
+        fs::remove_dir_all(d).unwrap();
+    }
+    let number_file = tree.join(tests::example::BUILD_NUMBER_FILE);
+    let text = fs::read_to_string(&number_file).unwrap();
+    fs::write(&number_file, text.replace("000004", "000005")).unwrap();
+    fs::create_dir(tree.join("wheels")).unwrap();
+    let requirements = fs::read_to_string(tree.join("requirements.txt")).unwrap();
+    for wheel in fs::read_dir(tests::example::wheelhouse_dir()).unwrap().flatten() {
+        let name = wheel.file_name().to_string_lossy().into_owned();
+        let mut parts = name.split('-');
+        let pin = format!(
+            "{}=={}",
+            parts.next().unwrap(),
+            parts.next().unwrap_or_default()
+        );
+        if requirements.to_lowercase().contains(&pin.to_lowercase()) {
+            fs::copy(wheel.path(), tree.join("wheels").join(&name)).unwrap();
+        }
+    }
+    assert_eq!(fs::read_dir(tree.join("wheels")).unwrap().count(), 3);
+    let out_dir = dir.join("old-out");
+    let packed = Command::new(tests::bins::builder())
+        .args(["archive", "--build", "Build000005", "--source-date", "1700000000", "--out"])
+        .arg(&out_dir)
+        .arg(&tree)
+        .output()
+        .unwrap();
+    assert!(packed.status.success(), "{}", stderr(&packed));
+    let artifact = String::from_utf8_lossy(&packed.stdout)
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .to_owned();
+    let publish = Command::new(tests::bins::builder())
+        .current_dir(dir)
+        .arg("publish")
+        .arg(&artifact)
+        .arg("--store")
+        .arg(format!("file://{}", dir.join("old-store").display()))
+        .output()
+        .unwrap();
+    assert!(publish.status.success(), "{}", stderr(&publish));
+    let sidecar: serde_json::Value =
+        serde_json::from_slice(&fs::read(out_dir.join("release.json")).unwrap()).unwrap();
+    assert!(sidecar["manifest"].get("deps").is_none());
+
+    let out = site.installer(
+        &[
+            "activate",
+            "--build",
+            "Build000005",
+            "--store",
+            &format!("file://{}", dir.join("old-store").display()),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("a venv built from its wheels with pip"),
+        "{}",
+        stderr(&out)
+    );
+    let venv = site.root.join("releases/Build000005/venv");
+    assert!(site_packages(&venv).join("django").is_dir());
+    assert!(!fs::symlink_metadata(site_packages(&venv))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    let out = site.installer(&["verify"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    show("deps: a release from before deps/ (wheels only) activated with pip and verifies");
+}
