@@ -773,6 +773,10 @@ mod tests {
                 sha256: None,
             },
         );
+        m.deps = Some(Dependencies {
+            dir: DEPS_DIR.into(),
+            bytecode: true,
+        });
         m.files
             .insert("binarycrate".into(), FileEntry::Dir { mode: Mode::DIR });
         m.files.insert(
@@ -873,17 +877,40 @@ mod tests {
     }
 
     #[test]
+    fn installed_dependencies_name_their_python() {
+        let mut m = example().manifest;
+        assert_eq!(m.python_version(), Some((3, 11)));
+        m.validate("x").unwrap();
+        m.python_tag = Some("py3".into());
+        assert_eq!(m.python_version(), None);
+        assert!(m
+            .validate("x")
+            .unwrap_err()
+            .to_string()
+            .contains("python_tag"));
+        m.python_tag = Some("cp35".into());
+        assert_eq!(m.python_version(), Some((3, 5)));
+        for dir in ["venv", "a/b", "../x", ""] {
+            m.deps = Some(Dependencies {
+                dir: dir.into(),
+                bytecode: false,
+            });
+            assert!(m.validate("x").is_err(), "{dir}");
+        }
+    }
+
+    #[test]
     fn future_schema_is_a_clear_error() {
         let mut v: serde_json::Value = serde_json::from_slice(&example().to_bytes()).unwrap();
-        v["schema_version"] = 2.into();
+        v["schema_version"] = 3.into();
         v["manifest"] = "something new".into();
         let err = Sidecar::from_bytes(v.to_string().as_bytes(), "x/release.json").unwrap_err();
         assert!(
             matches!(
                 err,
                 ManifestError::UnsupportedSchema {
-                    found: 2,
-                    supported: 1,
+                    found: 3,
+                    supported: 2,
                     ..
                 }
             ),

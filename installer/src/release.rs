@@ -406,11 +406,7 @@ fn server_python(python: &str) -> anyhow::Result<ServerPython> {
 }
 
 /// Builds `venv/` from the release's own wheels only (no index). Reused when complete.
-fn build_venv(
-    config: &InstallerConfig,
-    release: &Path,
-    lock: &DeployLock,
-) -> anyhow::Result<bool> {
+fn build_venv(config: &InstallerConfig, release: &Path, lock: &DeployLock) -> anyhow::Result<bool> {
     let venv = release.join(VENV_DIR);
     if venv.join(VENV_COMPLETE).is_file() {
         return Ok(false);
@@ -468,7 +464,7 @@ fn build_venv(
                 release,
                 &[("PIP_DISABLE_PIP_VERSION_CHECK", "1")],
                 lock,
-                "venv:pip",
+                "deps:pip",
             )?;
         }
     } else {
@@ -487,7 +483,7 @@ fn build_venv(
                 release,
                 &[("PIP_DISABLE_PIP_VERSION_CHECK", "1")],
                 lock,
-                "venv:pip",
+                "deps:pip",
             )?;
         }
     }

@@ -577,7 +577,10 @@ fn venv_site_packages(venv: &Path) -> anyhow::Result<PathBuf> {
             return Ok(site);
         }
     }
-    bail!("the venv `{}` has no `lib/python*/site-packages`", venv.display())
+    bail!(
+        "the venv `{}` has no `lib/python*/site-packages`",
+        venv.display()
+    )
 }
 
 /// Compiles the bytecode of the dependencies and of the project, once, here, when the builder's

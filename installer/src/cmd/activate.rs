@@ -222,8 +222,8 @@ fn activate_checked(
     // Its dependencies importable: the installed ones it carries, or (older releases) a venv
     // from its wheels.
     run.phase(Phase::Deps, build, |_| {
-        let ready = release::ready_dependencies(config, &release_dir, &deploy_lock)
-            .with_context(|| {
+        let ready =
+            release::ready_dependencies(config, &release_dir, &deploy_lock).with_context(|| {
                 format!(
                     "making the release's dependencies ready failed; {}",
                     still_serving(current)

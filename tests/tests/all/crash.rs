@@ -42,7 +42,7 @@ const INSIDE: &[(Cmd, Phase, &str, &str)] = &[
         Command::Activate,
         Phase::Unpack,
         "unpack:entry@50",
-        "unpack, 50 of ~100 entries in",
+        "unpack, 50 of ~5000 entries in",
     ),
     (
         Command::Activate,

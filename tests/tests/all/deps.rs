@@ -124,11 +124,7 @@ fn an_edited_file_of_a_release_on_disk_refuses_it(site: &ServerRoot, file: &str)
 /// leaves nothing of it behind.
 fn a_release_for_another_python_is_refused_and_changes_nothing(site: &ServerRoot, dir: &Path) {
     let fake = dir.join("python3.5");
-    fs::write(
-        &fake,
-        "#!/bin/sh\necho '3 5 10'\necho /usr/bin/python3.5\n",
-    )
-    .unwrap();
+    fs::write(&fake, "#!/bin/sh\necho '3 5 10'\necho /usr/bin/python3.5\n").unwrap();
     fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let config = dir.join("old-python.toml");
     let text = fs::read_to_string(&site.config).unwrap();
@@ -198,7 +194,10 @@ fn a_release_from_before_deps_still_gets_its_venv_from_pip(
     fs::write(&number_file, text.replace("000004", "000005")).unwrap();
     fs::create_dir(tree.join("wheels")).unwrap();
     let requirements = fs::read_to_string(tree.join("requirements.txt")).unwrap();
-    for wheel in fs::read_dir(tests::example::wheelhouse_dir()).unwrap().flatten() {
+    for wheel in fs::read_dir(tests::example::wheelhouse_dir())
+        .unwrap()
+        .flatten()
+    {
         let name = wheel.file_name().to_string_lossy().into_owned();
         let mut parts = name.split('-');
         let pin = format!(
@@ -213,7 +212,14 @@ fn a_release_from_before_deps_still_gets_its_venv_from_pip(
     assert_eq!(fs::read_dir(tree.join("wheels")).unwrap().count(), 3);
     let out_dir = dir.join("old-out");
     let packed = Command::new(tests::bins::builder())
-        .args(["archive", "--build", "Build000005", "--source-date", "1700000000", "--out"])
+        .args([
+            "archive",
+            "--build",
+            "Build000005",
+            "--source-date",
+            "1700000000",
+            "--out",
+        ])
         .arg(&out_dir)
         .arg(&tree)
         .output()

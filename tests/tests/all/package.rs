@@ -148,7 +148,10 @@ fn package_runs_every_step_in_staging_and_is_reproducible() {
     assert_eq!(m["source_date"], example::TAG_TIME);
     assert_eq!(m["submodules"].as_object().unwrap().len(), 2);
     assert!(m["python_tag"].as_str().unwrap().starts_with("cp3"));
-    assert_eq!(m["deps"], serde_json::json!({"dir": "deps", "bytecode": true}));
+    assert_eq!(
+        m["deps"],
+        serde_json::json!({"dir": "deps", "bytecode": true})
+    );
     assert!(m["wheels"].as_object().unwrap().len() >= 3);
     assert!(
         m["files"]
@@ -454,4 +457,52 @@ fn publish_to_the_default_file_store_and_to_s3() {
     let json: serde_json::Value =
         serde_json::from_str(&ok(releases.output().unwrap(), "releases on S3")).unwrap();
     assert_eq!(json[0]["tag"], "Build000001");
+}
+
+/// For a server Python other than the builder's (`python.platform` and `python.python_version`):
+/// pip chooses the wheels for that target and installs them into `deps/` for it; no bytecode
+/// is compiled here (the builder's Python would write its own), the manifest says so, and the
+/// wheels are recorded for that Python.
+#[test]
+fn package_for_another_python_installs_the_dependencies_for_it() {
+    let Some(wh) = wheelhouse() else { return };
+    let (tmp, repo) = example::create_temp().unwrap();
+    repo.commit_and_tag("000002", |w| {
+        let file = w.join("deploy.toml");
+        let mut text = fs::read_to_string(&file).unwrap();
+        text.push_str(
+            "\n[python]\nplatform = \"manylinux2014_x86_64\"\npython_version = \"3.12\"\n",
+        );
+        fs::write(&file, text).unwrap();
+    })
+    .unwrap();
+    let out = tmp.path().join("out");
+    let built = package(&wh, &repo.work, "Build000002", &out);
+    let artifact = last_line(&ok(built, "builder package for Python 3.12"));
+    let sidecar: serde_json::Value =
+        serde_json::from_slice(&fs::read(out.join("release.json")).unwrap()).unwrap();
+    let m = &sidecar["manifest"];
+    assert_eq!(m["python_tag"], "cp312");
+    assert_eq!(
+        m["deps"],
+        serde_json::json!({"dir": "deps", "bytecode": false})
+    );
+    let files = m["files"].as_object().unwrap();
+    assert!(files.contains_key("deps/django/__init__.py"));
+    assert!(files
+        .keys()
+        .any(|f| f.starts_with("deps/django-5.2.19.dist-info/")));
+    assert!(
+        !files.keys().any(|f| f.ends_with(".pyc")),
+        "no bytecode of the builder's Python in a release for 3.12"
+    );
+    let steps = serde_json::to_string(&m["build_steps"]).unwrap();
+    assert!(
+        steps.contains("\"--platform\",\"manylinux2014_x86_64\",\"--python-version\",\"3.12\""),
+        "{steps}"
+    );
+    let tree = tmp.path().join("tree");
+    unpack(&artifact, &tree);
+    assert!(tree.join("deps/sqlparse/__init__.py").is_file());
+    assert!(!tree.join("wheels").exists());
 }
