@@ -8,7 +8,7 @@
 //! Decompression runs on its own thread, feeding blocks to the thread that parses and writes,
 //! so inflating and file creation overlap as they do in `tar xzf` (two processes).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -36,6 +36,11 @@ pub struct UnpackOptions {
     /// Paths the installer creates or replaces in the unpacked tree (none by default: a plain
     /// archive). Entries at owned paths are refused, and no link may lead to any of them.
     pub reserved: Reserved,
+    /// Files already on disk by content and mode (other releases' files): an entry with the
+    /// same BLAKE3 and mode becomes a hard link to one of them instead of a new copy, once that
+    /// file is re-hashed and found equal (it may have changed since it was verified). The
+    /// entry's bytes are still read and checked against the manifest.
+    pub reuse: HashMap<(Blake3Hash, u32), PathBuf>,
 }
 
 impl Default for UnpackOptions {
@@ -44,6 +49,7 @@ impl Default for UnpackOptions {
             max_unpacked_bytes: 8 << 30,
             max_ratio: 200,
             reserved: Reserved::default(),
+            reuse: HashMap::new(),
         }
     }
 }
@@ -55,6 +61,10 @@ pub struct Unpacked {
     pub dirs: u64,
     pub symlinks: u64,
     pub bytes: u64,
+    /// Of `files`, how many are hard links to equal content (an earlier entry of this archive or
+    /// a file of [`UnpackOptions::reuse`]) rather than new copies, and their bytes.
+    pub linked: u64,
+    pub linked_bytes: u64,
 }
 
 /// Decompressed block size handed from the inflating thread to the writing thread.
@@ -380,6 +390,7 @@ fn write_entries(
     let mut dirs: HashSet<String> = HashSet::new();
     let mut links: HashSet<String> = HashSet::new();
     let mut summary = Unpacked::default();
+    let mut written: HashMap<(Blake3Hash, u32), PathBuf> = HashMap::new();
     let mut embedded_ok = false;
     let mut buf = vec![0u8; BLOCK];
     let corrupt = |e: io::Error| UnpackError::Corrupt(e.to_string());
@@ -566,7 +577,22 @@ fn write_entries(
                         limit: options.max_unpacked_bytes,
                     });
                 }
-                let (hash, n) = write_file(&path, &mut entry, Mode(mode), mtime, &mut buf)?;
+                let key = (*blake3, mode);
+                // Equal content already on disk: this archive's own earlier copy (collectstatic
+                // duplicates), else another release's file once it hashes equal.
+                let source = written.get(&key).cloned().or_else(|| {
+                    options
+                        .reuse
+                        .get(&key)
+                        .filter(|p| still_equal(p, *want_size, mode, blake3))
+                        .cloned()
+                });
+                let linked = source.is_some_and(|src| fs::hard_link(src, &path).is_ok());
+                let (hash, n) = if linked {
+                    hash_stream(&mut entry, &mut buf)?
+                } else {
+                    write_file(&path, &mut entry, Mode(mode), mtime, &mut buf)?
+                };
                 if n != size {
                     return Err(UnpackError::Corrupt(format!("entry `{name}` is truncated")));
                 }
@@ -574,6 +600,12 @@ fn write_entries(
                     return Err(mismatch(format!(
                         "BLAKE3 {hash}, the manifest says {blake3}"
                     )));
+                }
+                if linked {
+                    summary.linked += 1;
+                    summary.linked_bytes += size;
+                } else {
+                    written.insert(key, path.clone());
                 }
                 summary.files += 1;
                 summary.bytes += size;
@@ -682,6 +714,35 @@ fn write_file(
         .map_err(err)?;
     f.set_modified(mtime).map_err(err)?;
     Ok((hasher.finalize().into(), n))
+}
+
+/// Reads an entry's content only to hash it (its file is a link to equal content).
+fn hash_stream(mut content: impl Read, buf: &mut [u8]) -> Result<(Blake3Hash, u64), UnpackError> {
+    let mut hasher = blake3::Hasher::new();
+    let mut n = 0u64;
+    loop {
+        match content.read(buf) {
+            Ok(0) => break,
+            Ok(got) => {
+                hasher.update(&buf[..got]);
+                n += got as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(UnpackError::Corrupt(e.to_string())),
+        }
+    }
+    Ok((hasher.finalize().into(), n))
+}
+
+/// Whether a file to link to is still a plain file with the content and mode it was listed with.
+fn still_equal(path: &Path, size: u64, mode: u32, blake3: &Blake3Hash) -> bool {
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return false;
+    };
+    meta.is_file()
+        && meta.len() == size
+        && meta.permissions().mode() & 0o7777 == mode
+        && Blake3Hash::of_file(path).is_ok_and(|(h, n)| h == *blake3 && n == size)
 }
 
 /// Checks an unpacked tree against its manifest without changing it (`installer verify`, tests).

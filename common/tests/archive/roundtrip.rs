@@ -365,3 +365,60 @@ fn generator_covers_long_names_links_and_big_files() {
     }
     assert!(long100 && long255 && big && links && unicode && empty);
 }
+
+/// Equal content is stored once on disk: a duplicate inside the archive becomes a hard link to
+/// its first copy, and a file equal to one of `reuse` (another release) a hard link to it —
+/// unless that file changed since, when a fresh copy is written instead.
+#[test]
+fn equal_content_is_linked_within_the_tree_and_to_files_on_disk() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let staged = tmp.path().join("staged");
+    fs::create_dir_all(staged.join("app/static")).unwrap();
+    fs::create_dir_all(staged.join("public")).unwrap();
+    fs::write(staged.join("app/static/site.css"), b"body { color: red }\n").unwrap();
+    fs::write(staged.join("public/site.css"), b"body { color: red }\n").unwrap();
+    fs::write(staged.join("lib.py"), gen_content(200_000, 7)).unwrap();
+    fs::write(staged.join("other.py"), b"print('other')\n").unwrap();
+    let out = tmp.path().join("out");
+    let packed: Packed = pack(&staged, base_manifest(), &out, &PackOptions::default()).unwrap();
+
+    let first = tmp.path().join("first");
+    let summary = unpack(
+        &packed.artifact_path,
+        &packed.sidecar,
+        &first,
+        &UnpackOptions::default(),
+    )
+    .unwrap();
+    assert_eq!((summary.files, summary.linked), (4, 1));
+    let ino = |p: &Path| fs::metadata(p).unwrap().ino();
+    assert_eq!(
+        ino(&first.join("app/static/site.css")),
+        ino(&first.join("public/site.css"))
+    );
+
+    // Another release on disk: its files are offered for reuse by content and mode.
+    let mut reuse = std::collections::HashMap::new();
+    for (path, entry) in &packed.sidecar.manifest.files {
+        if let FileEntry::File { mode, blake3, .. } = entry {
+            reuse.entry((*blake3, mode.0)).or_insert(first.join(path));
+        }
+    }
+    // One of them changed on disk after it was verified: it must not be linked to.
+    fs::write(first.join("other.py"), b"print('owned')\n").unwrap();
+    let second = tmp.path().join("second");
+    let options = UnpackOptions {
+        reuse,
+        ..UnpackOptions::default()
+    };
+    let summary = unpack(&packed.artifact_path, &packed.sidecar, &second, &options).unwrap();
+    assert_eq!((summary.files, summary.linked), (4, 3), "{summary:?}");
+    assert_eq!(ino(&second.join("lib.py")), ino(&first.join("lib.py")));
+    assert_ne!(ino(&second.join("other.py")), ino(&first.join("other.py")));
+    assert_eq!(
+        fs::read(second.join("other.py")).unwrap(),
+        b"print('other')\n"
+    );
+    verify_tree(&second, &packed.sidecar, |_| false).unwrap();
+}

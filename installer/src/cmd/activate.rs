@@ -171,10 +171,26 @@ fn activate_checked(
         eprintln!("    into `{}`", release_dir.display());
         let options = UnpackOptions {
             reserved: release::reserved(&profile),
+            reuse: release::content_on_disk(config, &layout, current_on_disk, build),
             ..UnpackOptions::default()
         };
-        unpack(artifact, &sidecar, &release_dir, &options)
+        let unpacked = unpack(artifact, &sidecar, &release_dir, &options)
             .with_context(|| format!("refused to install {build:#}; nothing changed"))?;
+        eprintln!(
+            "    {} files, {} of them ({:.1} MiB) linked to equal files already on disk",
+            unpacked.files,
+            unpacked.linked,
+            unpacked.linked_bytes as f64 / (1 << 20) as f64
+        );
+        run.report.details.insert(
+            "unpack".into(),
+            serde_json::json!({
+                "files": unpacked.files,
+                "bytes": unpacked.bytes,
+                "linked_files": unpacked.linked,
+                "linked_bytes": unpacked.linked_bytes,
+            }),
+        );
     } else {
         eprintln!("    `{}` is already this release", release_dir.display());
     }

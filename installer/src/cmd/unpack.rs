@@ -52,6 +52,7 @@ fn unpack_verified(args: &UnpackArgs, report: &mut Report) -> anyhow::Result<()>
         max_unpacked_bytes: args.max_unpacked_bytes,
         max_ratio: args.max_ratio,
         reserved: Reserved::installer_owned(),
+        ..UnpackOptions::default()
     };
     let summary = unpack(&args.artifact, &sidecar, &args.dest, &options).with_context(|| {
         format!(

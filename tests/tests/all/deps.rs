@@ -41,6 +41,7 @@ fn dependencies_travel_installed_are_verified_and_ready_without_pip() {
     an_edited_file_of_a_release_on_disk_refuses_it(&site, "deps/django/__init__.py");
     a_release_for_another_python_is_refused_and_changes_nothing(&site, tmp.path());
     a_release_from_before_deps_still_gets_its_venv_from_pip(&site, &published, tmp.path());
+    pruning_the_releases_it_shares_files_with_keeps_one_working(&site, &server);
     drop(server);
 }
 
@@ -64,6 +65,14 @@ fn an_upgrade_makes_its_environment_from_deps_without_pip(site: &ServerRoot) {
     );
     assert!(!release.join("venv/bin/pip").exists());
     assert!(release.join("deps/django/__init__.py").is_file());
+    // Build000001's equal files were linked, not written again: one copy on disk.
+    let linked = r.details["unpack"]["linked_files"].as_u64().unwrap();
+    assert!(linked > 1000, "{:?}", r.details);
+    let old = site.root.join("releases/Build000001");
+    assert_eq!(
+        inode(&release.join("deps/django/__init__.py")),
+        inode(&old.join("deps/django/__init__.py"))
+    );
     // Django comes from the release's own deps/ when its venv's Python runs manage.py.
     let python = release.join("venv/bin/python");
     let where_ = Command::new(&python)
@@ -77,6 +86,10 @@ fn an_upgrade_makes_its_environment_from_deps_without_pip(site: &ServerRoot) {
         stderr(&where_)
     );
     show("deps: Build000002's venv is a link to its verified deps/, no pip ran");
+}
+
+fn inode(path: &Path) -> u64 {
+    std::os::unix::fs::MetadataExt::ino(&fs::metadata(path).unwrap())
 }
 
 fn site_packages(venv: &Path) -> PathBuf {
@@ -269,4 +282,36 @@ fn a_release_from_before_deps_still_gets_its_venv_from_pip(
     let out = site.installer(&["verify"], &[]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     show("deps: a release from before deps/ (wheels only) activated with pip and verifies");
+}
+
+/// Step 6: Build000003 shares its files with the releases on disk; pruning all of them leaves
+/// it complete and serving.
+fn pruning_the_releases_it_shares_files_with_keeps_one_working(
+    site: &ServerRoot,
+    server: &tests::uwsgi::UwsgiServer,
+) {
+    let out = site.installer(&["activate", "--build", "Build000003", "--json"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let three = site.root.join("releases/Build000003");
+    let shared = inode(&three.join("deps/django/__init__.py"));
+    assert_eq!(
+        shared,
+        inode(
+            &site
+                .root
+                .join("releases/Build000002/deps/django/__init__.py")
+        )
+    );
+    let out = site.installer(&["prune", "--keep", "0"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // Prune keeps the previous good release (Build000005); the ones before it are gone.
+    for gone in ["Build000001", "Build000002"] {
+        assert!(!site.root.join("releases").join(gone).exists(), "{gone}");
+    }
+    let out = site.installer(&["verify"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(inode(&three.join("deps/django/__init__.py")), shared);
+    let page = server.request("/").unwrap();
+    assert_eq!(page.build_number(), Some("000003"), "{}", page.body);
+    show("deps: Build000003 linked to the files of the releases on disk; pruned them, it verifies and serves");
 }
