@@ -9,6 +9,7 @@
 //! - [`cli`]: the command line (clap definitions only).
 //! - [`cmd`]: one module per subcommand; each exposes `run`, and none imports another.
 //! - [`config`]: `deploy.toml`, with defaults that reproduce the manual procedure.
+//! - [`depcache`]: installed and compiled `deps/` trees kept by what decides their bytes.
 //! - [`discover`]: what an application repository holds (for `builder init`).
 //! - [`appcheck`]: an application tree checked against its app profile.
 //! - [`export`]: a tag and its submodule commits, exported from git objects into staging.
@@ -25,6 +26,7 @@ pub mod appcheck;
 pub mod cli;
 pub mod cmd;
 pub mod config;
+pub mod depcache;
 pub mod discover;
 pub mod export;
 pub mod fleet;

@@ -151,6 +151,21 @@ impl StepRunner {
         });
     }
 
+    /// Records a step whose result was restored rather than made (the dependency cache): the
+    /// release records the command that made it, so it is the same either way; the build log
+    /// has the time the restore took.
+    pub fn replayed(
+        &mut self,
+        name: &str,
+        cmd: StepCommand,
+        took: std::time::Duration,
+        note: &str,
+    ) {
+        self.announce(name, &shell_words(&cmd.recorded_with_env()));
+        eprintln!("    {note}");
+        self.record(name, cmd.recorded_with_env(), took);
+    }
+
     /// Records a timing that is not a build step (export, packing) in the build log only.
     pub fn time_only(&mut self, name: &str, took: std::time::Duration) {
         self.timings.push(StepTiming {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use common::archive::writer::{pack, PackOptions};
@@ -19,6 +19,7 @@ use common::{atomic, Blake3Hash, BuildNumber, ReleaseManifest, Sidecar};
 
 use crate::cli::PackageArgs;
 use crate::config::{DeployConfig, PathMatcher, DEPLOY_TOML};
+use crate::depcache::DepCache;
 use crate::steps::{StepCommand, StepRunner, VENV_PLACEHOLDER};
 use crate::{export, repo, signing};
 
@@ -236,7 +237,7 @@ fn build_and_pack(
     // The dependencies, installed once here for the servers' Python and platform: the release
     // carries them as ordinary files under `deps/` (listed in the manifest, verified on the
     // servers like every other file), so a server needs neither pip nor an index.
-    install_deps(config, &wheels, runner)?;
+    ready_deps(config, &wheels, runner)?;
     let py = &config.python.interpreter;
     let venv_python = format!("{VENV_PLACEHOLDER}/bin/python");
     // collectstatic's environment: a venv without pip whose site-packages is the `deps/` just
@@ -500,22 +501,66 @@ fn interpreter_tag(interpreter: &str) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
-/// Installs the wheels into `deps/` as pip lays out a site-packages directory, for the target's
-/// Python and platform, without compiling (bytecode is made by [`compile_bytecode`]) and without
-/// console scripts (their first line names this machine's interpreter; servers run `manage.py`).
-/// Requirements are given by name and version, found among the wheels: installed from a file
-/// path, pip would record that temporary path in each `direct_url.json`.
-fn install_deps(
+/// `deps/`: the wheels installed for the servers' Python and platform and (same Python) their
+/// bytecode compiled — from the dependency cache when the same wheels were installed the same
+/// way before on this machine, else by pip and compileall (and then kept in the cache). Either
+/// way the release records the same steps and holds the same bytes.
+fn ready_deps(
     config: &DeployConfig,
     wheels: &BTreeMap<String, WheelEntry>,
     runner: &mut StepRunner,
 ) -> anyhow::Result<()> {
     let staging = runner.staging().to_owned();
-    if fs::symlink_metadata(staging.join(DEPS_DIR)).is_ok() {
+    let deps = staging.join(DEPS_DIR);
+    if fs::symlink_metadata(&deps).is_ok() {
         bail!(BadInput(format!(
             "the tag has `{DEPS_DIR}` at its root, where the builder installs the dependencies: rename it"
         )));
     }
+    let install = deps_install_command(config, wheels)?;
+    let compile = deps_compile_command(config);
+    let cache = DepCache::open();
+    let key = deps_cache_key(config, wheels, &install)?;
+    if let Some(cache) = &cache {
+        let t = Instant::now();
+        if cache.restore(&key, &deps)? {
+            let took = t.elapsed();
+            let note = format!("from the dependency cache (key {})", &key[..16]);
+            runner.replayed("deps", StepCommand::new(&install), took, &note);
+            if let Some(compile) = &compile {
+                runner.replayed(
+                    "deps-bytecode",
+                    compile_step(compile),
+                    Duration::ZERO,
+                    &note,
+                );
+            }
+            return Ok(());
+        }
+    }
+    runner.run("deps", StepCommand::new(&install))?;
+    // Console scripts name this machine's interpreter in their first line; servers run
+    // `manage.py`.
+    atomic::remove_tree(&deps.join("bin"))?;
+    if let Some(compile) = &compile {
+        runner.run("deps-bytecode", compile_step(compile))?;
+    }
+    if let Some(cache) = &cache {
+        if let Err(e) = cache.store(&key, &deps) {
+            eprintln!("warning: {e:#}; the next build installs its dependencies again");
+        }
+    }
+    Ok(())
+}
+
+/// pip installing the wheels into `deps/` as a site-packages directory for the target, without
+/// compiling and without resolving. Requirements are given by name and version, found among
+/// the wheels: installed from a file path, pip would record that temporary path in each
+/// `direct_url.json`.
+fn deps_install_command(
+    config: &DeployConfig,
+    wheels: &BTreeMap<String, WheelEntry>,
+) -> anyhow::Result<Vec<String>> {
     let p = &config.python;
     let mut argv: Vec<String> = [
         p.interpreter.as_str(),
@@ -550,9 +595,62 @@ fn install_deps(
     for name in wheels.keys() {
         argv.push(wheel_requirement(name)?);
     }
-    runner.run("deps", StepCommand::new(&argv))?;
-    atomic::remove_tree(&staging.join(DEPS_DIR).join("bin"))?;
-    Ok(())
+    Ok(argv)
+}
+
+/// The bytecode of `deps/`, when the builder's Python is the servers' (see [`compile_bytecode`]).
+fn deps_compile_command(config: &DeployConfig) -> Option<Vec<String>> {
+    config.python.platform.is_none().then(|| {
+        let mut argv = compile_argv(config);
+        argv.push(DEPS_DIR.to_owned());
+        argv
+    })
+}
+
+/// `python -m compileall` as every bytecode step runs it: hash-checked `.pyc` files (valid
+/// whatever the files' times), in one process so that they are the same bytes every time.
+fn compile_argv(config: &DeployConfig) -> Vec<String> {
+    [
+        config.python.interpreter.as_str(),
+        "-m",
+        "compileall",
+        "-q",
+        "-j",
+        "1",
+        "--invalidation-mode",
+        "checked-hash",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+/// What decides the bytes of `deps/`: the wheels by content, the command that installs them,
+/// and the Python and pip that install and compile them.
+fn deps_cache_key(
+    config: &DeployConfig,
+    wheels: &BTreeMap<String, WheelEntry>,
+    install: &[String],
+) -> anyhow::Result<String> {
+    let interpreter = &config.python.interpreter;
+    let out = Command::new(interpreter)
+        .args([
+            "-c",
+            "import sys, importlib.metadata as m; print(sys.version); print(m.version('pip'))",
+        ])
+        .output()
+        .with_context(|| format!("cannot run the Python `{interpreter}`: set `python.interpreter` in `{DEPLOY_TOML}`"))?;
+    let mut parts = vec![
+        format!("builder {}", env!("CARGO_PKG_VERSION")),
+        format!("python {}", String::from_utf8_lossy(&out.stdout).trim()),
+        format!("install {}", install.join(" ")),
+        format!("bytecode {}", config.python.platform.is_none()),
+    ];
+    parts.extend(
+        wheels
+            .iter()
+            .map(|(name, w)| format!("wheel {name} {} {}", w.size, w.blake3)),
+    );
+    Ok(DepCache::key(&parts))
 }
 
 /// `name==version` for a wheel file name (`Django-5.2.19-py3-none-any.whl`).
@@ -583,13 +681,11 @@ fn venv_site_packages(venv: &Path) -> anyhow::Result<PathBuf> {
     )
 }
 
-/// Compiles the bytecode of the dependencies and of the project, once, here, when the builder's
-/// Python is the servers' (no `python.platform`): hash-checked `.pyc` files (valid whatever the
-/// files' times; Python checks them against the source it verifies anyway), under relative
-/// names so that they are the same bytes wherever the staging directory is, in one process so
-/// that they are the same bytes every time. They are release files like any other, so no worker
-/// compiles on start and nothing a worker loads escapes verification. For another platform's
-/// Python the servers compile (`false`).
+/// Compiles the project's bytecode (the dependencies' is compiled with them), once, here, when
+/// the builder's Python is the servers' (no `python.platform`): under relative names, so that
+/// the files are the same bytes wherever the staging directory is. They are release files like
+/// any other, so no worker compiles on start and nothing a worker loads escapes verification.
+/// For another platform's Python the servers compile (`false`).
 fn compile_bytecode(
     config: &DeployConfig,
     profile: &AppProfile,
@@ -598,45 +694,29 @@ fn compile_bytecode(
     if config.python.platform.is_some() {
         return Ok(false);
     }
-    let mut argv: Vec<String> = [
-        config.python.interpreter.as_str(),
-        "-m",
-        "compileall",
-        "-q",
-        "-j",
-        "1",
-        "--invalidation-mode",
-        "checked-hash",
-        DEPS_DIR,
-    ]
-    .map(str::to_owned)
-    .to_vec();
-    let project = if profile.project_dir.is_empty() {
-        // The project is the release root: its packages and modules beside `deps/` (the front
-        // end's files and anything else at the root are not the project's Python).
-        ".".to_owned()
-    } else {
-        profile.project_dir.clone()
-    };
-    if project == "." {
+    let mut argv = compile_argv(config);
+    if profile.project_dir.is_empty() {
+        // The project is the release root: its top-level modules and packages (not `deps/`,
+        // compiled already, nor the front end's files).
         argv.extend(["-l".to_owned(), ".".to_owned()]);
         let root = runner.staging().to_owned();
         let mut dirs: Vec<String> = fs::read_dir(&root)?
             .flatten()
-            .filter(|e| e.path().join("__init__.py").is_file())
+            .filter(|e| e.file_name() != DEPS_DIR && e.path().join("__init__.py").is_file())
             .filter_map(|e| e.file_name().to_str().map(str::to_owned))
             .collect();
         dirs.sort();
         argv.extend(dirs);
     } else {
-        argv.push(project);
+        argv.push(profile.project_dir.clone());
     }
-    // Compiling must write the bytecode the other steps are kept from writing.
-    runner.run(
-        "bytecode",
-        StepCommand::new(&argv).env("PYTHONDONTWRITEBYTECODE", ""),
-    )?;
+    runner.run("bytecode", compile_step(&argv))?;
     Ok(true)
+}
+
+/// A compile step: it must write the bytecode the other steps are kept from writing.
+fn compile_step(argv: &[String]) -> StepCommand {
+    StepCommand::new(argv).env("PYTHONDONTWRITEBYTECODE", "")
 }
 
 fn list_wheels(dir: &Path) -> anyhow::Result<BTreeMap<String, WheelEntry>> {

@@ -67,7 +67,17 @@ fn package_runs_every_step_in_staging_and_is_reproducible() {
     let (tmp, repo) = example::create_temp().unwrap();
     let before = example::state(&repo.work);
     let out1 = tmp.path().join("out1");
-    let stdout = ok(package(&wh, &repo.work, example::TAG, &out1), "package");
+    // Each of the first two packagings has a cache of its own (both install and compile their
+    // dependencies); the third reuses the first's.
+    let cache = |n: u32| tmp.path().join(format!("cache{n}"));
+    let packaged = builder(&wh, &repo.work)
+        .env(builder::depcache::CACHE_DIR_ENV, cache(1))
+        .args(["package", "--tag", example::TAG, "--out"])
+        .arg(&out1)
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&packaged.stderr).contains("from the dependency cache"));
+    let stdout = ok(packaged, "package");
     assert_eq!(
         example::state(&repo.work),
         before,
@@ -205,6 +215,7 @@ fn package_runs_every_step_in_staging_and_is_reproducible() {
     assert!(c.status().unwrap().success());
     let out2 = tmp.path().join("out2");
     let out = builder(&wh, &clone)
+        .env(builder::depcache::CACHE_DIR_ENV, cache(2))
         .env("TZ", "Pacific/Kiritimati")
         .env("TMPDIR", tmp.path())
         .arg("package")
@@ -220,6 +231,23 @@ fn package_runs_every_step_in_staging_and_is_reproducible() {
         fs::read(out2.join("release.json")).unwrap(),
         fs::read(out1.join("release.json")).unwrap()
     );
+
+    // The same requirements again, with the first cache: the dependencies come from it, and
+    // the release is the same bytes.
+    let out3 = tmp.path().join("out3");
+    let warm = builder(&wh, &clone)
+        .env(builder::depcache::CACHE_DIR_ENV, cache(1))
+        .args(["package", "--tag", example::TAG, "--out"])
+        .arg(&out3)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&warm.stderr).contains("from the dependency cache"),
+        "{}",
+        String::from_utf8_lossy(&warm.stderr)
+    );
+    let artifact3 = last_line(&ok(warm, "warm package"));
+    assert_eq!(fs::read(&artifact3).unwrap(), fs::read(&artifact).unwrap());
 }
 
 /// Sets the child's umask (a process-wide setting, so never in the test process itself).
