@@ -97,7 +97,7 @@ pub enum UnpackError {
     InstallerOwned { entry: String, owned: String },
     #[error("entry `{}` passes through symlink `{}`", shown(.entry), shown(.link))]
     ThroughSymlink { entry: String, link: String },
-    #[error("entry `{}` is a hard link, which release archives never contain", shown(.entry))]
+    #[error("entry `{}` is a hard link, and not to an earlier file of the archive with the content and mode the manifest lists for it", shown(.entry))]
     HardLink { entry: String },
     #[error("entry `{}` is a {kind}, which release archives never contain", shown(.entry))]
     SpecialFile { entry: String, kind: &'static str },

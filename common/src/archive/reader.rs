@@ -391,6 +391,8 @@ fn write_entries(
     let mut links: HashSet<String> = HashSet::new();
     let mut summary = Unpacked::default();
     let mut written: HashMap<(Blake3Hash, u32), PathBuf> = HashMap::new();
+    // Regular files so far by name, for the archive's own hard links to them.
+    let mut regular: HashMap<String, (Blake3Hash, u32, u64)> = HashMap::new();
     let mut embedded_ok = false;
     let mut buf = vec![0u8; BLOCK];
     let corrupt = |e: io::Error| UnpackError::Corrupt(e.to_string());
@@ -442,7 +444,7 @@ fn write_entries(
         }
         let mode = entry.header().mode().map_err(corrupt)?;
         match kind {
-            tar::EntryType::Link => return Err(UnpackError::HardLink { entry: name }),
+            tar::EntryType::Link => {}
             tar::EntryType::Char => {
                 return Err(UnpackError::SpecialFile {
                     entry: name,
@@ -507,6 +509,33 @@ fn write_entries(
             what,
         };
         let path = root.join(&name);
+        if kind == tar::EntryType::Link {
+            // Accepted only as the writer makes them: content the archive already holds, stored
+            // once — a link to an earlier regular file of this archive whose content and mode
+            // are exactly what the manifest lists for this entry. Anything else (a link out of
+            // the tree, to a directory, a link, a later entry, or other content) is refused.
+            let target = entry
+                .link_name_bytes()
+                .and_then(|t| String::from_utf8(t.into_owned()).ok());
+            let earlier = target.as_ref().and_then(|t| regular.get(t).map(|f| (t, f)));
+            let (target, (hash, target_mode, target_size)) = match (earlier, listed) {
+                (Some((t, f)), FileEntry::File { size, mode, blake3 })
+                    if f.0 == *blake3 && f.1 == mode.0 && f.2 == *size && entry.size() == 0 =>
+                {
+                    (t.clone(), *f)
+                }
+                _ => return Err(UnpackError::HardLink { entry: name }),
+            };
+            let source = root.join(&target);
+            fs::hard_link(&source, &path)
+                .map_err(|e| FsError::new("cannot create hard link", &path, e))?;
+            regular.insert(name, (hash, target_mode, target_size));
+            summary.files += 1;
+            summary.bytes += target_size;
+            summary.linked += 1;
+            summary.linked_bytes += target_size;
+            continue;
+        }
         match (kind, listed) {
             (tar::EntryType::Directory, FileEntry::Dir { mode: want }) => {
                 if mode != Mode::DIR.0 || *want != Mode::DIR {
@@ -607,6 +636,7 @@ fn write_entries(
                 } else {
                     written.insert(key, path.clone());
                 }
+                regular.insert(name, (*blake3, mode, size));
                 summary.files += 1;
                 summary.bytes += size;
             }

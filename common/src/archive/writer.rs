@@ -210,6 +210,7 @@ fn add_tree(
     mtime: i64,
 ) -> Result<BTreeMap<String, FileEntry>, PackError> {
     let mut files = BTreeMap::new();
+    let mut stored: HashMap<(Blake3Hash, u32), String> = HashMap::new();
     let mut buf = vec![0u8; CHUNK];
     let walk = walkdir::WalkDir::new(root)
         .min_depth(1)
@@ -269,8 +270,24 @@ fn add_tree(
             } else {
                 Mode::FILE
             };
-            let mut f = File::open(path).map_err(|e| FsError::new("cannot open", path, e))?;
             let size = meta.len();
+            // Content the archive already holds (collectstatic's copies) is stored once: a hard
+            // link entry to its first copy, which the reader accepts only as exactly that.
+            let (known, _) = Blake3Hash::of_file(path)?;
+            if let Some(first) = stored.get(&(known, mode.0)) {
+                append_link(tar, tar::EntryType::Link, mode, &name, first, mtime)
+                    .map_err(io_err)?;
+                files.insert(
+                    name,
+                    FileEntry::File {
+                        size,
+                        mode,
+                        blake3: known,
+                    },
+                );
+                continue;
+            }
+            let mut f = File::open(path).map_err(|e| FsError::new("cannot open", path, e))?;
             // The header alone (an empty reader writes no content and no padding); the size in
             // it is fixed before the content is read, so a file that changes while being packed
             // is an error, not a silently inconsistent archive.
@@ -296,9 +313,11 @@ fn add_tree(
                 pipeline.write_all(&buf[..got]).map_err(io_err)?;
                 n += got as u64;
             }
-            if n != size || f.read(&mut [0u8; 1]).map_err(io_err)? != 0 {
+            let blake3: Blake3Hash = hasher.finalize().into();
+            if n != size || f.read(&mut [0u8; 1]).map_err(io_err)? != 0 || blake3 != known {
                 return Err(unsupported(path, "it changed while being packed"));
             }
+            stored.insert((blake3, mode.0), name.clone());
             if segment {
                 pipeline.end_segment().map_err(io_err)?;
             }
@@ -306,14 +325,7 @@ fn add_tree(
             pipeline
                 .write_all(&[0u8; 512][..pad as usize])
                 .map_err(io_err)?;
-            files.insert(
-                name,
-                FileEntry::File {
-                    size,
-                    mode,
-                    blake3: hasher.finalize().into(),
-                },
-            );
+            files.insert(name, FileEntry::File { size, mode, blake3 });
         } else {
             return Err(unsupported(path, "it is a device, FIFO or socket; releases hold only files, directories and symlinks"));
         }
@@ -330,7 +342,26 @@ fn append_symlink<W: Write>(
     target: &str,
     mtime: i64,
 ) -> io::Result<()> {
-    let mut h = header(tar::EntryType::Symlink, Mode(0o777), 0, mtime);
+    append_link(
+        tar,
+        tar::EntryType::Symlink,
+        Mode(0o777),
+        name,
+        target,
+        mtime,
+    )
+}
+
+/// Appends a link entry (symbolic, or hard to an earlier file of the archive).
+fn append_link<W: Write>(
+    tar: &mut tar::Builder<W>,
+    kind: tar::EntryType,
+    mode: Mode,
+    name: &str,
+    target: &str,
+    mtime: i64,
+) -> io::Result<()> {
+    let mut h = header(kind, mode, 0, mtime);
     if h.set_link_name_literal(target).is_err() {
         // Longer than the header's 100 bytes: a GNU long-link entry first, as GNU tar writes it.
         let mut long = tar::Header::new_gnu();

@@ -280,10 +280,54 @@ fn cases() -> Vec<Case> {
 
     // --- entry types and modes -------------------------------------------------------------
     v.push(case(
-        "hard link",
+        "hard link to an earlier file with other content",
         crafted(|c| {
             c.file("a", b"x");
             c.tar.entry(b"b", EntryType::Link, 0o644, b"", b"a");
+            c.list_file("b", b"y", 0o644);
+        })
+        .seal(),
+        |e| matches!(e, E::HardLink { entry } if entry == "b"),
+        &["`b`"],
+    ));
+    v.push(case(
+        "hard link to an earlier file with another mode",
+        crafted(|c| {
+            c.file("a", b"x");
+            c.tar.entry(b"b", EntryType::Link, 0o755, b"", b"a");
+            c.list_file("b", b"x", 0o755);
+        })
+        .seal(),
+        |e| matches!(e, E::HardLink { entry } if entry == "b"),
+        &["`b`"],
+    ));
+    v.push(case(
+        "hard link to a later file",
+        crafted(|c| {
+            c.tar.entry(b"a", EntryType::Link, 0o644, b"", b"b");
+            c.file("b", b"x");
+            c.list_file("a", b"x", 0o644);
+        })
+        .seal(),
+        |e| matches!(e, E::HardLink { entry } if entry == "a"),
+        &["`a`"],
+    ));
+    v.push(case(
+        "hard link to a directory",
+        crafted(|c| {
+            c.dir("d");
+            c.tar.entry(b"b", EntryType::Link, 0o644, b"", b"d");
+            c.list_file("b", b"", 0o644);
+        })
+        .seal(),
+        |e| matches!(e, E::HardLink { entry } if entry == "b"),
+        &["`b`"],
+    ));
+    v.push(case(
+        "hard link with content of its own",
+        crafted(|c| {
+            c.file("a", b"x");
+            c.tar.entry(b"b", EntryType::Link, 0o644, b"x", b"a");
             c.list_file("b", b"x", 0o644);
         })
         .seal(),
@@ -883,8 +927,8 @@ fn cases() -> Vec<Case> {
         })
         .seal();
         let mut json: serde_json::Value = serde_json::from_slice(&sidecar.to_bytes()).unwrap();
-        json["schema_version"] = 2.into();
-        json["manifest"]["schema_version"] = 2.into();
+        json["schema_version"] = 3.into();
+        json["manifest"]["schema_version"] = 3.into();
         let mut c = case(
             "sidecar from a future schema version",
             (gz, sidecar),
@@ -892,13 +936,13 @@ fn cases() -> Vec<Case> {
                 matches!(
                     e,
                     E::Manifest(ManifestError::UnsupportedSchema {
-                        found: 2,
-                        supported: 1,
+                        found: 3,
+                        supported: 2,
                         ..
                     })
                 )
             },
-            &["schema version 2", "upgrade"],
+            &["schema version 3", "upgrade"],
         );
         c.sidecar_bytes = Some(serde_json::to_vec_pretty(&json).unwrap());
         v.push(c);

@@ -233,7 +233,8 @@ pub fn check_round_trip(src: &Path, work: &Path) -> Result<(), String> {
     for l in &listed {
         let mode_ok = match l.kind {
             tar::EntryType::Directory => l.mode == 0o755,
-            tar::EntryType::Regular => l.mode == 0o644 || l.mode == 0o755,
+            // A hard link entry (equal content stored once) has its file's mode.
+            tar::EntryType::Regular | tar::EntryType::Link => l.mode == 0o644 || l.mode == 0o755,
             tar::EntryType::Symlink => l.mode == 0o777,
             _ => false,
         };
@@ -383,6 +384,13 @@ fn equal_content_is_linked_within_the_tree_and_to_files_on_disk() {
     let out = tmp.path().join("out");
     let packed: Packed = pack(&staged, base_manifest(), &out, &PackOptions::default()).unwrap();
 
+    // The archive holds the duplicate once: the second copy is a hard link entry to the first.
+    let listed = list_archive(&fs::read(&packed.artifact_path).unwrap());
+    let links: Vec<_> = listed
+        .iter()
+        .filter(|e| e.kind == tar::EntryType::Link)
+        .collect();
+    assert_eq!(links.len(), 1, "{listed:?}");
     let first = tmp.path().join("first");
     let summary = unpack(
         &packed.artifact_path,

@@ -626,15 +626,15 @@ fn store_cases(site: &Site, backend: Backend, next: &mut u32) -> Vec<Case> {
         &gz,
     );
     let future = edited_json(&sidecar, |j| {
-        j["schema_version"] = 2.into();
-        j["manifest"]["schema_version"] = 2.into();
+        j["schema_version"] = 3.into();
+        j["manifest"]["schema_version"] = 3.into();
     });
     s.put(backend, n, RELEASE_JSON, &future);
     v.push(Case::new(
         format!("{on}: unknown manifest version"),
         site.activate(backend, n),
         2,
-        &["schema version 2", "upgrade builder/installer"],
+        &["schema version 3", "upgrade builder/installer"],
         true,
     ));
 
