@@ -697,16 +697,21 @@ fn compile_bytecode(
     let mut argv = compile_argv(config);
     if profile.project_dir.is_empty() {
         // The project is the release root: its top-level modules and packages (not `deps/`,
-        // compiled already, nor the front end's files).
-        argv.extend(["-l".to_owned(), ".".to_owned()]);
+        // compiled already, nor the front end's files), each named (compileall's `-l` would
+        // apply to the packages too).
         let root = runner.staging().to_owned();
-        let mut dirs: Vec<String> = fs::read_dir(&root)?
+        let mut names: Vec<String> = fs::read_dir(&root)?
             .flatten()
-            .filter(|e| e.file_name() != DEPS_DIR && e.path().join("__init__.py").is_file())
+            .filter(|e| {
+                let path = e.path();
+                e.file_name() != DEPS_DIR
+                    && (path.join("__init__.py").is_file()
+                        || (path.is_file() && path.extension().is_some_and(|x| x == "py")))
+            })
             .filter_map(|e| e.file_name().to_str().map(str::to_owned))
             .collect();
-        dirs.sort();
-        argv.extend(dirs);
+        names.sort();
+        argv.extend(names);
     } else {
         argv.push(profile.project_dir.clone());
     }

@@ -1198,6 +1198,29 @@ fn a_second_app_from_builder_init_to_rollback() {
         serde_json::from_slice(&fs::read(tmp.path().join("out1/release.json")).unwrap()).unwrap();
     let profile = &sidecar["manifest"]["profile"];
     assert_eq!(profile["project_dir"], "", "{profile}");
+    // The project at the release root is compiled whole (its packages recursively, manage.py),
+    // beside its installed dependencies.
+    let files = sidecar["manifest"]["files"].as_object().unwrap();
+    for module in [
+        "manage",
+        "shop/settings",
+        "catalog/models",
+        "catalog/migrations/0001_initial",
+        "deps/django/__init__",
+    ] {
+        let (dir, stem) = module.rsplit_once('/').unwrap_or(("", module));
+        let prefix = if dir.is_empty() {
+            format!("__pycache__/{stem}.cpython-")
+        } else {
+            format!("{dir}/__pycache__/{stem}.cpython-")
+        };
+        assert!(
+            files
+                .keys()
+                .any(|f| f.starts_with(&prefix) && f.ends_with(".pyc")),
+            "no bytecode for {module}"
+        );
+    }
     assert_eq!(profile["wsgi_module"], "shop.wsgi");
     assert_eq!(profile["shared_files"][".env"], ".env");
     let files = sidecar["manifest"]["files"].as_object().unwrap();

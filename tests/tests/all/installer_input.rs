@@ -259,7 +259,7 @@ fn refusals_change_nothing_and_say_what_to_do() {
     assert!(updating.wait().unwrap().success());
 }
 
-/// kill -9 of the installer in the venv phase and again between swap and reload: each time,
+/// kill -9 of the installer while it runs the server's Python and again between swap and reload: each time,
 /// running the same command again completes the activation.
 #[test]
 fn an_activation_killed_mid_way_completes_when_run_again() {
@@ -295,7 +295,8 @@ fn an_activation_killed_mid_way_completes_when_run_again() {
         path
     };
 
-    // Killed while building the venv: nothing live changed, and no half-built venv is trusted.
+    // Killed while the server's Python is asked which it is (before the release's environment
+    // is made): nothing live changed, and nothing half-made is trusted.
     let cfg = config(&killer, Path::new("/bin/true"));
     let out = installer(&cfg, &["activate", "--build", "Build000001"]);
     assert_eq!(
@@ -331,7 +332,7 @@ fn an_activation_killed_mid_way_completes_when_run_again() {
     assert_eq!(r.outcome, common::report::Outcome::Success);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("reusing the complete venv") && err.contains("already this release"),
+        err.contains("reusing its complete environment") && err.contains("already this release"),
         "{err}"
     );
     // And now it is simply live.
