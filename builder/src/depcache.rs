@@ -73,7 +73,12 @@ impl DepCache {
         let Some(name) = sidecar.archive.as_ref().map(|a| a.file_name.clone()) else {
             return Ok(false);
         };
-        match unpack(&entry.join(name), &sidecar, dest, &UnpackOptions::default()) {
+        // Into the staging directory, which a crash throws away: no filesystem sync.
+        let options = UnpackOptions {
+            durable: false,
+            ..UnpackOptions::default()
+        };
+        match unpack(&entry.join(name), &sidecar, dest, &options) {
             Ok(_) => {
                 // The archive's own copy of the sidecar is not part of the tree.
                 let embedded = dest.join(common::manifest::RELEASE_JSON);
