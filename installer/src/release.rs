@@ -677,6 +677,22 @@ pub fn verify(config: &InstallerConfig, release: &Path) -> anyhow::Result<Drift>
             drift.changed.push((path.clone(), p));
         }
     }
+    // The environment the installer made over `deps/` is not in the manifest, but what it
+    // imports is decided by one link: it must lead to the release's own dependencies.
+    if let (Some(deps), Some((major, minor))) =
+        (&sidecar.manifest.deps, sidecar.manifest.python_version())
+    {
+        let site = format!("{VENV_DIR}/lib/python{major}.{minor}/site-packages");
+        let want = format!("../../../{}", deps.dir);
+        match fs::read_link(release.join(&site)) {
+            Ok(t) if t == Path::new(&want) => {}
+            // Not made yet (the activation was interrupted before its deps phase).
+            Err(_) if fs::symlink_metadata(release.join(&site)).is_err() => {}
+            _ => drift
+                .changed
+                .push((site, format!("must be a link to `{want}`"))),
+        }
+    }
     let mut walk = walkdir::WalkDir::new(release)
         .min_depth(1)
         .sort_by_file_name()

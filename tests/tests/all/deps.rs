@@ -85,6 +85,15 @@ fn an_upgrade_makes_its_environment_from_deps_without_pip(site: &ServerRoot) {
         "{file} {}",
         stderr(&where_)
     );
+    // What the venv imports is verified too: its site-packages pointed elsewhere is drift.
+    fs::remove_file(&site_packages).unwrap();
+    std::os::unix::fs::symlink("/usr/lib/python3/dist-packages", &site_packages).unwrap();
+    let out = site.installer(&["verify", "Build000002"], &[]);
+    assert_ne!(out.status.code(), Some(0));
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert!(said.contains("site-packages"), "{said}");
+    fs::remove_file(&site_packages).unwrap();
+    std::os::unix::fs::symlink("../../../deps", &site_packages).unwrap();
     show("deps: Build000002's venv is a link to its verified deps/, no pip ran");
 }
 
