@@ -3,27 +3,30 @@
 //! Python and pip that installed and compiled them), so that packaging a tag whose requirements
 //! did not change skips pip and compileall.
 //!
-//! An entry is a release archive of the tree (the safe writer and reader of `common`): storing
-//! it is packing, restoring it is the verified unpack, so an entry that was damaged or edited
-//! is refused entry by entry and simply rebuilt. Entries are never trusted by name alone: the
-//! key hashes the wheels' BLAKE3, not their names.
+//! An entry is the tree itself (`tree/`) and its index (`index.json`: every entry with its kind,
+//! mode and BLAKE3). Restoring re-hashes every file against the index and hard-links it into the
+//! staging directory (creating thousands of files is what costs; linking them does not); an
+//! entry that does not match its index — damaged, edited, or changed through a staging copy — is
+//! removed and rebuilt. Entries are never trusted by name alone: the key hashes the wheels'
+//! BLAKE3, not their names.
 
+use std::collections::BTreeMap;
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
-use common::archive::reader::{unpack, UnpackOptions};
-use common::archive::writer::{pack, PackOptions};
-use common::{atomic, BuildNumber, ReleaseManifest, Sidecar};
+use anyhow::{bail, Context};
+use common::manifest::{validate_relative_path, FileEntry, Mode};
+use common::{atomic, Blake3Hash};
 
 /// Environment variable naming the cache directory (default: `$XDG_CACHE_HOME/binarycrate`,
 /// else `~/.cache/binarycrate`).
 pub const CACHE_DIR_ENV: &str = "BINARYCRATE_CACHE_DIR";
 
 /// Bumped whenever what is cached for a key changes meaning.
-const FORMAT: &str = "binarycrate deps cache 1";
+const FORMAT: &str = "binarycrate deps cache 2";
 
-/// Where entries live: `<dir>/deps/<key>/` holding one artifact and its `release.json`.
+/// Where entries live: `<dir>/deps/<key>/` holding `tree/` and `index.json`.
 pub struct DepCache {
     dir: PathBuf,
 }
@@ -56,49 +59,40 @@ impl DepCache {
             text.push('\n');
             text.push_str(p);
         }
-        common::Blake3Hash::of(text.as_bytes()).to_string()
+        Blake3Hash::of(text.as_bytes()).to_string()
     }
 
     fn entry(&self, key: &str) -> PathBuf {
         self.dir.join(key)
     }
 
-    /// Unpacks entry `key` into `dest` (which must not exist), verified file by file. `false`
-    /// when there is no such entry or it does not verify (it is removed then, to be rebuilt).
+    /// Puts entry `key` at `dest` (which must not exist): each file re-hashed against the index,
+    /// then hard-linked (copied when the cache is on another filesystem). `false` when there is
+    /// no such entry or it does not match its index (it is removed then, to be rebuilt).
     pub fn restore(&self, key: &str, dest: &Path) -> anyhow::Result<bool> {
         let entry = self.entry(key);
-        let Ok(sidecar) = Sidecar::read(&entry.join(common::manifest::RELEASE_JSON)) else {
+        let Ok(text) = fs::read(entry.join("index.json")) else {
             return Ok(false);
         };
-        let Some(name) = sidecar.archive.as_ref().map(|a| a.file_name.clone()) else {
-            return Ok(false);
-        };
-        // Into the staging directory, which a crash throws away: no filesystem sync.
-        let options = UnpackOptions {
-            durable: false,
-            ..UnpackOptions::default()
-        };
-        match unpack(&entry.join(name), &sidecar, dest, &options) {
-            Ok(_) => {
-                // The archive's own copy of the sidecar is not part of the tree.
-                let embedded = dest.join(common::manifest::RELEASE_JSON);
-                fs::remove_file(&embedded)
-                    .with_context(|| format!("cannot remove `{}`", embedded.display()))?;
-                Ok(true)
-            }
+        let restored = serde_json::from_slice::<BTreeMap<String, FileEntry>>(&text)
+            .map_err(anyhow::Error::from)
+            .and_then(|index| materialise(&entry.join("tree"), &index, dest));
+        match restored {
+            Ok(()) => Ok(true),
             Err(e) => {
                 eprintln!(
-                    "warning: the cached dependencies `{}` do not verify ({e}); installing them again",
+                    "warning: the cached dependencies `{}` do not match their index ({e:#}); installing them again",
                     entry.display()
                 );
+                let _ = atomic::remove_tree(dest);
                 let _ = atomic::remove_tree(&entry);
                 Ok(false)
             }
         }
     }
 
-    /// Keeps `tree` as entry `key`: packed beside the entry, then renamed into place, so a
-    /// reader sees a whole entry or none. An entry already there is kept.
+    /// Keeps a copy of `tree` as entry `key` (written beside the entry, renamed into place, so a
+    /// reader sees a whole entry or none). An entry already there is kept.
     pub fn store(&self, key: &str, tree: &Path) -> anyhow::Result<()> {
         let entry = self.entry(key);
         if entry.exists() {
@@ -107,21 +101,105 @@ impl DepCache {
         fs::create_dir_all(&self.dir)
             .with_context(|| format!("cannot create `{}`", self.dir.display()))?;
         let tmp = atomic::temp_sibling(&entry, "store");
-        let build = BuildNumber::new(1).expect("1 is a build number");
-        let packed = pack(
-            tree,
-            ReleaseManifest::new("deps", build, 0),
-            &tmp,
-            &PackOptions::default(),
-        );
-        let stored = packed
-            .map_err(anyhow::Error::from)
-            .and_then(|_| Ok(atomic::rename(&tmp, &entry)?));
+        let stored = (|| -> anyhow::Result<()> {
+            fs::create_dir(&tmp)?;
+            let index = index_of(tree)?;
+            // A copy, not links: the staging directory goes away, and nothing may change the
+            // cached files through it.
+            copy_tree(tree, &index, &tmp.join("tree"))?;
+            atomic::write_file(&tmp.join("index.json"), &serde_json::to_vec(&index)?)?;
+            atomic::rename(&tmp, &entry)?;
+            Ok(())
+        })();
         if stored.is_err() {
             let _ = atomic::remove_tree(&tmp);
         }
         stored.with_context(|| format!("cannot keep the dependencies in `{}`", entry.display()))
     }
+}
+
+/// Every entry below `root` with its kind, mode and content hash.
+fn index_of(root: &Path) -> anyhow::Result<BTreeMap<String, FileEntry>> {
+    let mut index = BTreeMap::new();
+    for e in walkdir::WalkDir::new(root).min_depth(1).follow_links(false) {
+        let e = e?;
+        let rel = e
+            .path()
+            .strip_prefix(root)
+            .expect("below root")
+            .to_str()
+            .context("a path that is not UTF-8")?
+            .to_owned();
+        let meta = e.path().symlink_metadata()?;
+        let entry = if meta.is_dir() {
+            FileEntry::Dir { mode: Mode::DIR }
+        } else if meta.file_type().is_symlink() {
+            let target = fs::read_link(e.path())?;
+            FileEntry::Symlink {
+                target: target
+                    .to_str()
+                    .context("a link that is not UTF-8")?
+                    .to_owned(),
+            }
+        } else if meta.is_file() {
+            let (blake3, size) = Blake3Hash::of_file(e.path())?;
+            let mode = if meta.permissions().mode() & 0o111 != 0 {
+                Mode::EXECUTABLE
+            } else {
+                Mode::FILE
+            };
+            FileEntry::File { size, mode, blake3 }
+        } else {
+            bail!("`{}` is not a file, directory or link", e.path().display());
+        };
+        index.insert(rel, entry);
+    }
+    Ok(index)
+}
+
+fn copy_tree(from: &Path, index: &BTreeMap<String, FileEntry>, to: &Path) -> anyhow::Result<()> {
+    fs::create_dir(to)?;
+    for (rel, entry) in index {
+        let (src, dst) = (from.join(rel), to.join(rel));
+        match entry {
+            FileEntry::Dir { .. } => fs::create_dir(&dst)?,
+            FileEntry::Symlink { target } => std::os::unix::fs::symlink(target, &dst)?,
+            FileEntry::File { .. } => {
+                fs::copy(&src, &dst)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `dest` made from the cached `tree` as `index` lists it (BTreeMap order puts a directory
+/// before what is in it). Paths are checked before use: the index is a file on disk.
+fn materialise(
+    tree: &Path,
+    index: &BTreeMap<String, FileEntry>,
+    dest: &Path,
+) -> anyhow::Result<()> {
+    fs::create_dir(dest).with_context(|| format!("cannot create `{}`", dest.display()))?;
+    for (rel, entry) in index {
+        validate_relative_path(rel).map_err(|m| anyhow::anyhow!("`{rel}`: {m}"))?;
+        let (src, dst) = (tree.join(rel), dest.join(rel));
+        match entry {
+            FileEntry::Dir { .. } => fs::create_dir(&dst)?,
+            FileEntry::Symlink { target } => std::os::unix::fs::symlink(target, &dst)?,
+            FileEntry::File { size, mode, blake3 } => {
+                let meta = fs::symlink_metadata(&src)?;
+                let (got, n) = Blake3Hash::of_file(&src)?;
+                if !meta.is_file() || got != *blake3 || n != *size {
+                    bail!("`{rel}` changed");
+                }
+                if fs::hard_link(&src, &dst).is_err() {
+                    fs::copy(&src, &dst)?;
+                }
+                fs::set_permissions(&dst, fs::Permissions::from_mode(mode.0))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -153,21 +231,11 @@ mod tests {
         assert!(back
             .join("pkg/__pycache__/__init__.cpython-311.pyc")
             .is_file());
-        assert!(!back.join("release.json").exists());
 
-        // Damaged: the archive no longer matches its sidecar; nothing is restored and the
-        // entry is gone, to be rebuilt.
+        // Damaged: a cached file no longer matches the index (here through the restored
+        // copy, which shares it); nothing is restored and the entry is gone, to be rebuilt.
+        fs::write(back.join("pkg/__init__.py"), b"x = 2\n").unwrap();
         let entry = cache.entry(&key);
-        let artifact = fs::read_dir(&entry)
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| p.to_string_lossy().ends_with(".tar.gz"))
-            .unwrap();
-        let mut bytes = fs::read(&artifact).unwrap();
-        let mid = bytes.len() / 2;
-        bytes[mid] ^= 0xff;
-        fs::write(&artifact, bytes).unwrap();
         let again = tmp.path().join("again");
         assert!(!cache.restore(&key, &again).unwrap());
         assert!(!again.exists() && !entry.exists());

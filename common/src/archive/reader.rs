@@ -41,9 +41,6 @@ pub struct UnpackOptions {
     /// file is re-hashed and found equal (it may have changed since it was verified). The
     /// entry's bytes are still read and checked against the manifest.
     pub reuse: HashMap<(Blake3Hash, u32), PathBuf>,
-    /// Whether the tree must be on disk before it gets its name (one filesystem sync). A
-    /// scratch copy that nothing relies on after a crash (the builder's staging) skips it.
-    pub durable: bool,
 }
 
 impl Default for UnpackOptions {
@@ -53,7 +50,6 @@ impl Default for UnpackOptions {
             max_ratio: 200,
             reserved: Reserved::default(),
             reuse: HashMap::new(),
-            durable: true,
         }
     }
 }
@@ -109,9 +105,7 @@ pub fn unpack(
     fs::create_dir(&tmp).map_err(|e| FsError::new("cannot create directory", &tmp, e))?;
     let result = unpack_into(file, size, sidecar, &tmp, options).and_then(|summary| {
         // One filesystem sync makes every new file durable before the tree gets its real name.
-        if options.durable {
-            atomic::sync_filesystem(&tmp)?;
-        }
+        atomic::sync_filesystem(&tmp)?;
         crate::fault::point("unpack:before-rename");
         fs::set_permissions(&tmp, fs::Permissions::from_mode(Mode::DIR.0))
             .map_err(|e| FsError::new("cannot set mode of", &tmp, e))?;
