@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Instant;
 
-use common::manifest::FileEntry;
 use common::report::Report;
 use common::Sidecar;
 use tests::published::{self, ServerRoot};
@@ -225,20 +224,15 @@ fn an_activation_that_fills_the_disk_fails_cleanly_and_the_old_build_keeps_servi
     let site = ServerRoot::new(&disk, &published, 60).unwrap();
     let server = site.first_activation("Build000001").unwrap();
 
-    // Leave less room than Build000002 needs: its download fits, its unpacked tree does not.
-    let sidecar =
-        Sidecar::read(&published.store.join("binarycrate/Build000002/release.json")).unwrap();
+    // Leave less room than Build000002 needs: its download (artifact and sidecar) fits, its
+    // unpacked tree does not — even though most of its files are hard links to Build000001's
+    // equal ones and take no space, the files that differ and its own `release.json` (the
+    // archive's last entry, as large as the sidecar) do.
+    let sidecar_path = published.store.join("binarycrate/Build000002/release.json");
+    let sidecar = Sidecar::read(&sidecar_path).unwrap();
     let archive = sidecar.archive.as_ref().unwrap().size;
-    let unpacked: u64 = sidecar
-        .manifest
-        .files
-        .values()
-        .map(|e| match e {
-            FileEntry::File { size, .. } => *size,
-            _ => 0,
-        })
-        .sum();
-    let room = archive + (1 << 20) + unpacked / 3;
+    let sidecar_bytes = fs::metadata(&sidecar_path).unwrap().len();
+    let room = archive + sidecar_bytes + (256 << 10);
     let free = available(&disk);
     assert!(free > room, "the tmpfs is too small: {free} bytes free");
     let ballast = disk.join("ballast");
