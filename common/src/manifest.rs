@@ -334,6 +334,29 @@ impl ReleaseManifest {
         Some((major.parse().ok()?, minor.parse().ok()?))
     }
 
+    /// The name of the release's dependency tree by content, when servers may keep one copy of
+    /// it for every release with the same tree (`<root>/deps/<key>`): a digest of each entry
+    /// under the dependencies' directory — path, type, mode, size, BLAKE3, link target — and of
+    /// the Python they were installed for. None for a release without installed dependencies,
+    /// or whose bytecode the server compiles (which writes into the tree).
+    pub fn deps_key(&self) -> Option<String> {
+        let deps = self.deps.as_ref().filter(|d| d.bytecode)?;
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(b"binarycrate deps tree 1\n");
+        hasher.update(self.python_tag.as_deref().unwrap_or("").as_bytes());
+        hasher.update(b"\n");
+        let prefix = format!("{}/", deps.dir);
+        for (path, entry) in &self.files {
+            let Some(rel) = path.strip_prefix(&prefix) else {
+                continue;
+            };
+            let line = serde_json::to_string(&(rel, entry)).expect("an entry serializes");
+            hasher.update(line.as_bytes());
+            hasher.update(b"\n");
+        }
+        Some(Blake3Hash::from(hasher.finalize()).to_hex()[..32].to_owned())
+    }
+
     /// Checks what serde cannot: that names and paths are safe to use on disk and in keys.
     pub fn validate(&self, origin: &str) -> Result<(), ManifestError> {
         let invalid = |message: String| ManifestError::Invalid {

@@ -40,6 +40,11 @@ impl Layout {
         self.root.join("static")
     }
 
+    /// Dependency trees shared by the releases that install the same ones, by content.
+    pub fn deps_trees(&self) -> PathBuf {
+        self.root.join("deps")
+    }
+
     pub fn deploy(&self) -> PathBuf {
         self.root.join(".deploy")
     }

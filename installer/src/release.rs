@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use common::archive::links::Reserved;
-use common::archive::reader::check_manifest;
+use common::archive::reader::{check_manifest, SharedTree};
 use common::error::{BadInput, UnpackError};
 use common::manifest::{AppProfile, FileEntry, LEGACY_MARKER, RELEASE_JSON, VENV_DIR};
 use common::{atomic, Blake3Hash, BuildNumber, Sidecar};
@@ -261,6 +261,60 @@ fn static_owner(layout: &Layout, link: &Path) -> Option<BuildNumber> {
     let mut parts = target.components().skip(2);
     let build = BuildNumber::parse(parts.next()?.as_os_str().to_str()?).ok()?;
     layout.release(build).is_dir().then_some(build)
+}
+
+/// Where a release's installed dependencies are kept once for every release with the same
+/// ones: `<root>/deps/<key>`, which the release's `deps` links to. None when its dependencies
+/// cannot be shared (none installed, or compiled on the server).
+pub fn shared_deps(layout: &Layout, manifest: &common::ReleaseManifest) -> Option<SharedTree> {
+    let key = manifest.deps_key()?;
+    let dir = manifest.deps.as_ref()?.dir.clone();
+    // The link's target climbs out of `releases/BuildNNNNNN` only: a top-level directory.
+    if dir.contains('/') {
+        return None;
+    }
+    Some(SharedTree {
+        dir,
+        store: layout.deps_trees().join(&key),
+        link: deps_link(&key),
+    })
+}
+
+fn deps_link(key: &str) -> String {
+    format!("../../deps/{key}")
+}
+
+/// The shared dependency tree a release on disk links to, if it does.
+pub fn linked_deps_key(release: &Path) -> Option<String> {
+    let sidecar = manifest_of(release).ok()?;
+    let dir = &sidecar.manifest.deps.as_ref()?.dir;
+    let target = fs::read_link(release.join(dir)).ok()?;
+    let key = target.strip_prefix("../../deps").ok()?.to_str()?.to_owned();
+    (deps_link(&key) == target.to_str()?).then_some(key)
+}
+
+/// Removes the shared dependency trees no release on disk links to any more (renamed out of
+/// the way first, like a release). Returns their names.
+pub fn remove_unused_deps(layout: &Layout) -> anyhow::Result<Vec<String>> {
+    let used: BTreeSet<String> = layout
+        .releases_on_disk()?
+        .into_iter()
+        .filter_map(|b| linked_deps_key(&layout.release(b)))
+        .collect();
+    let mut removed = Vec::new();
+    let Ok(entries) = fs::read_dir(layout.deps_trees()) else {
+        return Ok(removed);
+    };
+    for e in entries {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || used.contains(&name) {
+            continue;
+        }
+        remove_release_dir(&e.path())?;
+        removed.push(name);
+    }
+    Ok(removed)
 }
 
 /// How a release's dependencies were made ready.
@@ -627,6 +681,10 @@ pub fn verify(config: &InstallerConfig, release: &Path) -> anyhow::Result<Drift>
             .any(|s| p == s || p.starts_with(&format!("{s}/")))
     };
     let mut drift = Drift::default();
+    let shared = sidecar.manifest.deps_key().and_then(|key| {
+        let dir = &sidecar.manifest.deps.as_ref()?.dir;
+        (!dir.contains('/')).then(|| (dir.clone(), deps_link(&key)))
+    });
     if let Err(e) = check_manifest(&sidecar, &reserved(&profile)) {
         let entry = match &e {
             UnpackError::InstallerOwned { entry, .. }
@@ -652,6 +710,14 @@ pub fn verify(config: &InstallerConfig, release: &Path) -> anyhow::Result<Drift>
         };
         let problem = match entry {
             FileEntry::Dir { .. } if meta.is_dir() => None,
+            // The shared copy of its dependencies: checked below like the release's own files.
+            FileEntry::Dir { .. } if shared.as_ref().is_some_and(|(dir, _)| dir == path) => {
+                let want = &shared.as_ref().expect("matched").1;
+                let ok = meta.file_type().is_symlink()
+                    && fs::read_link(&full).is_ok_and(|t| t == Path::new(want))
+                    && full.is_dir();
+                (!ok).then(|| format!("must be the directory or a link to `{want}`"))
+            }
             FileEntry::Symlink { target } if meta.file_type().is_symlink() => {
                 (fs::read_link(&full)?.to_str() != Some(target.as_str()))
                     .then(|| "symlink target changed".to_owned())
@@ -693,18 +759,44 @@ pub fn verify(config: &InstallerConfig, release: &Path) -> anyhow::Result<Drift>
                 .push((site, format!("must be a link to `{want}`"))),
         }
     }
-    let mut walk = walkdir::WalkDir::new(release)
+    // The release, and the shared dependency tree it links to as if it were inside it.
+    let mut walk_roots = vec![(release.to_owned(), String::new())];
+    if let Some((dir, _)) = &shared {
+        if fs::symlink_metadata(release.join(dir)).is_ok_and(|m| m.file_type().is_symlink())
+            && release.join(dir).is_dir()
+        {
+            walk_roots.push((release.join(dir), format!("{dir}/")));
+        }
+    }
+    for (base, prefix) in walk_roots {
+        find_extra(&base, &prefix, &sidecar.manifest, &under_shared, &mut drift)?;
+    }
+    Ok(drift)
+}
+
+/// Adds to `drift.extra` what is under `base` (a release, or the shared tree it links to as
+/// `prefix`) but not in the manifest, outside the installer's own paths.
+fn find_extra(
+    base: &Path,
+    prefix: &str,
+    manifest: &common::ReleaseManifest,
+    under_shared: &dyn Fn(&str) -> bool,
+    drift: &mut Drift,
+) -> anyhow::Result<()> {
+    let mut walk = walkdir::WalkDir::new(base)
         .min_depth(1)
         .sort_by_file_name()
         .into_iter();
     while let Some(entry) = walk.next() {
         let entry = entry?;
-        let rel = entry
-            .path()
-            .strip_prefix(release)
-            .expect("below the release")
-            .to_string_lossy()
-            .into_owned();
+        let rel = format!(
+            "{prefix}{}",
+            entry
+                .path()
+                .strip_prefix(base)
+                .expect("below the base")
+                .to_string_lossy()
+        );
         let name = entry.file_name().to_string_lossy();
         let ours =
             rel == VENV_DIR || rel == RELEASE_JSON || name == "__pycache__" || under_shared(&rel);
@@ -717,14 +809,14 @@ pub fn verify(config: &InstallerConfig, release: &Path) -> anyhow::Result<Drift>
         if name.ends_with(".pyc") {
             continue;
         }
-        if !sidecar.manifest.files.contains_key(&rel) {
+        if !manifest.files.contains_key(&rel) {
             drift.extra.push(rel);
             if entry.file_type().is_dir() {
                 walk.skip_current_dir();
             }
         }
     }
-    Ok(drift)
+    Ok(())
 }
 
 /// Removes what [`stray_temporaries`] finds; what cannot be removed becomes a warning.
@@ -824,7 +916,7 @@ pub fn stray_temporaries(layout: &Layout) -> anyhow::Result<Vec<PathBuf>> {
             }
         }
     }
-    for dir in [layout.releases(), layout.cache()] {
+    for dir in [layout.releases(), layout.cache(), layout.deps_trees()] {
         let Ok(entries) = fs::read_dir(&dir) else {
             continue;
         };
@@ -835,6 +927,7 @@ pub fn stray_temporaries(layout: &Layout) -> anyhow::Result<Vec<PathBuf>> {
                 || name.starts_with(".binarycrate-")
                 || name.contains(".unpack-")
                 || name.contains(".download-")
+                || (name.starts_with('.') && name.contains(".remove-"))
             {
                 found.push(e.path());
             }

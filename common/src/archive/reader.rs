@@ -41,6 +41,41 @@ pub struct UnpackOptions {
     /// file is re-hashed and found equal (it may have changed since it was verified). The
     /// entry's bytes are still read and checked against the manifest.
     pub reuse: HashMap<(Blake3Hash, u32), PathBuf>,
+    /// A directory of the tree kept once outside it for every tree with the same content
+    /// (a release's installed dependencies): see [`SharedTree`].
+    pub shared: Option<SharedTree>,
+}
+
+/// A directory of the archive (`deps`) whose one copy lives outside the unpacked tree, at
+/// `store` (`<root>/deps/<key>`, named by its content), and which the unpacked tree holds as
+/// a link to it.
+///
+/// When `store` exists, it is checked against the manifest first — every entry under the
+/// directory, and nothing more — and the archive's entries under the directory are checked
+/// as they stream past but not written. When it does not, they are written into the tree
+/// and the directory is moved to `store` once the whole archive has checked out and is on
+/// disk, so a `store` only ever appears complete. A `store` that does not match is left alone:
+/// the tree then gets its own copy ([`SharedUse::Own`]).
+#[derive(Debug, Clone)]
+pub struct SharedTree {
+    /// The directory's entry in the archive, a top-level name (`deps`).
+    pub dir: String,
+    /// Where its one copy lives.
+    pub store: PathBuf,
+    /// The target of the link the tree gets in its place (`../../deps/<key>`): relative, so
+    /// the tree can be renamed.
+    pub link: String,
+}
+
+/// What became of [`UnpackOptions::shared`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SharedUse {
+    /// The copy in the store was there, checked equal, and linked to.
+    Reused,
+    /// This unpack wrote the copy into the store.
+    Created,
+    /// The copy in the store differs from the manifest (named here): the tree has its own.
+    Own(String),
 }
 
 impl Default for UnpackOptions {
@@ -50,6 +85,7 @@ impl Default for UnpackOptions {
             max_ratio: 200,
             reserved: Reserved::default(),
             reuse: HashMap::new(),
+            shared: None,
         }
     }
 }
@@ -65,6 +101,8 @@ pub struct Unpacked {
     /// a file of [`UnpackOptions::reuse`]) rather than new copies, and their bytes.
     pub linked: u64,
     pub linked_bytes: u64,
+    /// What became of [`UnpackOptions::shared`], when asked for.
+    pub shared: Option<SharedUse>,
 }
 
 /// Decompressed block size handed from the inflating thread to the writing thread.
@@ -101,11 +139,68 @@ pub fn unpack(
     }
     check_declared_size(sidecar, size, options)?;
     check_manifest(sidecar, &options.reserved)?;
+    // The shared copy is judged before anything is written: reused only when it is exactly
+    // what the manifest lists.
+    let mut shared_use = None;
+    let shared = options.shared.as_ref().and_then(|tree| {
+        if !matches!(
+            sidecar.manifest.files.get(&tree.dir),
+            Some(FileEntry::Dir { .. })
+        ) {
+            return None;
+        }
+        match fs::symlink_metadata(&tree.store) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Some((tree, false)),
+            Ok(m) if m.is_dir() => match check_shared(&tree.store, &tree.dir, sidecar) {
+                Ok(()) => Some((tree, true)),
+                Err(why) => {
+                    shared_use = Some(SharedUse::Own(why));
+                    None
+                }
+            },
+            Ok(_) => {
+                shared_use = Some(SharedUse::Own(format!(
+                    "`{}` is not a directory",
+                    tree.store.display()
+                )));
+                None
+            }
+            Err(e) => {
+                shared_use = Some(SharedUse::Own(format!(
+                    "cannot stat `{}`: {e}",
+                    tree.store.display()
+                )));
+                None
+            }
+        }
+    });
+    let skip = shared
+        .filter(|(_, reused)| *reused)
+        .map(|(tree, _)| (tree.dir.as_str(), tree.store.as_path()));
     let tmp = atomic::temp_sibling(dest, "unpack");
     fs::create_dir(&tmp).map_err(|e| FsError::new("cannot create directory", &tmp, e))?;
-    let result = unpack_into(file, size, sidecar, &tmp, options).and_then(|summary| {
+    let result = unpack_into(file, size, sidecar, &tmp, options, skip).and_then(|mut summary| {
         // One filesystem sync makes every new file durable before the tree gets its real name.
         atomic::sync_filesystem(&tmp)?;
+        if let Some((tree, reused)) = shared {
+            let inside = tmp.join(&tree.dir);
+            if !reused {
+                // Complete and durable: only now does the copy get its shared name.
+                let parent = atomic::parent_of(&tree.store);
+                fs::create_dir_all(parent)
+                    .map_err(|e| FsError::new("cannot create directory", parent, e))?;
+                atomic::rename(&inside, &tree.store)?;
+            }
+            std::os::unix::fs::symlink(&tree.link, &inside)
+                .map_err(|e| FsError::new("cannot create symlink", &inside, e))?;
+            atomic::fsync_dir(&tmp)?;
+            shared_use = Some(if reused {
+                SharedUse::Reused
+            } else {
+                SharedUse::Created
+            });
+        }
+        summary.shared = shared_use.take();
         crate::fault::point("unpack:before-rename");
         fs::set_permissions(&tmp, fs::Permissions::from_mode(Mode::DIR.0))
             .map_err(|e| FsError::new("cannot set mode of", &tmp, e))?;
@@ -231,6 +326,7 @@ fn unpack_into(
     sidecar: &Sidecar,
     root: &Path,
     options: &UnpackOptions,
+    skip: Option<(&str, &Path)>,
 ) -> Result<Unpacked, UnpackError> {
     let expected = sidecar.archive.as_ref().expect("checked by unpack");
     let stream_limit = stream_limit(compressed_size, options);
@@ -297,7 +393,7 @@ fn unpack_into(
         pos: 0,
         error: None,
     };
-    let written = write_entries(&mut source, sidecar, root, options);
+    let written = write_entries(&mut source, sidecar, root, options, skip);
     // Read what the tar parser left (end-of-archive padding) so the gzip trailer gets checked.
     let drained = written.and_then(|summary| source.drain_zeros().map(|()| summary));
     let stream_error = source.error.take();
@@ -376,13 +472,24 @@ impl Read for BlockReader {
     }
 }
 
-/// Parses the tar stream and writes every entry, checking it against the manifest.
+/// Parses the tar stream and writes every entry, checking it against the manifest. Entries
+/// under `skip`'s directory are checked but not written: its checked copy is `skip`'s store.
 fn write_entries(
     source: &mut BlockReader,
     sidecar: &Sidecar,
     root: &Path,
     options: &UnpackOptions,
+    skip: Option<(&str, &Path)>,
 ) -> Result<Unpacked, UnpackError> {
+    // Where an entry under the skipped directory is on disk: in its store.
+    let skipped = |name: &str| -> Option<PathBuf> {
+        let (dir, store) = skip?;
+        if name == dir {
+            return Some(store.to_owned());
+        }
+        let rest = name.strip_prefix(dir)?.strip_prefix('/')?;
+        Some(store.join(rest))
+    };
     let manifest = &sidecar.manifest;
     let mtime = SystemTime::UNIX_EPOCH + Duration::from_secs(manifest.source_date.max(0) as u64);
     let mut archive = tar::Archive::new(source);
@@ -526,9 +633,11 @@ fn write_entries(
                 }
                 _ => return Err(UnpackError::HardLink { entry: name }),
             };
-            let source = root.join(&target);
-            fs::hard_link(&source, &path)
-                .map_err(|e| FsError::new("cannot create hard link", &path, e))?;
+            if skipped(&name).is_none() {
+                let source = skipped(&target).unwrap_or_else(|| root.join(&target));
+                fs::hard_link(&source, &path)
+                    .map_err(|e| FsError::new("cannot create hard link", &path, e))?;
+            }
             regular.insert(name, (hash, target_mode, target_size));
             summary.files += 1;
             summary.bytes += target_size;
@@ -541,10 +650,12 @@ fn write_entries(
                 if mode != Mode::DIR.0 || *want != Mode::DIR {
                     return Err(UnpackError::UnexpectedMode { entry: name, mode });
                 }
-                fs::create_dir(&path)
-                    .map_err(|e| FsError::new("cannot create directory", &path, e))?;
-                fs::set_permissions(&path, fs::Permissions::from_mode(Mode::DIR.0))
-                    .map_err(|e| FsError::new("cannot set mode of", &path, e))?;
+                if skipped(&name).is_none() {
+                    fs::create_dir(&path)
+                        .map_err(|e| FsError::new("cannot create directory", &path, e))?;
+                    fs::set_permissions(&path, fs::Permissions::from_mode(Mode::DIR.0))
+                        .map_err(|e| FsError::new("cannot set mode of", &path, e))?;
+                }
                 dirs.insert(name);
                 summary.dirs += 1;
             }
@@ -573,8 +684,10 @@ fn write_entries(
                         "links to `{target}`, the manifest says `{want}`"
                     )));
                 }
-                std::os::unix::fs::symlink(&target, &path)
-                    .map_err(|e| FsError::new("cannot create symlink", &path, e))?;
+                if skipped(&name).is_none() {
+                    std::os::unix::fs::symlink(&target, &path)
+                        .map_err(|e| FsError::new("cannot create symlink", &path, e))?;
+                }
                 links.insert(name);
                 summary.symlinks += 1;
             }
@@ -607,16 +720,23 @@ fn write_entries(
                     });
                 }
                 let key = (*blake3, mode);
-                // Equal content already on disk: this archive's own earlier copy (collectstatic
-                // duplicates), else another release's file once it hashes equal.
-                let source = written.get(&key).cloned().or_else(|| {
-                    options
-                        .reuse
-                        .get(&key)
-                        .filter(|p| still_equal(p, *want_size, mode, blake3))
-                        .cloned()
-                });
-                let linked = source.is_some_and(|src| fs::hard_link(src, &path).is_ok());
+                // Equal content already on disk: the shared copy (checked before the stream
+                // began), this archive's own earlier copy (collectstatic duplicates), else
+                // another release's file once it hashes equal.
+                let in_store = skipped(&name).is_some();
+                let source = (!in_store)
+                    .then(|| {
+                        written.get(&key).cloned().or_else(|| {
+                            options
+                                .reuse
+                                .get(&key)
+                                .filter(|p| still_equal(p, *want_size, mode, blake3))
+                                .cloned()
+                        })
+                    })
+                    .flatten();
+                let linked =
+                    in_store || source.is_some_and(|src| fs::hard_link(src, &path).is_ok());
                 let (hash, n) = if linked {
                     hash_stream(&mut entry, &mut buf)?
                 } else {
@@ -633,6 +753,9 @@ fn write_entries(
                 if linked {
                     summary.linked += 1;
                     summary.linked_bytes += size;
+                    if let (Some(at), false) = (skipped(&name), written.contains_key(&key)) {
+                        written.insert(key, at);
+                    }
                 } else {
                     written.insert(key, path.clone());
                 }
@@ -773,6 +896,94 @@ fn still_equal(path: &Path, size: u64, mode: u32, blake3: &Blake3Hash) -> bool {
         && meta.len() == size
         && meta.permissions().mode() & 0o7777 == mode
         && Blake3Hash::of_file(path).is_ok_and(|(h, n)| h == *blake3 && n == size)
+}
+
+/// Whether the shared copy of `dir` at `store` is exactly what the manifest lists under `dir`:
+/// every entry there with its type, mode, size, BLAKE3 and link target, and nothing else (a
+/// stray `.pth` file would run in every worker). The files are hashed on a few threads: they
+/// are thousands of small ones, and nothing else runs yet. Says what differs, first found.
+pub fn check_shared(store: &Path, dir: &str, sidecar: &Sidecar) -> Result<(), String> {
+    let prefix = format!("{dir}/");
+    let listed: HashMap<&str, &FileEntry> = sidecar
+        .manifest
+        .files
+        .range(prefix.clone()..)
+        .take_while(|(k, _)| k.starts_with(&prefix))
+        .map(|(k, v)| (&k[prefix.len()..], v))
+        .collect();
+    let mut files: Vec<(PathBuf, u64, &Blake3Hash)> = Vec::new();
+    let mut seen = 0usize;
+    for entry in walkdir::WalkDir::new(store)
+        .min_depth(1)
+        .follow_links(false)
+    {
+        let entry = entry.map_err(|e| format!("cannot read `{}`: {e}", store.display()))?;
+        let rel = entry
+            .path()
+            .strip_prefix(store)
+            .expect("below the store")
+            .to_string_lossy()
+            .into_owned();
+        let shown = format!("{dir}/{rel}");
+        let listed = listed
+            .get(rel.as_str())
+            .ok_or_else(|| format!("`{shown}` is not in the manifest"))?;
+        seen += 1;
+        let meta = entry
+            .metadata()
+            .map_err(|e| format!("cannot stat `{shown}`: {e}"))?;
+        let mode = meta.permissions().mode() & 0o7777;
+        match listed {
+            FileEntry::Dir { mode: want } if meta.is_dir() && mode == want.0 => {}
+            FileEntry::Symlink { target } if meta.file_type().is_symlink() => {
+                let t = fs::read_link(entry.path()).map_err(|e| format!("`{shown}`: {e}"))?;
+                if t.to_str() != Some(target.as_str()) {
+                    return Err(format!("`{shown}` links elsewhere"));
+                }
+            }
+            FileEntry::File {
+                size,
+                mode: want,
+                blake3,
+            } if meta.is_file() && mode == want.0 && meta.len() == *size => {
+                files.push((entry.into_path(), *size, blake3));
+            }
+            _ => return Err(format!("`{shown}` differs in type, mode or size")),
+        }
+    }
+    if seen != listed.len() {
+        return Err(format!(
+            "{} listed entries are missing",
+            listed.len() - seen
+        ));
+    }
+    let threads = thread::available_parallelism().map_or(2, |n| n.get().min(4));
+    let chunk = files.len().div_ceil(threads).max(1);
+    thread::scope(|scope| {
+        let workers: Vec<_> = files
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    for (path, size, want) in part {
+                        match Blake3Hash::of_file(path) {
+                            Ok((h, n)) if h == **want && n == *size => {}
+                            _ => {
+                                return Err(format!(
+                                    "`{dir}/{}` changed",
+                                    path.strip_prefix(store).unwrap_or(path).display()
+                                ))
+                            }
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        workers.into_iter().try_for_each(|w| {
+            w.join()
+                .unwrap_or_else(|_| Err("a hashing thread failed".into()))
+        })
+    })
 }
 
 /// Checks an unpacked tree against its manifest without changing it (`installer verify`, tests).

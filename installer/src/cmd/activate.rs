@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use common::archive::reader::{unpack, UnpackOptions};
+use common::archive::reader::{unpack, SharedUse, UnpackOptions};
 use common::error::{exit_code_for, BadInput};
 use common::manifest::RELEASE_JSON;
 use common::report::{ExitCode, Outcome};
@@ -172,16 +172,41 @@ fn activate_checked(
         let options = UnpackOptions {
             reserved: release::reserved(&profile),
             reuse: release::content_on_disk(config, &layout, current_on_disk, build),
+            shared: release::shared_deps(&layout, &sidecar.manifest),
             ..UnpackOptions::default()
         };
         let unpacked = unpack(artifact, &sidecar, &release_dir, &options)
             .with_context(|| format!("refused to install {build:#}; nothing changed"))?;
         eprintln!(
-            "    {} files, {} of them ({:.1} MiB) linked to equal files already on disk",
+            "    {} files, {} of them ({:.1} MiB) already on disk (linked, not written)",
             unpacked.files,
             unpacked.linked,
             unpacked.linked_bytes as f64 / (1 << 20) as f64
         );
+        let store = options
+            .shared
+            .as_ref()
+            .map(|t| t.store.display().to_string());
+        let shared = match (&unpacked.shared, &store) {
+            (Some(SharedUse::Reused), Some(store)) => {
+                eprintln!("    its dependencies: the checked tree `{store}` it shares");
+                serde_json::json!({"tree": store, "use": "reused"})
+            }
+            (Some(SharedUse::Created), Some(store)) => {
+                eprintln!("    its dependencies: unpacked into `{store}`, for every release with the same ones");
+                serde_json::json!({"tree": store, "use": "created"})
+            }
+            (Some(SharedUse::Own(why)), Some(store)) => {
+                let why = common::untrusted::message(why);
+                let warning = format!(
+                    "the dependency tree `{store}` does not match the manifest ({why}): {build:#} got its own copy; run `installer verify` on the releases that use it"
+                );
+                eprintln!("    warning: {warning}");
+                run.report.warnings.push(warning);
+                serde_json::json!({"tree": store, "use": "own", "why": why})
+            }
+            _ => serde_json::Value::Null,
+        };
         run.report.details.insert(
             "unpack".into(),
             serde_json::json!({
@@ -189,6 +214,7 @@ fn activate_checked(
                 "bytes": unpacked.bytes,
                 "linked_files": unpacked.linked,
                 "linked_bytes": unpacked.linked_bytes,
+                "deps": shared,
             }),
         );
     } else {

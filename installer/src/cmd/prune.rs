@@ -55,6 +55,11 @@ pub fn run(args: &PruneArgs, config: &InstallerConfig) -> anyhow::Result<ExitCod
             eprintln!("removed {build:#}");
             removed.push(build);
         }
+        // Dependency trees no kept release links to any more.
+        let removed_deps = release::remove_unused_deps(&layout)?;
+        for key in &removed_deps {
+            eprintln!("removed the dependency tree `deps/{key}` (no release uses it)");
+        }
         for stray in release::stray_temporaries(&layout)? {
             if stray.is_dir() {
                 atomic::remove_tree(&stray)?;
@@ -70,9 +75,12 @@ pub fn run(args: &PruneArgs, config: &InstallerConfig) -> anyhow::Result<ExitCod
         report
             .details
             .insert("removed".into(), serde_json::to_value(&removed)?);
+        report
+            .details
+            .insert("removed_deps".into(), serde_json::to_value(&removed_deps)?);
         report.build = current;
         report.previous_build = previous;
-        if removed.is_empty() {
+        if removed.is_empty() && removed_deps.is_empty() {
             eprintln!("nothing to prune");
             return Ok(Outcome::NothingToDo);
         }

@@ -42,7 +42,20 @@ fn dependencies_travel_installed_are_verified_and_ready_without_pip() {
     a_release_for_another_python_is_refused_and_changes_nothing(&site, tmp.path());
     a_release_from_before_deps_still_gets_its_venv_from_pip(&site, &published, tmp.path());
     pruning_the_releases_it_shares_files_with_keeps_one_working(&site, &server);
+    a_shared_tree_that_changed_is_not_reused(&site);
+    other_dependencies_get_their_own_tree_and_prune_removes_unused_ones(&site, &server, tmp.path());
     drop(server);
+}
+
+/// The shared dependency tree a release's `deps` links to (`<root>/deps/<key>`).
+fn deps_tree(site: &ServerRoot, build: &str) -> PathBuf {
+    let link = site.root.join("releases").join(build).join("deps");
+    let target = fs::read_link(&link)
+        .unwrap_or_else(|e| panic!("{}: not a link to a shared tree: {e}", link.display()));
+    let key = target.strip_prefix("../../deps/").unwrap_or_else(|_| {
+        panic!("{}: links to `{}`", link.display(), target.display())
+    });
+    site.root.join("deps").join(key)
 }
 
 /// Step 1: Build000002's `deps` phase links its verified `deps/` as the venv's site-packages;
@@ -65,6 +78,18 @@ fn an_upgrade_makes_its_environment_from_deps_without_pip(site: &ServerRoot) {
     );
     assert!(!release.join("venv/bin/pip").exists());
     assert!(release.join("deps/django/__init__.py").is_file());
+    // One tree of dependencies on disk for both: Build000001 wrote it, Build000002 checked it
+    // and links to it.
+    assert_eq!(
+        deps_tree(site, "Build000002"),
+        deps_tree(site, "Build000001")
+    );
+    assert_eq!(
+        r.details["unpack"]["deps"]["use"], "reused",
+        "{:?}",
+        r.details
+    );
+    assert_eq!(fs::read_dir(site.root.join("deps")).unwrap().count(), 1);
     // Build000001's equal files were linked, not written again: one copy on disk.
     let linked = r.details["unpack"]["linked_files"].as_u64().unwrap();
     assert!(linked > 1000, "{:?}", r.details);
@@ -320,7 +345,181 @@ fn pruning_the_releases_it_shares_files_with_keeps_one_working(
     let out = site.installer(&["verify"], &[]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(inode(&three.join("deps/django/__init__.py")), shared);
+    assert!(
+        deps_tree(site, "Build000003").is_dir(),
+        "the tree it uses stays"
+    );
     let page = server.request("/").unwrap();
     assert_eq!(page.build_number(), Some("000003"), "{}", page.body);
     show("deps: Build000003 linked to the files of the releases on disk; pruned them, it verifies and serves");
+}
+
+/// Step 7: a file added to the shared tree the live Build000003 uses (a `.pth` file would run
+/// in every worker) is drift for `verify`, and Build000004, which has the same dependencies, is
+/// given its own checked copy instead of that tree.
+fn a_shared_tree_that_changed_is_not_reused(site: &ServerRoot) {
+    let tree = deps_tree(site, "Build000003");
+    let planted = tree.join("zzz-planted.pth");
+    fs::write(&planted, "import os; os.system('echo owned')\n").unwrap();
+    let out = site.installer(&["verify", "Build000003"], &[]);
+    assert_ne!(out.status.code(), Some(0), "{}", stderr(&out));
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert!(said.contains("deps/zzz-planted.pth"), "{said}");
+
+    let out = site.installer(&["activate", "--build", "Build000004", "--json"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let r = report(&out);
+    assert_eq!(r.details["unpack"]["deps"]["use"], "own", "{:?}", r.details);
+    assert!(
+        r.warnings.iter().any(|w| w.contains("zzz-planted.pth")),
+        "{:?}",
+        r.warnings
+    );
+    let four = site.root.join("releases/Build000004");
+    let meta = fs::symlink_metadata(four.join("deps")).unwrap();
+    assert!(meta.is_dir(), "its own copy, not a link");
+    assert!(!four.join("deps/zzz-planted.pth").exists());
+    let out = site.installer(&["verify", "Build000004"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    fs::remove_file(&planted).unwrap();
+    let out = site.installer(&["verify", "Build000003"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    show("deps: a file planted in a shared tree: verify finds it, the next release gets its own copy");
+}
+
+/// Step 8: Build000006 pins another sqlparse. It gets a tree of its own (whose files equal to
+/// those on disk are hard links to them), verifies and serves; `prune` then removes the tree
+/// only the pruned releases used.
+fn other_dependencies_get_their_own_tree_and_prune_removes_unused_ones(
+    site: &ServerRoot,
+    server: &tests::uwsgi::UwsgiServer,
+    dir: &Path,
+) {
+    let wheel = fs::read_dir(tests::example::wheelhouse_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            name.starts_with("sqlparse-") && !name.starts_with("sqlparse-0.6.1-")
+        })
+        .expect("the wheelhouse holds a second sqlparse (scripts/python-env)");
+    let version = wheel
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .split('-')
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    let sum = Command::new("sha256sum").arg(&wheel).output().unwrap();
+    let sha = String::from_utf8_lossy(&sum.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    let three = site.root.join("releases/Build000003");
+    let repo = tests::example::create(&dir.join("other-deps")).unwrap();
+    repo.commit_and_tag("000006", |work| {
+        let req = work.join("requirements.txt");
+        let text = fs::read_to_string(&req).unwrap();
+        let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        let at = lines
+            .iter()
+            .position(|l| l.starts_with("sqlparse=="))
+            .unwrap();
+        lines[at] = format!("sqlparse=={version} \\");
+        lines[at + 1] = format!("    --hash=sha256:{sha}");
+        fs::write(&req, lines.join("\n") + "\n").unwrap();
+        // Build000002's migration is applied on this server: the model keeps it.
+        for f in [
+            "binarycrate/dashboard/models.py",
+            "binarycrate/dashboard/migrations/0002_project_stars.py",
+        ] {
+            fs::copy(three.join(f), work.join(f)).unwrap();
+        }
+    })
+    .unwrap();
+    let out_dir = dir.join("other-deps-out");
+    let packaged = tests::bins::builder_offline(&repo.work)
+        .args(["package", "--tag", "Build000006", "--out"])
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert!(packaged.status.success(), "{}", stderr(&packaged));
+    let artifact = String::from_utf8_lossy(&packaged.stdout)
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .to_owned();
+    let store = format!("file://{}", dir.join("other-deps-store").display());
+    let publish = Command::new(tests::bins::builder())
+        .current_dir(&repo.work)
+        .args(["publish", &artifact, "--store", &store])
+        .output()
+        .unwrap();
+    assert!(publish.status.success(), "{}", stderr(&publish));
+
+    let out = site.installer(
+        &[
+            "activate",
+            "--build",
+            "Build000006",
+            "--store",
+            &store,
+            "--json",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let r = report(&out);
+    assert_eq!(
+        r.details["unpack"]["deps"]["use"], "created",
+        "{:?}",
+        r.details
+    );
+    let six = site.root.join("releases/Build000006");
+    let (old_tree, new_tree) = (
+        deps_tree(site, "Build000003"),
+        deps_tree(site, "Build000006"),
+    );
+    assert_ne!(old_tree, new_tree);
+    assert!(six
+        .join(format!("deps/sqlparse-{version}.dist-info"))
+        .is_dir());
+    // Django did not change: its files are the ones already on disk (Build000004's copy, the
+    // live release when it was unpacked).
+    assert_eq!(
+        inode(&six.join("deps/django/__init__.py")),
+        inode(
+            &site
+                .root
+                .join("releases/Build000004/deps/django/__init__.py")
+        )
+    );
+    let out = site.installer(&["verify", "Build000006"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let page = server.request("/").unwrap();
+    assert_eq!(page.build_number(), Some("000006"), "{}", page.body);
+
+    // Build000004 is the previous good release and kept; Build000003 and 000005 go, and with
+    // them the tree only Build000003 used.
+    let out = site.installer(&["prune", "--keep", "0", "--json"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let r = report(&out);
+    let key = old_tree.file_name().unwrap().to_string_lossy().into_owned();
+    assert_eq!(
+        r.details["removed_deps"],
+        serde_json::json!([key]),
+        "{:?}",
+        r.details
+    );
+    assert!(!site.root.join("deps").join(&key).exists());
+    assert!(deps_tree(site, "Build000006").is_dir());
+    let out = site.installer(&["verify"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let page = server.request("/").unwrap();
+    assert_eq!(page.build_number(), Some("000006"), "{}", page.body);
+    show("deps: other dependencies get their own tree, linked to equal files; prune removes the unused tree");
 }
