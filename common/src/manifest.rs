@@ -923,6 +923,43 @@ mod tests {
     }
 
     #[test]
+    fn the_dependency_tree_is_named_by_its_content_only() {
+        let mut m = example().manifest;
+        let file = |data: &[u8]| FileEntry::File {
+            size: data.len() as u64,
+            mode: Mode::FILE,
+            blake3: Blake3Hash::of(data),
+        };
+        m.files
+            .insert("deps".into(), FileEntry::Dir { mode: Mode::DIR });
+        m.files.insert("deps/six.py".into(), file(b"six"));
+        let key = m.deps_key().unwrap();
+        assert_eq!(key.len(), 32);
+        // Another build of the app with the same dependencies: the same tree.
+        let mut other = m.clone();
+        other.build = BuildNumber::new(9).unwrap();
+        other
+            .files
+            .insert("binarycrate/manage.py".into(), file(b"changed"));
+        assert_eq!(other.deps_key().unwrap(), key);
+        // Any change below `deps/`, or another Python: another tree.
+        let mut changed = m.clone();
+        changed.files.insert("deps/six.py".into(), file(b"seven"));
+        assert_ne!(changed.deps_key().unwrap(), key);
+        let mut added = m.clone();
+        added.files.insert("deps/extra.pth".into(), file(b""));
+        assert_ne!(added.deps_key().unwrap(), key);
+        let mut python = m.clone();
+        python.python_tag = Some("cp312".into());
+        assert_ne!(python.deps_key().unwrap(), key);
+        // Compiled on the server (it writes into the tree), or none: nothing to share.
+        m.deps.as_mut().unwrap().bytecode = false;
+        assert_eq!(m.deps_key(), None);
+        m.deps = None;
+        assert_eq!(m.deps_key(), None);
+    }
+
+    #[test]
     fn future_schema_is_a_clear_error() {
         let mut v: serde_json::Value = serde_json::from_slice(&example().to_bytes()).unwrap();
         v["schema_version"] = 3.into();

@@ -973,4 +973,42 @@ mod tests {
         let missing = remove_release_dir(&release).unwrap_err();
         assert!(missing.to_string().contains("cannot rename"), "{missing}");
     }
+
+    #[test]
+    fn only_dependency_trees_no_release_links_to_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        layout.ensure().unwrap();
+        let mut manifest =
+            common::ReleaseManifest::new("binarycrate", BuildNumber::new(1).unwrap(), 0);
+        manifest.python_tag = Some("cp311".into());
+        manifest.deps = Some(common::manifest::Dependencies {
+            dir: "deps".into(),
+            bytecode: true,
+        });
+        let tree = shared_deps(&layout, &manifest).unwrap();
+        let key = tree.store.file_name().unwrap().to_str().unwrap().to_owned();
+        assert_eq!(tree.link, format!("../../deps/{key}"));
+        for name in [key.as_str(), "0123456789abcdef0123456789abcdef"] {
+            fs::create_dir_all(layout.deps_trees().join(name).join("django")).unwrap();
+        }
+        let release = layout.release(BuildNumber::new(1).unwrap());
+        fs::create_dir_all(&release).unwrap();
+        fs::write(
+            release.join(RELEASE_JSON),
+            Sidecar::new(manifest, None).to_bytes(),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(&tree.link, release.join("deps")).unwrap();
+        assert_eq!(linked_deps_key(&release), Some(key.clone()));
+
+        let removed = remove_unused_deps(&layout).unwrap();
+        assert_eq!(removed, ["0123456789abcdef0123456789abcdef"]);
+        assert!(tree.store.join("django").is_dir());
+        assert!(release.join("deps/django").is_dir());
+        // Once no release links to it, it goes too.
+        remove_release_dir(&release).unwrap();
+        assert_eq!(remove_unused_deps(&layout).unwrap(), [key]);
+        assert_eq!(fs::read_dir(layout.deps_trees()).unwrap().count(), 0);
+    }
 }

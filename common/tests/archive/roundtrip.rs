@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::fs;
 use std::path::Path;
 
-use common::archive::reader::{unpack, verify_tree, UnpackOptions};
+use common::archive::reader::{unpack, verify_tree, SharedTree, SharedUse, UnpackOptions};
 use common::archive::writer::{pack, PackOptions, Packed};
 use common::manifest::{FileEntry, RELEASE_JSON};
 use common::{Blake3Hash, Sidecar};
@@ -429,4 +429,87 @@ fn equal_content_is_linked_within_the_tree_and_to_files_on_disk() {
         b"print('other')\n"
     );
     verify_tree(&second, &packed.sidecar, |_| false).unwrap();
+}
+
+/// A directory kept once outside the trees (a release's dependencies): the first unpack moves
+/// it to the store complete and links to it; the next checks the store and writes none of it;
+/// a store that changed (a file planted in it) is not used, and the tree gets its own copy. A
+/// duplicate outside the directory linked to a file inside it works in every case.
+#[test]
+fn a_shared_directory_is_stored_once_checked_before_reuse_and_refused_when_changed() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let staged = tmp.path().join("staged");
+    fs::create_dir_all(staged.join("deps/pkg")).unwrap();
+    fs::create_dir_all(staged.join("public")).unwrap();
+    fs::write(staged.join("deps/pkg/__init__.py"), gen_content(50_000, 3)).unwrap();
+    fs::write(staged.join("deps/pkg/same.css"), b"p { margin: 0 }\n").unwrap();
+    std::os::unix::fs::symlink("pkg/__init__.py", staged.join("deps/entry.py")).unwrap();
+    fs::write(staged.join("public/same.css"), b"p { margin: 0 }\n").unwrap();
+    fs::write(staged.join("app.py"), b"print('app')\n").unwrap();
+    let packed = pack(
+        &staged,
+        base_manifest(),
+        &tmp.path().join("out"),
+        &PackOptions::default(),
+    )
+    .unwrap();
+    let store = tmp.path().join("srv/deps/key");
+    let options = UnpackOptions {
+        shared: Some(SharedTree {
+            dir: "deps".into(),
+            store: store.clone(),
+            link: "../srv/deps/key".into(),
+        }),
+        ..UnpackOptions::default()
+    };
+    let ino = |p: &Path| fs::metadata(p).unwrap().ino();
+
+    let first = tmp.path().join("first");
+    let summary = unpack(&packed.artifact_path, &packed.sidecar, &first, &options).unwrap();
+    assert_eq!(summary.shared, Some(SharedUse::Created));
+    assert_eq!(
+        fs::read_link(first.join("deps")).unwrap(),
+        Path::new("../srv/deps/key")
+    );
+    assert!(store.join("pkg/__init__.py").is_file());
+    assert_eq!(
+        ino(&first.join("public/same.css")),
+        ino(&store.join("pkg/same.css"))
+    );
+
+    let second = tmp.path().join("second");
+    let summary = unpack(&packed.artifact_path, &packed.sidecar, &second, &options).unwrap();
+    assert_eq!(summary.shared, Some(SharedUse::Reused));
+    assert_eq!(
+        ino(&second.join("deps/pkg/__init__.py")),
+        ino(&first.join("deps/pkg/__init__.py"))
+    );
+    assert_eq!(
+        ino(&second.join("public/same.css")),
+        ino(&store.join("pkg/same.css"))
+    );
+    // Through the link, the tree is what the manifest lists.
+    let real = |p: &str| fs::read(second.join(p)).unwrap();
+    assert_eq!(real("deps/entry.py"), real("deps/pkg/__init__.py"));
+
+    for (planted, why) in [
+        ("zz.pth", "`deps/zz.pth` is not in the manifest"),
+        ("pkg/same.css", "`deps/pkg/same.css` changed"),
+    ] {
+        let path = store.join(planted);
+        let before = fs::read(&path).ok();
+        fs::write(&path, b"p { margin: 1 }\n").unwrap();
+        let own = tmp
+            .path()
+            .join(format!("own-{}", planted.replace('/', "-")));
+        let summary = unpack(&packed.artifact_path, &packed.sidecar, &own, &options).unwrap();
+        assert_eq!(summary.shared, Some(SharedUse::Own(why.to_owned())));
+        assert!(fs::symlink_metadata(own.join("deps")).unwrap().is_dir());
+        verify_tree(&own, &packed.sidecar, |_| false).unwrap();
+        match before {
+            Some(bytes) => fs::write(&path, bytes).unwrap(),
+            None => fs::remove_file(&path).unwrap(),
+        }
+    }
 }

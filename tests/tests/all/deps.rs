@@ -52,9 +52,9 @@ fn deps_tree(site: &ServerRoot, build: &str) -> PathBuf {
     let link = site.root.join("releases").join(build).join("deps");
     let target = fs::read_link(&link)
         .unwrap_or_else(|e| panic!("{}: not a link to a shared tree: {e}", link.display()));
-    let key = target.strip_prefix("../../deps/").unwrap_or_else(|_| {
-        panic!("{}: links to `{}`", link.display(), target.display())
-    });
+    let key = target
+        .strip_prefix("../../deps/")
+        .unwrap_or_else(|_| panic!("{}: links to `{}`", link.display(), target.display()));
     site.root.join("deps").join(key)
 }
 
