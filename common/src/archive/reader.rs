@@ -52,7 +52,9 @@ pub struct UnpackOptions {
 ///
 /// When `store` exists, it is checked against the manifest first — every entry under the
 /// directory, and nothing more — and the archive's entries under the directory are checked
-/// as they stream past but not written. When it does not, they are written into the tree
+/// against the manifest by name, type, mode and size as they stream past, but neither hashed
+/// again nor written (the archive as a whole is checked against the sidecar at its end). When
+/// it does not exist, they are written into the tree
 /// and the directory is moved to `store` once the whole archive has checked out and is on
 /// disk, so a `store` only ever appears complete. A `store` that does not match is left alone:
 /// the tree then gets its own copy ([`SharedUse::Own`]).
@@ -605,6 +607,16 @@ fn write_entries(
             embedded_ok = true;
             continue;
         }
+        // A hard link is said to be one first: one out of the tree (`/etc/passwd`) is the
+        // plainest thing wrong with it, whether or not its name is listed.
+        if kind == tar::EntryType::Link
+            && !entry
+                .link_name_bytes()
+                .and_then(|t| std::str::from_utf8(&t).ok().map(|t| regular.contains_key(t)))
+                .unwrap_or(false)
+        {
+            return Err(UnpackError::HardLink { entry: name });
+        }
         let listed = manifest
             .files
             .get(&name)
@@ -737,7 +749,12 @@ fn write_entries(
                     .flatten();
                 let linked =
                     in_store || source.is_some_and(|src| fs::hard_link(src, &path).is_ok());
-                let (hash, n) = if linked {
+                let (hash, n) = if in_store {
+                    // Its copy on disk was checked against the manifest before the stream
+                    // began, and the archive as a whole is checked against the sidecar at its
+                    // end: the bytes are only read past.
+                    (*blake3, io::copy(&mut entry, &mut io::sink()).map_err(corrupt)?)
+                } else if linked {
                     hash_stream(&mut entry, &mut buf)?
                 } else {
                     write_file(&path, &mut entry, Mode(mode), mtime, &mut buf)?
