@@ -141,47 +141,80 @@ pub fn unpack(
     }
     check_declared_size(sidecar, size, options)?;
     check_manifest(sidecar, &options.reserved)?;
-    // The shared copy is judged before anything is written: reused only when it is exactly
-    // what the manifest lists.
-    let mut shared_use = None;
-    let shared = options.shared.as_ref().and_then(|tree| {
-        if !matches!(
+    drop(file);
+    // Where the shared copy stands decides how its entries are unpacked: a copy that is there
+    // is checked while the archive streams (both take a while, and they use different
+    // resources), and reused only when it is exactly what the manifest lists.
+    let shared = options.shared.as_ref().filter(|tree| {
+        matches!(
             sidecar.manifest.files.get(&tree.dir),
             Some(FileEntry::Dir { .. })
-        ) {
-            return None;
-        }
-        match fs::symlink_metadata(&tree.store) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Some((tree, false)),
-            Ok(m) if m.is_dir() => match check_shared(&tree.store, &tree.dir, sidecar) {
-                Ok(()) => Some((tree, true)),
-                Err(why) => {
-                    shared_use = Some(SharedUse::Own(why));
-                    None
-                }
-            },
-            Ok(_) => {
-                shared_use = Some(SharedUse::Own(format!(
-                    "`{}` is not a directory",
-                    tree.store.display()
-                )));
-                None
-            }
-            Err(e) => {
-                shared_use = Some(SharedUse::Own(format!(
-                    "cannot stat `{}`: {e}",
-                    tree.store.display()
-                )));
-                None
-            }
-        }
+        )
     });
+    let (shared, own_because) = match shared.map(|t| (t, fs::symlink_metadata(&t.store))) {
+        None => (None, None),
+        Some((tree, Err(e))) if e.kind() == io::ErrorKind::NotFound => (Some((tree, false)), None),
+        Some((tree, Ok(m))) if m.is_dir() => (Some((tree, true)), None),
+        Some((tree, Ok(_))) => (
+            None,
+            Some(format!("`{}` is not a directory", tree.store.display())),
+        ),
+        Some((tree, Err(e))) => (
+            None,
+            Some(format!("cannot stat `{}`: {e}", tree.store.display())),
+        ),
+    };
+    match unpack_once(archive, sidecar, dest, options, shared)? {
+        Ok(mut summary) => {
+            if let Some(why) = own_because {
+                summary.shared = Some(SharedUse::Own(why));
+            }
+            Ok(summary)
+        }
+        // The copy differs: this tree gets its own, unpacked again from the start.
+        Err(why) => {
+            let mut summary = unpack_once(archive, sidecar, dest, options, None)?
+                .expect("nothing shared, nothing to differ");
+            summary.shared = Some(SharedUse::Own(why));
+            Ok(summary)
+        }
+    }
+}
+
+/// One pass over the archive into a temporary directory renamed to `dest` at the end. With a
+/// shared copy to reuse (`(tree, true)`), its check runs beside the stream; when it finds a
+/// difference nothing is left behind and the difference is returned instead.
+fn unpack_once(
+    archive: &Path,
+    sidecar: &Sidecar,
+    dest: &Path,
+    options: &UnpackOptions,
+    shared: Option<(&SharedTree, bool)>,
+) -> Result<Result<Unpacked, String>, UnpackError> {
+    let file = File::open(archive).map_err(|e| FsError::new("cannot open", archive, e))?;
+    let size = file
+        .metadata()
+        .map_err(|e| FsError::new("cannot stat", archive, e))?
+        .len();
     let skip = shared
         .filter(|(_, reused)| *reused)
         .map(|(tree, _)| (tree.dir.as_str(), tree.store.as_path()));
     let tmp = atomic::temp_sibling(dest, "unpack");
     fs::create_dir(&tmp).map_err(|e| FsError::new("cannot create directory", &tmp, e))?;
-    let result = unpack_into(file, size, sidecar, &tmp, options, skip).and_then(|mut summary| {
+    let (streamed, checked) = thread::scope(|scope| {
+        let check = skip.map(|(dir, store)| scope.spawn(move || check_shared(store, dir, sidecar)));
+        let streamed = unpack_into(file, size, sidecar, &tmp, options, skip);
+        let checked = check.map_or(Ok(()), |c| {
+            c.join()
+                .unwrap_or_else(|_| Err("the thread checking it failed".into()))
+        });
+        (streamed, checked)
+    });
+    if let (Ok(_), Err(why)) = (&streamed, &checked) {
+        atomic::remove_tree(&tmp)?;
+        return Ok(Err(why.clone()));
+    }
+    let result = streamed.and_then(|mut summary| {
         // One filesystem sync makes every new file durable before the tree gets its real name.
         atomic::sync_filesystem(&tmp)?;
         if let Some((tree, reused)) = shared {
@@ -196,13 +229,12 @@ pub fn unpack(
             std::os::unix::fs::symlink(&tree.link, &inside)
                 .map_err(|e| FsError::new("cannot create symlink", &inside, e))?;
             atomic::fsync_dir(&tmp)?;
-            shared_use = Some(if reused {
+            summary.shared = Some(if reused {
                 SharedUse::Reused
             } else {
                 SharedUse::Created
             });
         }
-        summary.shared = shared_use.take();
         crate::fault::point("unpack:before-rename");
         fs::set_permissions(&tmp, fs::Permissions::from_mode(Mode::DIR.0))
             .map_err(|e| FsError::new("cannot set mode of", &tmp, e))?;
@@ -215,7 +247,7 @@ pub fn unpack(
     if result.is_err() {
         let _ = atomic::remove_tree(&tmp);
     }
-    result
+    result.map(Ok)
 }
 
 /// Most bytes the decompressed stream may hold. Everything decompressed counts: headers and
@@ -612,7 +644,11 @@ fn write_entries(
         if kind == tar::EntryType::Link
             && !entry
                 .link_name_bytes()
-                .and_then(|t| std::str::from_utf8(&t).ok().map(|t| regular.contains_key(t)))
+                .and_then(|t| {
+                    std::str::from_utf8(&t)
+                        .ok()
+                        .map(|t| regular.contains_key(t))
+                })
                 .unwrap_or(false)
         {
             return Err(UnpackError::HardLink { entry: name });
@@ -753,7 +789,10 @@ fn write_entries(
                     // Its copy on disk was checked against the manifest before the stream
                     // began, and the archive as a whole is checked against the sidecar at its
                     // end: the bytes are only read past.
-                    (*blake3, io::copy(&mut entry, &mut io::sink()).map_err(corrupt)?)
+                    (
+                        *blake3,
+                        io::copy(&mut entry, &mut io::sink()).map_err(corrupt)?,
+                    )
                 } else if linked {
                     hash_stream(&mut entry, &mut buf)?
                 } else {

@@ -129,7 +129,12 @@ fn crash_matrix_every_kill_leaves_a_complete_release_and_the_rerun_completes() {
     // unpacked it: Build000002's activation then creates the shared tree, so the points inside
     // it (`unpack:entry`, `unpack:before-rename`) interrupt that too.
     let deps = one_live.root.join("releases/Build000001/deps");
-    let tree = one_live.root.join(fs::read_link(&deps).unwrap().strip_prefix("../../").unwrap());
+    let tree = one_live.root.join(
+        fs::read_link(&deps)
+            .unwrap()
+            .strip_prefix("../../")
+            .unwrap(),
+    );
     fs::remove_file(&deps).unwrap();
     fs::rename(&tree, &deps).unwrap();
     let out = base.installer(&["activate", "--build", "Build000002"], &[]);
