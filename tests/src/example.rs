@@ -128,6 +128,50 @@ pub fn submodule_fixture_dir(name: &str) -> PathBuf {
 
 /// The wheelhouse `scripts/python-env` fills with the wheels of the example application's
 /// `requirements.txt` (`<test venv>/wheelhouse`), for `pip install --no-index --find-links`.
+/// Pins, in `work`'s `requirements.txt`, the wheelhouse's other sqlparse (not the 0.6.1 the
+/// example pins; `scripts/python-env` downloads it for the tests that change a dependency),
+/// hash-checked like the rest. Returns its version.
+pub fn pin_other_sqlparse(work: &Path) -> String {
+    let wheel = fs::read_dir(wheelhouse_dir())
+        .expect("the wheelhouse (scripts/python-env)")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            let name = p.file_name().unwrap_or_default().to_string_lossy();
+            name.starts_with("sqlparse-") && !name.starts_with("sqlparse-0.6.1-")
+        })
+        .expect("the wheelhouse holds a second sqlparse (scripts/python-env)");
+    let version = wheel
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .split('-')
+        .nth(1)
+        .expect("a wheel's name has its version second")
+        .to_owned();
+    let sha = common::hash::Sha256Hash::of(&fs::read(&wheel).expect("the wheel")).to_hex();
+    let req = work.join("requirements.txt");
+    let mut out = String::new();
+    let mut skip = false;
+    for line in fs::read_to_string(&req).expect("requirements.txt").lines() {
+        if line.starts_with("sqlparse==") {
+            out.push_str(&format!(
+                "sqlparse=={version} \\\n    --hash=sha256:{sha}\n"
+            ));
+            skip = true;
+            continue;
+        }
+        if skip && line.trim_start().starts_with("--hash") {
+            continue;
+        }
+        skip = false;
+        out.push_str(line);
+        out.push('\n');
+    }
+    fs::write(&req, out).expect("write requirements.txt");
+    version
+}
+
 pub fn wheelhouse_dir() -> PathBuf {
     crate::moto::venv_dir().join("wheelhouse")
 }

@@ -395,42 +395,11 @@ fn other_dependencies_get_their_own_tree_and_prune_removes_unused_ones(
     server: &tests::uwsgi::UwsgiServer,
     dir: &Path,
 ) {
-    let wheel = fs::read_dir(tests::example::wheelhouse_dir())
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            let name = p.file_name().unwrap().to_string_lossy();
-            name.starts_with("sqlparse-") && !name.starts_with("sqlparse-0.6.1-")
-        })
-        .expect("the wheelhouse holds a second sqlparse (scripts/python-env)");
-    let version = wheel
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .split('-')
-        .nth(1)
-        .unwrap()
-        .to_owned();
-    let sum = Command::new("sha256sum").arg(&wheel).output().unwrap();
-    let sha = String::from_utf8_lossy(&sum.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned();
+    let mut version = String::new();
     let three = site.root.join("releases/Build000003");
     let repo = tests::example::create(&dir.join("other-deps")).unwrap();
     repo.commit_and_tag("000006", |work| {
-        let req = work.join("requirements.txt");
-        let text = fs::read_to_string(&req).unwrap();
-        let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
-        let at = lines
-            .iter()
-            .position(|l| l.starts_with("sqlparse=="))
-            .unwrap();
-        lines[at] = format!("sqlparse=={version} \\");
-        lines[at + 1] = format!("    --hash=sha256:{sha}");
-        fs::write(&req, lines.join("\n") + "\n").unwrap();
+        version = tests::example::pin_other_sqlparse(work);
         // Build000002's migration is applied on this server: the model keeps it.
         for f in [
             "binarycrate/dashboard/models.py",

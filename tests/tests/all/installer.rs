@@ -9,23 +9,9 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::report::Report;
-use sha2_free::sha256_hex;
 use tests::bins;
 use tests::example::{self, ExampleRepo};
 use tests::uwsgi::{UwsgiOptions, UwsgiServer};
-
-/// SHA-256 for a requirements `--hash` line, via Python's hashlib (no extra crate).
-mod sha2_free {
-    pub fn sha256_hex(path: &std::path::Path) -> String {
-        let out = std::process::Command::new(tests::moto::venv_dir().join("bin/python"))
-            .args(["-c", "import hashlib,sys; print(hashlib.sha256(open(sys.argv[1],'rb').read()).hexdigest())"])
-            .arg(path)
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    }
-}
 
 /// A server root, its store, the example repository and the ports uWSGI will use.
 struct Site {
@@ -233,43 +219,9 @@ fn activate_upgrade_rollback_and_failures_against_real_uwsgi() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("nothing to do"));
 
     // Build 2: a new migration and another version of a pinned dependency, shown on the page.
-    let wheel = fs::read_dir(example::wheelhouse_dir())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("sqlparse-0.5.")
-        })
-        .expect("scripts/python-env puts an older sqlparse wheel in the wheelhouse");
-    let version = wheel
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .split('-')
-        .nth(1)
-        .unwrap()
-        .to_owned();
-    let sha = sha256_hex(&wheel);
+    let mut version = String::new();
     site.release("000002", |w| {
-        let req = fs::read_to_string(w.join("requirements.txt")).unwrap();
-        let mut out = String::new();
-        let mut skip = false;
-        for line in req.lines() {
-            if line.starts_with("sqlparse==") {
-                out.push_str(&format!("sqlparse=={version} \\\n    --hash=sha256:{sha}\n"));
-                skip = true;
-                continue;
-            }
-            if skip && line.trim_start().starts_with("--hash") {
-                continue;
-            }
-            skip = false;
-            out.push_str(line);
-            out.push('\n');
-        }
-        fs::write(w.join("requirements.txt"), out).unwrap();
+        version = example::pin_other_sqlparse(w);
         let models = w.join("binarycrate/dashboard/models.py");
         fs::write(&models, fs::read_to_string(&models).unwrap().replace("    created = ", "    stars = models.IntegerField(default=0)\n    created = ")).unwrap();
         fs::write(
