@@ -267,17 +267,20 @@ fn static_owner(layout: &Layout, link: &Path) -> Option<BuildNumber> {
 /// ones: `<root>/deps/<key>`, which the release's `deps` links to. None when its dependencies
 /// cannot be shared (none installed, or compiled on the server).
 pub fn shared_deps(layout: &Layout, manifest: &common::ReleaseManifest) -> Option<SharedTree> {
-    let key = manifest.deps_key()?;
-    let dir = manifest.deps.as_ref()?.dir.clone();
-    // The link's target climbs out of `releases/BuildNNNNNN` only: a top-level directory.
-    if dir.contains('/') {
-        return None;
-    }
+    let (dir, key) = deps_dir_and_key(manifest)?;
     Some(SharedTree {
         dir,
         store: layout.deps_trees().join(&key),
         link: deps_link(&key),
     })
+}
+
+/// The release's dependency directory and the key of the shared tree it may link to.
+fn deps_dir_and_key(manifest: &common::ReleaseManifest) -> Option<(String, String)> {
+    let key = manifest.deps_key()?;
+    let dir = manifest.deps.as_ref()?.dir.clone();
+    // The link's target climbs out of `releases/BuildNNNNNN` only: a top-level directory.
+    (!dir.contains('/')).then_some((dir, key))
 }
 
 fn deps_link(key: &str) -> String {
@@ -681,10 +684,7 @@ pub fn verify(config: &InstallerConfig, release: &Path) -> anyhow::Result<Drift>
             .any(|s| p == s || p.starts_with(&format!("{s}/")))
     };
     let mut drift = Drift::default();
-    let shared = sidecar.manifest.deps_key().and_then(|key| {
-        let dir = &sidecar.manifest.deps.as_ref()?.dir;
-        (!dir.contains('/')).then(|| (dir.clone(), deps_link(&key)))
-    });
+    let shared = deps_dir_and_key(&sidecar.manifest).map(|(dir, key)| (dir, deps_link(&key)));
     if let Err(e) = check_manifest(&sidecar, &reserved(&profile)) {
         let entry = match &e {
             UnpackError::InstallerOwned { entry, .. }
