@@ -435,29 +435,36 @@ pub struct FleetArgs {
     pub installer_config: Option<String>,
 }
 
-/// Activate a published build on the servers (`installer activate` through AWS SSM).
+/// Activate a published build on the servers (`installer activate` through AWS SSM), as a
+/// rollout that stops itself.
 ///
 /// Runs `installer activate --build BuildNNNNNN --json` on every target. Checks everything first — the build name, the targets, the options, and that the build is
-/// published in the store — then sends one SSM command (`AWS-RunShellScript`) whose only line
-/// is the installer's command line, every word single-quoted. It waits for every server,
-/// showing each one's state as it changes, then prints a table: server, SSM status, exit code,
-/// duration, the build now live there, and the installer's own result. Ctrl-C cancels the
-/// command and reports what had finished.
+/// published in the store. The instances go in a stable order (by id, or `--order`): the
+/// `--canary` first, alone, watched healthy for `--bake`; then the rest in waves of
+/// `--max-concurrency`, each wave finished before the next. Each stage is one SSM command
+/// (`AWS-RunShellScript`) whose only line is the installer's command line, every word
+/// single-quoted. A failing canary, a canary unhealthy during the bake, more failures than
+/// `--max-errors`, or Ctrl-C stops the rollout: the instances not reached are not started, and
+/// those that already switched are rolled back to the build each had (`installer rollback
+/// --to`), so the fleet ends on one build. Then a table: server, SSM status, exit code,
+/// duration, the build now live there, the installer's own result — and the stages, what was
+/// rolled back and why the rollout stopped.
 ///
 /// The installer reads the same store: `--store`, else `store` from `deploy.toml` (an `s3://`
 /// store; the builder's local default store is refused for SSM).
 #[derive(Debug, Args)]
 #[command(after_help = concat!(
     "Examples:\n",
+    "  builder deploy --build Build000034 --targets tag:Role=web --canary 1 --bake 5m --max-concurrency 25%\n",
     "  builder deploy --build Build000034 --targets tag:Role=web --max-concurrency 1\n",
     "  builder deploy --build 000034 --targets i-0123456789abcdef0 --store s3://releases/app\n",
     "  builder deploy --build Build000034 --transport local --installer-config ./installer.toml\n",
     "\n",
-    "Exit codes: 0 every server succeeded; 2 bad input, nothing was sent. ",
-    "When a server did not succeed: the worst installer exit code among them if each ended with one ",
-    "(4 operator needed, then 3 rolled back by itself, 1 failed before anything changed, 5 locked, 2 bad ",
-    "input on that server), else 1 (timed out, cancelled, undeliverable, no installer report, or no server ",
-    "matched the targets)."
+    "Exit codes: 0 every server is on the build; 2 bad input, nothing was sent; 1 the rollout stopped ",
+    "before any server switched; 3 it stopped and every server that had switched is back on its build ",
+    "(or rolled back by itself); 4 it stopped and some server could not be restored (named). A rollout that ",
+    "finished with failures within --max-errors exits with the worst installer exit code among them ",
+    "(4, 3, 1, 5, 2), else 1 (timed out, cancelled, undeliverable, no installer report)."
 ))]
 pub struct DeployArgs {
     #[command(flatten)]
@@ -474,6 +481,25 @@ pub struct DeployArgs {
     /// Seconds the installer waits for another activation's lock [default: its configuration's].
     #[arg(long, value_name = "SECS")]
     pub lock_timeout: Option<u64>,
+    /// Deploy to this many instances first (a count, or a percentage of the targets), alone;
+    /// the rest only once they succeeded (and stayed healthy for `--bake`).
+    #[arg(long, value_name = "N|N%", value_parser = Rate::parse_concurrency)]
+    pub canary: Option<Rate>,
+    /// How long the canaries must stay healthy before the rest: they are asked
+    /// `installer status --check` five times over it (`30s`, `5m`, `1m30s`, or seconds).
+    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = common::when::parse_duration, requires = "canary")]
+    pub bake: std::time::Duration,
+    /// Instances that go first, in this order (the first is the canary); the rest follow
+    /// sorted by id. Without it the order is by instance id, so the canary is the same
+    /// machine every time.
+    #[arg(long, value_name = "ID,ID,…", value_delimiter = ',')]
+    pub order: Vec<String>,
+    /// When the rollout stops (a canary, the bake, more failures than `--max-errors`, Ctrl-C),
+    /// leave the instances that already switched on the new build instead of rolling them
+    /// back to the build each had. By default they are rolled back, so the fleet ends on one
+    /// build.
+    #[arg(long)]
+    pub no_rollback_on_failure: bool,
     #[command(flatten)]
     pub fleet: FleetArgs,
 }

@@ -1,7 +1,8 @@
 //! The dependency cache: `deps/` trees as `builder package` installed and compiled them, kept by
 //! a key made of everything that decides their bytes (the wheels by content, the target, the
-//! Python and pip that installed and compiled them), so that packaging a tag whose requirements
-//! did not change skips pip and compileall.
+//! Python and pip that installed and compiled them), and the wheel sets that hash-pinned
+//! requirements resolve to (keyed by the requirements' hashes), so that packaging a tag whose
+//! requirements did not change skips pip and compileall.
 //!
 //! An entry is the tree itself (`tree/`) and its index (`index.json`: every entry with its kind,
 //! mode and BLAKE3). Restoring re-hashes every file against the index and hard-links it into the
@@ -26,14 +27,32 @@ pub const CACHE_DIR_ENV: &str = "BINARYCRATE_CACHE_DIR";
 /// Bumped whenever what is cached for a key changes meaning.
 const FORMAT: &str = "binarycrate deps cache 2";
 
-/// Where entries live: `<dir>/deps/<key>/` holding `tree/` and `index.json`.
+/// What a cache holds.
+#[derive(Debug, Clone, Copy)]
+pub enum Kind {
+    /// Installed and compiled `deps/` trees, keyed by the wheels' content.
+    Deps,
+    /// Wheel sets, keyed by requirements that pin every file by hash.
+    Wheels,
+}
+
+impl Kind {
+    fn dir_name(self) -> &'static str {
+        match self {
+            Kind::Deps => "deps",
+            Kind::Wheels => "wheels",
+        }
+    }
+}
+
+/// Where entries live: `<dir>/<kind>/<key>/` holding `tree/` and `index.json`.
 pub struct DepCache {
     dir: PathBuf,
 }
 
 impl DepCache {
-    /// The cache this machine uses, if a place for it can be named.
-    pub fn open() -> Option<Self> {
+    /// The cache of `kind` this machine uses, if a place for it can be named.
+    pub fn open(kind: Kind) -> Option<Self> {
         let dir = std::env::var_os(CACHE_DIR_ENV)
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
@@ -48,7 +67,7 @@ impl DepCache {
                     .map(|h| PathBuf::from(h).join(".cache/binarycrate"))
             })?;
         Some(Self {
-            dir: dir.join("deps"),
+            dir: dir.join(kind.dir_name()),
         })
     }
 

@@ -14,6 +14,7 @@
 //! - [`store`]: the artifact store (`file://` and `s3://`) with immutable publishing.
 //! - [`report`]: exit codes and the machine-readable report every command can print.
 //! - [`runtime`]: the process's one async runtime (the S3 store, the builder's fleet).
+//! - [`pyenv`]: a Python interpreter's identity and the light venv over installed dependencies.
 //! - [`progress`]: progress bars that only draw on a terminal.
 //! - [`error`]: the error enums the above return.
 //! - [`clidocs`]: man pages and shell completions rendered from a binary's clap definition.
@@ -33,6 +34,7 @@ pub mod fault;
 pub mod hash;
 pub mod manifest;
 pub mod progress;
+pub mod pyenv;
 pub mod report;
 pub mod runtime;
 pub mod store;

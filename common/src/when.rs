@@ -1,6 +1,6 @@
 //! Times as people read them: `2026-12-02 16:04 UTC, 3 h ago` (the journal keeps Unix seconds).
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// `YYYY-MM-DD HH:MM UTC` of Unix seconds.
 pub fn utc(secs: i64) -> String {
@@ -44,6 +44,49 @@ pub fn now() -> i64 {
         .unwrap_or(0)
 }
 
+/// A duration as people write one on a command line: `90` (seconds), `30s`, `5m`, `1h`,
+/// `1m30s`; the error says what was expected.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let bad = || {
+        format!(
+            "`{}` is not a duration: write seconds (`90`) or a number with a unit, `s`, `m` or `h` (`30s`, `5m`, `1m30s`)",
+            text.escape_debug()
+        )
+    };
+    if t.is_empty() {
+        return Err(bad());
+    }
+    if t.bytes().all(|b| b.is_ascii_digit()) {
+        return t.parse().map(Duration::from_secs).map_err(|_| bad());
+    }
+    let mut total: u64 = 0;
+    let mut digits = String::new();
+    for c in t.chars() {
+        match c {
+            '0'..='9' => digits.push(c),
+            's' | 'm' | 'h' if !digits.is_empty() => {
+                let n: u64 = digits.parse().map_err(|_| bad())?;
+                let unit = match c {
+                    's' => 1,
+                    'm' => 60,
+                    _ => 3_600,
+                };
+                total = n
+                    .checked_mul(unit)
+                    .and_then(|v| total.checked_add(v))
+                    .ok_or_else(bad)?;
+                digits.clear();
+            }
+            _ => return Err(bad()),
+        }
+    }
+    if !digits.is_empty() {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs(total))
+}
+
 /// `2026-12-02 16:04 UTC, 3 h ago`.
 pub fn shown(secs: i64) -> String {
     format!("{}, {}", utc(secs), age(secs, now()))
@@ -65,5 +108,30 @@ mod tests {
         assert_eq!(age(0, 3 * 3_600 + 5), "3 h ago");
         assert_eq!(age(0, 3 * 86_400), "3 d ago");
         assert_eq!(age(10, 0), "in the future");
+    }
+
+    #[test]
+    fn durations_are_read_as_written() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3_600)));
+        assert_eq!(parse_duration(" 1m30s "), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        for bad in [
+            "",
+            "s",
+            "5x",
+            "1.5m",
+            "-5s",
+            "5 m",
+            "m5",
+            "99999999999999999999h",
+        ] {
+            assert!(
+                parse_duration(bad).unwrap_err().contains("not a duration"),
+                "{bad}"
+            );
+        }
     }
 }

@@ -37,8 +37,10 @@ pub enum Command {
     Rollback(RollbackArgs),
     /// Show the live build, the previous good one, who activated it when, and how the last
     /// command ended.
-    #[command(after_long_help = "Examples:\n  installer status\n  installer status --json")]
-    Status(JsonArgs),
+    #[command(
+        after_long_help = "Examples:\n  installer status\n  installer status --json\n  installer status --check --json"
+    )]
+    Status(StatusArgs),
     /// List every release on disk: state (live, previous, failed, rolled back, unused), size and
     /// when it went live.
     #[command(after_long_help = "Examples:\n  installer list\n  installer list --json")]
@@ -109,6 +111,20 @@ pub struct RollbackArgs {
     #[arg(long, value_name = "SECS")]
     pub lock_timeout: Option<u64>,
     /// Print one JSON report on stdout (human text stays on stderr).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Options of `installer status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Also prove that the site serves the live build: the page shows its build number, every
+    /// uWSGI worker was started after `current` last changed (with `health.stats_url`), and the
+    /// confirming requests all see it — the activation's own health check, run again. Exit 1
+    /// when it fails (`builder deploy --bake` runs it on the canaries).
+    #[arg(long)]
+    pub check: bool,
+    /// Print one JSON report on stdout.
     #[arg(long)]
     pub json: bool,
 }

@@ -11,6 +11,7 @@ use common::archive::links::Reserved;
 use common::archive::reader::{check_manifest, SharedTree};
 use common::error::{BadInput, UnpackError};
 use common::manifest::{AppProfile, FileEntry, LEGACY_MARKER, RELEASE_JSON, VENV_DIR};
+use common::pyenv::PythonInfo;
 use common::{atomic, Blake3Hash, BuildNumber, Sidecar};
 
 use crate::config::InstallerConfig;
@@ -362,26 +363,8 @@ pub fn ready_dependencies(
         return Ok(DepsReady::Reused);
     }
     let server = python_for(config, &manifest)?.expect("the release has deps");
-    // What `python -m venv --without-pip` writes, minus the activation scripts, written here
-    // (a few milliseconds instead of a second): the interpreter, its `pyvenv.cfg`, and
-    // site-packages as a link to the verified dependencies inside the release.
     atomic::remove_tree(&venv)?;
-    fs::create_dir_all(venv.join("bin"))
-        .and_then(|_| fs::create_dir_all(site.parent().expect("lib/pythonX.Y")))
-        .with_context(|| format!("cannot create `{}`", venv.display()))?;
-    let cfg = format!(
-        "home = {}\ninclude-system-site-packages = false\nversion = {}\n",
-        server.home.display(),
-        server.full_version
-    );
-    fs::write(venv.join("pyvenv.cfg"), cfg)
-        .with_context(|| format!("cannot write `{}/pyvenv.cfg`", venv.display()))?;
-    for name in ["python", "python3", &format!("python{major}.{minor}")] {
-        std::os::unix::fs::symlink(&server.executable, venv.join("bin").join(name))
-            .with_context(|| format!("cannot link `{}/bin/{name}`", venv.display()))?;
-    }
-    std::os::unix::fs::symlink(&link, &site)
-        .with_context(|| format!("cannot link `{}`", site.display()))?;
+    common::pyenv::write_light_venv(&venv, &server, Path::new(&link))?;
     if !deps.bytecode {
         // Packaged for another platform's Python: compiled here, once per release, so that no
         // worker compiles on start.
@@ -411,7 +394,7 @@ pub fn check_python(
 fn python_for(
     config: &InstallerConfig,
     manifest: &common::ReleaseManifest,
-) -> anyhow::Result<Option<ServerPython>> {
+) -> anyhow::Result<Option<PythonInfo>> {
     if manifest.deps.is_none() {
         return Ok(None);
     }
@@ -428,37 +411,19 @@ fn python_for(
     Ok(Some(server))
 }
 
-/// The interpreter a release's venv runs.
-struct ServerPython {
-    version: (u32, u32),
-    full_version: String,
-    /// The real interpreter (not a venv's link to it), and its directory.
-    executable: PathBuf,
-    home: PathBuf,
-}
-
-fn server_python(python: &str) -> anyhow::Result<ServerPython> {
-    // `_base_executable` (3.7+) is the interpreter behind a venv's; older ones have only
-    // `executable`.
-    let script = "import os, sys; print('%d %d %d' % sys.version_info[:3]); print(os.path.realpath(getattr(sys, '_base_executable', None) or sys.executable))";
-    let out = procs::output(&procs::argv(&[python, "-c", script]), Path::new("/"), &[])
-        .with_context(|| format!("cannot run the server's Python `{python}` (`python` in the installer configuration)"))?;
-    let mut lines = out.lines();
-    let parts: Vec<u32> = lines
-        .next()
-        .unwrap_or_default()
-        .split(' ')
-        .filter_map(|p| p.parse().ok())
-        .collect();
-    let executable = PathBuf::from(lines.next().unwrap_or_default());
-    let (Some(home), [major, minor, micro]) = (executable.parent(), parts.as_slice()) else {
-        bail!("the server's Python `{python}` did not say its version and place: {out}");
-    };
-    Ok(ServerPython {
-        version: (*major, *minor),
-        full_version: format!("{major}.{minor}.{micro}"),
-        home: home.to_owned(),
-        executable,
+fn server_python(python: &str) -> anyhow::Result<PythonInfo> {
+    let out = procs::output(
+        &procs::argv(&[python, "-c", common::pyenv::PROBE_SCRIPT]),
+        Path::new("/"),
+        &[],
+    )
+    .with_context(|| {
+        format!(
+            "cannot run the server's Python `{python}` (`python` in the installer configuration)"
+        )
+    })?;
+    PythonInfo::parse(&out).with_context(|| {
+        format!("the server's Python `{python}` did not say its version and place: {out}")
     })
 }
 

@@ -5,6 +5,7 @@ use common::error::{BadInput, StoreError};
 use common::report::ExitCode;
 
 use crate::cli::DeployArgs;
+use crate::fleet::rollout::{self, Rollout};
 use crate::fleet::{self, Action};
 use crate::store::{app_name, open_store_for_servers};
 
@@ -39,6 +40,33 @@ pub fn run(args: &DeployArgs) -> anyhow::Result<ExitCode> {
         s3_endpoint: args.store.s3_endpoint.clone(),
         template_reviewed: args.template_reviewed,
     };
+    for id in &args.order {
+        fleet::Targets::parse(std::slice::from_ref(id))
+            .ok()
+            .filter(|t| matches!(t, fleet::Targets::Instances(_)))
+            .ok_or_else(|| {
+                BadInput(format!(
+                    "`--order` takes instance ids (`i-0123456789abcdef0,i-…`), not `{}`",
+                    id.escape_debug()
+                ))
+            })?;
+    }
     let plan = fleet::run::plan(&args.fleet, targets, action, &app, args.lock_timeout)?;
-    fleet::run::execute(plan)
+    let rollout = Rollout {
+        app,
+        action: plan.action,
+        invocation: plan.invocation,
+        request: plan.request,
+        transport: plan.transport,
+        ssm_endpoint: plan.ssm_endpoint,
+        canary: args.canary,
+        bake: args.bake,
+        bake_every: rollout::bake_interval(args.bake),
+        order: args.order.clone(),
+        rollback_on_failure: !args.no_rollback_on_failure,
+        ask_on_interrupt: true,
+        verbose: plan.verbose,
+        json: plan.json,
+    };
+    rollout::execute(&rollout)
 }

@@ -14,12 +14,13 @@ use common::error::BadInput;
 use common::manifest::{
     AppProfile, BuildLog, Dependencies, WheelEntry, BUILD_LOG_JSON, DEPS_DIR, RELEASE_SIGNATURE,
 };
+use common::pyenv::PythonInfo;
 use common::report::ExitCode;
 use common::{atomic, Blake3Hash, BuildNumber, ReleaseManifest, Sidecar};
 
 use crate::cli::PackageArgs;
 use crate::config::{DeployConfig, PathMatcher, DEPLOY_TOML};
-use crate::depcache::DepCache;
+use crate::depcache::{DepCache, Kind};
 use crate::steps::{StepCommand, StepRunner, VENV_PLACEHOLDER};
 use crate::{export, repo, signing};
 
@@ -232,29 +233,28 @@ fn build_and_pack(
     check_backend_build_number(&staging, config, build)?;
 
     let requirements = read_requirements(&staging, config)?;
-    let python_tag = build_wheels(config, &requirements, runner)?;
+    let python = probe_python(&config.python.interpreter)?;
+    let python_tag = build_wheels(config, &requirements, &python, runner)?;
     let wheels = list_wheels(&staging.join("wheels"))?;
     // The dependencies, installed once here for the servers' Python and platform: the release
     // carries them as ordinary files under `deps/` (listed in the manifest, verified on the
     // servers like every other file), so a server needs neither pip nor an index.
-    ready_deps(config, &wheels, runner)?;
-    let py = &config.python.interpreter;
+    ready_deps(config, &python, &wheels, runner)?;
     let venv_python = format!("{VENV_PLACEHOLDER}/bin/python");
     // collectstatic's environment: a venv without pip whose site-packages is the `deps/` just
-    // installed, as the servers give each release.
-    runner.run(
-        "venv",
-        StepCommand::new(&[py.as_str(), "-m", "venv", "--without-pip", VENV_PLACEHOLDER]),
-    )?;
+    // installed, written as the servers write each release's.
     let venv = runner.venv().to_owned();
     runner.internal(
-        "venv-deps",
-        &["ln", "-s", DEPS_DIR, "<venv>/lib/pythonX.Y/site-packages"],
+        "venv",
+        &[
+            "write-venv",
+            VENV_PLACEHOLDER,
+            "site-packages",
+            "->",
+            DEPS_DIR,
+        ],
         || {
-            let site = venv_site_packages(&venv)?;
-            atomic::remove_tree(&site)?;
-            std::os::unix::fs::symlink(staging.join(DEPS_DIR), &site)
-                .with_context(|| format!("cannot link `{}`", site.display()))?;
+            common::pyenv::write_light_venv(&venv, &python, &staging.join(DEPS_DIR))?;
             Ok(String::new())
         },
     )?;
@@ -380,6 +380,7 @@ fn read_requirements(
 fn build_wheels(
     config: &DeployConfig,
     requirements: &crate::requirements::Requirements,
+    python: &PythonInfo,
     runner: &mut StepRunner,
 ) -> anyhow::Result<String> {
     let p = &config.python;
@@ -404,7 +405,8 @@ fn build_wheels(
         }
         _ => {
             argv.extend(["wheel".into(), "-w".into(), "wheels".into()]);
-            interpreter_tag(&p.interpreter)?
+            let (major, minor) = python.version;
+            format!("cp{major}{minor}")
         }
     };
     if requirements.hashed() {
@@ -412,8 +414,64 @@ fn build_wheels(
     }
     argv.extend(["-r".into(), p.requirements.clone()]);
     argv.extend(p.pip_args.iter().cloned());
+    let staging = runner.staging().to_owned();
+    let dir = staging.join("wheels");
+    let text = fs::read(staging.join(&p.requirements))
+        .with_context(|| format!("cannot read `{}`", p.requirements))?;
+    let key = wheels_cache_key(requirements, &text, python, &argv);
+    let cache = key.as_ref().and_then(|_| DepCache::open(Kind::Wheels));
+    if let (Some(cache), Some(key)) = (&cache, &key) {
+        let t = Instant::now();
+        if cache.restore(key, &dir)? {
+            let note = format!("from the wheel cache (key {})", &key[..16]);
+            runner.replayed("wheels", StepCommand::new(&argv), t.elapsed(), &note);
+            return Ok(tag);
+        }
+    }
     runner.run("wheels", StepCommand::new(&argv))?;
+    if let (Some(cache), Some(key)) = (&cache, &key) {
+        if let Err(e) = cache.store(key, &dir) {
+            eprintln!("warning: {e:#}; the next build resolves its wheels again");
+        }
+    }
     Ok(tag)
+}
+
+/// The wheel cache's key for these requirements, or `None` when they do not pin every file by
+/// hash: then the same names could resolve to other files, and pip runs every time. With
+/// hashes, the text (hashes included) and what resolves it decide the wheel set by content.
+fn wheels_cache_key(
+    requirements: &crate::requirements::Requirements,
+    text: &[u8],
+    python: &PythonInfo,
+    argv: &[String],
+) -> Option<String> {
+    requirements.hashed().then(|| {
+        DepCache::key(&[
+            format!("builder {}", env!("CARGO_PKG_VERSION")),
+            format!("python {} pip {:?}", python.banner, python.pip),
+            format!("resolve {}", argv.join(" ")),
+            format!("requirements {}", Blake3Hash::of(text)),
+        ])
+    })
+}
+
+/// The identity of the Python that builds for the servers (see [`PythonInfo`]).
+fn probe_python(interpreter: &str) -> anyhow::Result<PythonInfo> {
+    let out = Command::new(interpreter)
+        .args(["-c", common::pyenv::PROBE_SCRIPT])
+        .output()
+        .with_context(|| format!("cannot run the target Python `{interpreter}`: set `python.interpreter` in `{DEPLOY_TOML}`"))?;
+    if !out.status.success() {
+        bail!(
+            "the target Python `{interpreter}` failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    PythonInfo::parse(&text).with_context(|| {
+        format!("the target Python `{interpreter}` did not say its version and place: {text}")
+    })
 }
 
 /// The settings module collectstatic runs with, and the file written for it when the app has
@@ -486,27 +544,13 @@ fn build_settings(staging: &Path, config: &DeployConfig) -> anyhow::Result<Build
     })
 }
 
-/// `cp311` for the interpreter that builds the wheels.
-fn interpreter_tag(interpreter: &str) -> anyhow::Result<String> {
-    let out = Command::new(interpreter)
-        .args(["-c", "import sys; print('cp%d%d' % sys.version_info[:2])"])
-        .output()
-        .with_context(|| format!("cannot run the target Python `{interpreter}`: set `python.interpreter` in `{DEPLOY_TOML}`"))?;
-    if !out.status.success() {
-        bail!(
-            "the target Python `{interpreter}` failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
-
 /// `deps/`: the wheels installed for the servers' Python and platform and (same Python) their
 /// bytecode compiled — from the dependency cache when the same wheels were installed the same
 /// way before on this machine, else by pip and compileall (and then kept in the cache). Either
 /// way the release records the same steps and holds the same bytes.
 fn ready_deps(
     config: &DeployConfig,
+    python: &PythonInfo,
     wheels: &BTreeMap<String, WheelEntry>,
     runner: &mut StepRunner,
 ) -> anyhow::Result<()> {
@@ -519,8 +563,8 @@ fn ready_deps(
     }
     let install = deps_install_command(config, wheels)?;
     let compile = deps_compile_command(config);
-    let cache = DepCache::open();
-    let key = deps_cache_key(config, wheels, &install)?;
+    let cache = DepCache::open(Kind::Deps);
+    let key = deps_cache_key(config, python, wheels, &install);
     if let Some(cache) = &cache {
         let t = Instant::now();
         if cache.restore(&key, &deps)? {
@@ -628,20 +672,13 @@ fn compile_argv(config: &DeployConfig) -> Vec<String> {
 /// and the Python and pip that install and compile them.
 fn deps_cache_key(
     config: &DeployConfig,
+    python: &PythonInfo,
     wheels: &BTreeMap<String, WheelEntry>,
     install: &[String],
-) -> anyhow::Result<String> {
-    let interpreter = &config.python.interpreter;
-    let out = Command::new(interpreter)
-        .args([
-            "-c",
-            "import sys, importlib.metadata as m; print(sys.version); print(m.version('pip'))",
-        ])
-        .output()
-        .with_context(|| format!("cannot run the Python `{interpreter}`: set `python.interpreter` in `{DEPLOY_TOML}`"))?;
+) -> String {
     let mut parts = vec![
         format!("builder {}", env!("CARGO_PKG_VERSION")),
-        format!("python {}", String::from_utf8_lossy(&out.stdout).trim()),
+        format!("python {} pip {:?}", python.banner, python.pip),
         format!("install {}", install.join(" ")),
         format!("bytecode {}", config.python.platform.is_none()),
     ];
@@ -650,7 +687,7 @@ fn deps_cache_key(
             .iter()
             .map(|(name, w)| format!("wheel {name} {} {}", w.size, w.blake3)),
     );
-    Ok(DepCache::key(&parts))
+    DepCache::key(&parts)
 }
 
 /// `name==version` for a wheel file name (`Django-5.2.19-py3-none-any.whl`).
@@ -664,21 +701,6 @@ fn wheel_requirement(file: &str) -> anyhow::Result<String> {
         bail!("`{file}` is not a wheel file name (name-version-python-abi-platform.whl)");
     }
     Ok(format!("{}=={}", parts[0], parts[1]))
-}
-
-/// The `lib/pythonX.Y/site-packages` of a venv just made.
-fn venv_site_packages(venv: &Path) -> anyhow::Result<PathBuf> {
-    let lib = venv.join("lib");
-    for entry in fs::read_dir(&lib).with_context(|| format!("cannot read `{}`", lib.display()))? {
-        let site = entry?.path().join("site-packages");
-        if site.is_dir() {
-            return Ok(site);
-        }
-    }
-    bail!(
-        "the venv `{}` has no `lib/python*/site-packages`",
-        venv.display()
-    )
 }
 
 /// Compiles the project's bytecode (the dependencies' is compiled with them), once, here, when
@@ -996,6 +1018,37 @@ fn hostname() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wheel_sets_are_cached_only_for_requirements_pinned_by_hash() {
+        let python =
+            PythonInfo::parse("3 11 2\n/usr/bin/python3.11\n3.11.2 (main)\n24.0\n").unwrap();
+        let argv: Vec<String> = ["python3", "-m", "pip", "wheel"]
+            .map(str::to_owned)
+            .to_vec();
+        let key = |text: &str| {
+            let parsed = crate::requirements::parse(text, "requirements.txt").unwrap();
+            wheels_cache_key(&parsed, text.as_bytes(), &python, &argv)
+        };
+        assert_eq!(
+            key("django==5.2.1\n"),
+            None,
+            "names alone never key the cache"
+        );
+        let a = key("django==5.2.1 --hash=sha256:aa\n").expect("hashed");
+        let b = key("django==5.2.1 --hash=sha256:ab\n").expect("hashed");
+        assert_ne!(a, b, "another file for the same name is another key");
+        let other = PythonInfo {
+            pip: Some("25.0".into()),
+            ..python.clone()
+        };
+        let parsed = crate::requirements::parse("django==5.2.1 --hash=sha256:aa\n", "r").unwrap();
+        assert_ne!(
+            wheels_cache_key(&parsed, b"django==5.2.1 --hash=sha256:aa\n", &other, &argv),
+            Some(a),
+            "another pip resolves anew"
+        );
+    }
 
     #[test]
     fn build_number_py_is_read_like_prepare_writes_it() {

@@ -17,12 +17,15 @@
 //! - [`summary`]: per-instance results, the table, the JSON, the exit code.
 //! - [`run`]: the plan from the arguments, then send, watch and report; [`run::dispatch`] (send
 //!   and watch only) also carries `builder bootstrap`'s script, which reports in its own table.
+//! - [`rollout`]: `deploy`'s canary, bake and waves, and the rollback of what switched when it
+//!   stops.
 //! - [`rolling`]: `os-update`'s round, one instance after the other, a rebooted one back online
 //!   before the next.
 //! - [`ssm`], [`local`]: the two transports.
 
 pub mod local;
 pub mod rolling;
+pub mod rollout;
 pub mod run;
 pub mod ssm;
 pub mod summary;
@@ -305,6 +308,9 @@ pub enum Action {
     Rollback { to: Option<BuildNumber> },
     /// `installer status`
     Status,
+    /// `installer status --check`: the live build's health, as the activation proves it (a
+    /// rollout's bake asks its canaries).
+    Check,
     /// `installer os-update [--reboot [--via-ssm]]`
     OsUpdate { reboot: bool, via_ssm: bool },
 }
@@ -316,6 +322,7 @@ impl Action {
             Self::Deploy { .. } => "deploy",
             Self::Rollback { .. } => "rollback",
             Self::Status => "status",
+            Self::Check => "check",
             Self::OsUpdate { .. } => "os-update",
         }
     }
@@ -325,7 +332,7 @@ impl Action {
         match self {
             Self::Deploy { build, .. } => Some(*build),
             Self::Rollback { to } => *to,
-            Self::Status | Self::OsUpdate { .. } => None,
+            Self::Status | Self::Check | Self::OsUpdate { .. } => None,
         }
     }
 
@@ -338,7 +345,7 @@ impl Action {
             Outcome::Failed | Outcome::BadInput | Outcome::RolledBack | Outcome::Locked => {
                 match self {
                     // `status` puts the live build in `build` even when something else failed.
-                    Self::Status | Self::OsUpdate { .. } => report.build,
+                    Self::Status | Self::Check | Self::OsUpdate { .. } => report.build,
                     _ => report.previous_build,
                 }
             }
@@ -394,6 +401,7 @@ impl InstallerInvocation {
                 }
             }
             Action::Status => argv.push("status".into()),
+            Action::Check => argv.extend(["status".into(), "--check".into()]),
             Action::OsUpdate { reboot, via_ssm } => {
                 argv.push("os-update".into());
                 if *reboot {
@@ -424,6 +432,7 @@ pub fn comment(app: &str, action: &Action) -> String {
         Action::Rollback { to: Some(to) } => text.push_str(&format!(" to {to:#}")),
         Action::Rollback { to: None } => text.push_str(" to previous"),
         Action::Status => {}
+        Action::Check => text.push_str(" health check"),
         Action::OsUpdate { reboot: true, .. } => text.push_str(" --reboot"),
         Action::OsUpdate { reboot: false, .. } => {}
     }

@@ -20,6 +20,8 @@ use crate::cli::{FleetArgs, ReachArgs};
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub action: Action,
+    /// How the installer is invoked, for the further commands a rollout sends.
+    pub invocation: InstallerInvocation,
     pub transport: TransportKind,
     pub request: SendRequest,
     pub ssm_endpoint: Option<String>,
@@ -57,6 +59,20 @@ fn invoker() -> String {
         .collect()
 }
 
+/// The shell line that runs the installer for `action`. Who asked rides in front of it as an
+/// environment variable, for the servers' journals (`installer status` shows it).
+pub fn installer_line(
+    invocation: &InstallerInvocation,
+    action: &Action,
+) -> Result<String, BadInput> {
+    let by = format!("{} (builder {})", invoker(), action.name());
+    Ok(format!(
+        "{INVOKED_BY_ENV}={} {}",
+        shell_quote(&by),
+        render_line(&invocation.argv(action)?)
+    ))
+}
+
 /// Checks the options that are not targets and builds the plan.
 pub fn plan(
     args: &FleetArgs,
@@ -70,17 +86,11 @@ pub fn plan(
         config: args.installer_config.clone(),
         lock_timeout,
     };
-    // Who asked, for the servers' journals (`installer status` shows it): the environment
-    // variable rides in front of the quoted command line.
-    let by = format!("{} (builder {})", invoker(), action.name());
-    let line = format!(
-        "{INVOKED_BY_ENV}={} {}",
-        shell_quote(&by),
-        render_line(&invocation.argv(&action)?)
-    );
+    let line = installer_line(&invocation, &action)?;
     let reach = &args.reach;
     Ok(Plan {
         request: request(reach, targets, line, comment(app, &action))?,
+        invocation,
         action,
         transport: reach.transport,
         ssm_endpoint: reach.ssm_endpoint.clone(),
@@ -223,9 +233,6 @@ pub(super) async fn drive<T: Transport>(
             request.execution_timeout.as_secs(),
         ),
     }
-    let handle = transport.send(request).await?;
-    eprintln!("command `{}` sent; Ctrl-C cancels it", handle.id);
-
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let ctrl_c = tokio::spawn(async move {
         while tokio::signal::ctrl_c().await.is_ok() {
@@ -234,17 +241,40 @@ pub(super) async fn drive<T: Transport>(
             }
         }
     });
+    let sent = drive_with(transport, kind, request, &mut rx, true).await;
+    ctrl_c.abort();
+    sent
+}
+
+/// [`drive`] without the announcement and with the caller's interrupts (a rollout listens for
+/// Ctrl-C across all of its commands); `live` prints each instance's state as it changes.
+pub(super) async fn drive_with<T: Transport>(
+    transport: &T,
+    kind: TransportKind,
+    request: &SendRequest,
+    interrupts: &mut tokio::sync::mpsc::UnboundedReceiver<()>,
+    live: bool,
+) -> anyhow::Result<Dispatched> {
+    let targets = request
+        .targets
+        .as_ref()
+        .map(Targets::to_string)
+        .unwrap_or_else(|| super::LOCAL_INSTANCE.to_owned());
+    let handle = transport.send(request).await?;
+    if live {
+        eprintln!("command `{}` sent; Ctrl-C cancels it", handle.id);
+    }
     // Long enough for SSM to deliver to every instance and run it, with a margin.
     let deadline = request.delivery_timeout + request.execution_timeout + Duration::from_secs(120);
-    let options = match kind {
+    let mut options = match kind {
         TransportKind::Ssm => WatchOptions::ssm(
             request.targets.as_ref().and_then(Targets::expected),
             deadline,
         ),
         TransportKind::Local => WatchOptions::local(deadline),
     };
-    let watched = watch(transport, &handle, &options, &mut rx).await;
-    ctrl_c.abort();
+    options.live = live;
+    let watched = watch(transport, &handle, &options, interrupts).await;
     Ok(Dispatched {
         transport: transport.name(),
         command_id: handle.id,

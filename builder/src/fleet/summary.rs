@@ -40,7 +40,7 @@ pub struct Instance<R> {
 }
 
 impl<R> Instance<R> {
-    fn from_run(run: InstanceRun, read: impl FnOnce(&str) -> R) -> Self {
+    pub fn from_run(run: InstanceRun, read: impl FnOnce(&str) -> R) -> Self {
         Self {
             instance: run.state.instance,
             status: run.state.status,
@@ -269,6 +269,20 @@ impl<K: Kind> Summary<K> {
         json: bool,
         extend: impl FnOnce(&mut serde_json::Value),
     ) -> anyhow::Result<ExitCode> {
+        self.show_as(verbose, json, extend, "", &self.closing_line())?;
+        Ok(self.exit_code())
+    }
+
+    /// [`Self::show`] with a command's own `epilogue` (printed on stderr after the failures)
+    /// and closing line.
+    pub fn show_as(
+        &self,
+        verbose: bool,
+        json: bool,
+        extend: impl FnOnce(&mut serde_json::Value),
+        epilogue: &str,
+        closing: &str,
+    ) -> anyhow::Result<()> {
         if verbose {
             eprint!("{}", self.full_output());
         }
@@ -291,8 +305,11 @@ impl<K: Kind> Summary<K> {
         if !details.is_empty() {
             eprint!("\n{details}");
         }
-        eprintln!("\n{}", self.closing_line());
-        Ok(self.exit_code())
+        if !epilogue.is_empty() {
+            eprint!("\n{epilogue}");
+        }
+        eprintln!("\n{closing}");
+        Ok(())
     }
 
     /// The `--json` object.

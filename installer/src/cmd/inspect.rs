@@ -1,16 +1,23 @@
 //! The read-only commands: `status`, `list`, `verify`, and `config`.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
+use anyhow::Context;
 use common::report::{detail, ExitCode, LastCommand, Outcome, ReleaseRow, Report};
 
-use crate::cli::{JsonArgs, VerifyArgs};
+use crate::cli::{JsonArgs, StatusArgs, VerifyArgs};
 use crate::config::InstallerConfig;
 use crate::journal::{release_state, Event, Journal};
 use crate::layout::Layout;
 use crate::legacy::{self, Legacy};
 use crate::release;
 use crate::run::finish;
+use crate::switch::AppServer;
+
+/// The longest `status --check` waits for the site to show the live build: a check, not an
+/// activation, so it does not wait out a slow chain reload.
+const CHECK_TIMEOUT_SECS: u64 = 15;
 
 /// Prints a line of a read-only command's result: on stdout, unless the JSON report is what
 /// goes there, when the human lines go to stderr.
@@ -23,7 +30,7 @@ fn say(json: bool, line: &str) {
 }
 
 /// `installer status`: what is live, what was live before, and how the last command ended.
-pub fn status(args: &JsonArgs, config: &InstallerConfig) -> anyhow::Result<ExitCode> {
+pub fn status(args: &StatusArgs, config: &InstallerConfig) -> anyhow::Result<ExitCode> {
     let mut report = Report::new("status");
     let json = args.json;
     let result = (|| {
@@ -117,6 +124,30 @@ pub fn status(args: &JsonArgs, config: &InstallerConfig) -> anyhow::Result<ExitC
             anyhow::bail!(
                 "`current` points at {c:#}, whose directory `{}` is gone: the site cannot serve it; run `installer activate --build {c:#}` to put it back (or `installer rollback --to` a release on disk)",
                 layout.release(c).display()
+            );
+        }
+        if args.check {
+            let Some(c) = current else {
+                anyhow::bail!("no release is live, so there is no build to check the site for");
+            };
+            // Workers are fresh when started after `current` last changed: the link is
+            // replaced by a rename, so its own time is the swap's.
+            let swapped = std::fs::symlink_metadata(layout.current())
+                .and_then(|m| m.modified())
+                .with_context(|| format!("cannot read `{}`", layout.current().display()))?;
+            let timeout = Duration::from_secs(config.health.timeout_secs.min(CHECK_TIMEOUT_SECS));
+            let t = std::time::Instant::now();
+            crate::switch::Uwsgi::new(config)
+                .wait_serving(c, swapped, timeout)
+                .with_context(|| format!("the health check of {c:#} failed"))?;
+            report.details.insert("health".into(), "ok".into());
+            say(
+                json,
+                &format!(
+                    "health: `{}` serves {c:#} from every worker (checked in {:.1}s)",
+                    config.health.url,
+                    t.elapsed().as_secs_f64()
+                ),
             );
         }
         Ok(Outcome::Success)

@@ -76,7 +76,8 @@ fn package_runs_every_step_in_staging_and_is_reproducible() {
         .arg(&out1)
         .output()
         .unwrap();
-    assert!(!String::from_utf8_lossy(&packaged.stderr).contains("from the dependency cache"));
+    let said = String::from_utf8_lossy(&packaged.stderr);
+    assert!(!said.contains("from the dependency cache") && !said.contains("from the wheel cache"));
     let stdout = ok(packaged, "package");
     assert_eq!(
         example::state(&repo.work),
@@ -241,10 +242,10 @@ fn package_runs_every_step_in_staging_and_is_reproducible() {
         .arg(&out3)
         .output()
         .unwrap();
+    let said = String::from_utf8_lossy(&warm.stderr);
     assert!(
-        String::from_utf8_lossy(&warm.stderr).contains("from the dependency cache"),
-        "{}",
-        String::from_utf8_lossy(&warm.stderr)
+        said.contains("from the dependency cache") && said.contains("from the wheel cache"),
+        "{said}"
     );
     let artifact3 = last_line(&ok(warm, "warm package"));
     assert_eq!(fs::read(&artifact3).unwrap(), fs::read(&artifact).unwrap());
