@@ -697,12 +697,15 @@ impl RolloutResult {
             None => format!(
                 "deploy {build:#}: {}{suffix}",
                 if self.summary.failed().is_empty() {
-                    format!(
-                        "all {total} instance{} on {build:#} ({} stage{})",
-                        plural(total),
-                        self.stages.len(),
-                        plural(self.stages.len())
-                    )
+                    if total == 1 {
+                        format!("{} succeeded", self.summary.instances[0].instance)
+                    } else {
+                        format!(
+                            "all {total} instances on {build:#} ({} stage{})",
+                            self.stages.len(),
+                            plural(self.stages.len())
+                        )
+                    }
                 } else {
                     let failed: Vec<&str> = self
                         .summary

@@ -675,37 +675,46 @@ fn deploy_to_two_instances_through_the_ssm_stand_in() {
     assert_eq!(v["transport"], "ssm");
     assert_eq!(v["instances"][1]["report"]["command"], "activate");
     assert_eq!(v["instances"][1]["live_build"], "000001");
-    let command_id = v["command_id"].as_str().unwrap();
-    let sent = ssm
-        .block_on(ssm.client().list_commands().command_id(command_id).send())
-        .unwrap();
-    let command = &sent.commands()[0];
-    assert_eq!(command.document_name(), Some("AWS-RunShellScript"));
-    assert_eq!(
-        command.comment(),
-        Some("builder deploy binarycrate Build000001")
-    );
-    assert_eq!(command.max_concurrency(), Some("1"));
-    assert_eq!(command.max_errors(), Some("0"));
-    let line = &command.parameters().unwrap()["commands"];
-    assert_eq!(line.len(), 1, "{line:?}");
-    // Who asked rides in front, for the servers' journals; then the quoted command line.
-    let (by, rest) = line[0].split_once("' '").unwrap();
-    assert!(
-        by.starts_with("BINARYCRATE_INVOKED_BY='") && by.ends_with(" (builder deploy)"),
-        "{line:?}"
-    );
-    assert_eq!(
-        format!("'{rest}"),
-        format!(
-            "'{}' 'activate' '--build' 'Build000001' '--store' '{S3_STORE}' '--s3-endpoint' '{}' '--json'",
-            bins::installer().display(),
-            ssm.endpoint()
-        )
-    );
+    // A rollout in waves of one: one command per wave, each aimed at its instance by id and
+    // watched to the end before the next is sent.
+    let command_ids: Vec<&str> = v["command_id"].as_str().unwrap().split(", ").collect();
+    assert_eq!(command_ids.len(), 2, "{v}");
+    assert_eq!(v["rollout"]["stages"][0]["name"], "wave 1", "{v}");
+    assert_eq!(v["rollout"]["stages"][1]["instances"][0], "i-00000002", "{v}");
+    assert_eq!(v["rollout"]["mixed"], false, "{v}");
+    for (n, command_id) in command_ids.iter().enumerate() {
+        let sent = ssm
+            .block_on(ssm.client().list_commands().command_id(*command_id).send())
+            .unwrap();
+        let command = &sent.commands()[0];
+        assert_eq!(command.document_name(), Some("AWS-RunShellScript"));
+        assert_eq!(
+            command.comment(),
+            Some("builder deploy binarycrate Build000001")
+        );
+        assert_eq!(command.instance_ids(), [format!("i-0000000{}", n + 1)]);
+        assert_eq!(command.max_concurrency(), Some("1"));
+        assert_eq!(command.max_errors(), Some("0"));
+        let line = &command.parameters().unwrap()["commands"];
+        assert_eq!(line.len(), 1, "{line:?}");
+        // Who asked rides in front, for the servers' journals; then the quoted command line.
+        let (by, rest) = line[0].split_once("' '").unwrap();
+        assert!(
+            by.starts_with("BINARYCRATE_INVOKED_BY='") && by.ends_with(" (builder deploy)"),
+            "{line:?}"
+        );
+        assert_eq!(
+            format!("'{rest}"),
+            format!(
+                "'{}' 'activate' '--build' 'Build000001' '--store' '{S3_STORE}' '--s3-endpoint' '{}' '--json'",
+                bins::installer().display(),
+                ssm.endpoint()
+            )
+        );
+    }
     // One after the other: the second started after the first had finished.
-    let invocations = ssm.invocations(command_id).unwrap();
-    let times = |id: &str| {
+    let times = |command_id: &str, id: &str| {
+        let invocations = ssm.invocations(command_id).unwrap();
         let inv = invocations
             .iter()
             .find(|i| i.instance_id() == Some(id))
@@ -716,7 +725,10 @@ fn deploy_to_two_instances_through_the_ssm_stand_in() {
             p.response_finish_date_time().unwrap().as_secs_f64(),
         )
     };
-    let (first, second) = (times("i-00000001"), times("i-00000002"));
+    let (first, second) = (
+        times(command_ids[0], "i-00000001"),
+        times(command_ids[1], "i-00000002"),
+    );
     assert!(second.0 >= first.1, "{first:?} {second:?}");
 
     // status by tag: which build is live where.
