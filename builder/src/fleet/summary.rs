@@ -172,7 +172,14 @@ impl<K: Kind> Summary<K> {
     /// of its standard error (unless `verbose` shows everything anyway).
     pub fn failure_details(&self, verbose: bool) -> String {
         let mut out = String::new();
-        for i in self.failed() {
+        // Instances a command never started are in the table; their line says why.
+        let reached = self.failed().into_iter().filter(|i| {
+            !(i.status == Status::Cancelled
+                && i.detail
+                    .as_deref()
+                    .is_some_and(|d| d.starts_with("not started")))
+        });
+        for i in reached {
             let (meaning, lines) = self.kind.failure_lines(i);
             out.push_str(&format!(
                 "{} {}{}{}\n",

@@ -59,6 +59,25 @@ impl ServerRoot {
         })
     }
 
+    /// [`Self::new`] for the light app server (`tests/fixtures/light-app/serve.py`): no uWSGI
+    /// stats to read, and a short health check.
+    fn light(dir: &Path, repo: &ExampleRepo) -> Self {
+        let s = Self::new(dir, repo);
+        let text = fs::read_to_string(&s.config).unwrap();
+        let text = text
+            .lines()
+            .filter(|l| !l.starts_with("stats_url"))
+            .map(|l| match l {
+                "timeout_secs = 40" => "timeout_secs = 10",
+                "confirm_requests = 10" => "confirm_requests = 2",
+                other => other,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        fs::write(&s.config, text + "\n").unwrap();
+        s
+    }
+
     /// `dir/srv` with `shared` files (given the root) and `dir/installer.toml`.
     fn with_shared(dir: &Path, shared: impl FnOnce(&Path) -> Vec<(&'static str, String)>) -> Self {
         let root = dir.join("srv");
@@ -680,7 +699,10 @@ fn deploy_to_two_instances_through_the_ssm_stand_in() {
     let command_ids: Vec<&str> = v["command_id"].as_str().unwrap().split(", ").collect();
     assert_eq!(command_ids.len(), 2, "{v}");
     assert_eq!(v["rollout"]["stages"][0]["name"], "wave 1", "{v}");
-    assert_eq!(v["rollout"]["stages"][1]["instances"][0], "i-00000002", "{v}");
+    assert_eq!(
+        v["rollout"]["stages"][1]["instances"][0], "i-00000002",
+        "{v}"
+    );
     assert_eq!(v["rollout"]["mixed"], false, "{v}");
     for (n, command_id) in command_ids.iter().enumerate() {
         let sent = ssm
@@ -1415,5 +1437,241 @@ fn os_update_goes_one_server_at_a_time_and_waits_for_a_reboot() {
     );
     tests::show(
         "os-update: 3 servers one at a time, server 1 rebooted through the agent and back before server 2; a failure on server 2 left server 3 untouched",
+    );
+}
+
+/// The light app server for `roots`, one process, each root on its own port; stopped on drop.
+fn light_servers(roots: &[ServerRoot]) -> tests::process::Supervised {
+    let script = tests::moto::workspace_root().join("tests/fixtures/light-app/serve.py");
+    let python = tests::moto::venv_dir().join("bin/python");
+    let mut command = tests::process::command(&python, "TERM");
+    command.arg(&script);
+    for r in roots {
+        command.arg(format!("{}={}", r.http_port, r.root.display()));
+    }
+    command.stdout(std::process::Stdio::null());
+    let server =
+        tests::process::Supervised::spawn(&mut command, "light app server", "TERM").unwrap();
+    let t = Instant::now();
+    for r in roots {
+        while std::net::TcpStream::connect(("127.0.0.1", r.http_port)).is_err() {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "the light app server never listened"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    server
+}
+
+/// A rollout over 30 instances through the SSM stand-in (real uWSGI on the first two, the light
+/// app server on the rest), `--canary 1 --bake 5s --max-concurrency 25%`: a good build reaches
+/// all of them canary first and then in waves, in id order; a build whose page is broken stops
+/// at the canary, which rolls itself back, with no other instance touched; a build that one
+/// instance of the second wave cannot serve stops the rollout there, and every instance that
+/// had switched is rolled back, so the fleet ends on one build.
+#[test]
+fn a_rollout_over_thirty_instances_stops_itself_and_leaves_one_build() {
+    if !ready() {
+        return;
+    }
+    const N: usize = 30;
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = example::create(&tmp.path().join("repo")).unwrap();
+    let name = |n: usize| format!("i-{n:08}");
+    let roots: Vec<ServerRoot> = (1..=N)
+        .map(|n| {
+            let dir = tmp.path().join(name(n));
+            if n <= 2 {
+                ServerRoot::new(&dir, &repo)
+            } else {
+                ServerRoot::light(&dir, &repo)
+            }
+        })
+        .collect();
+    let fleet = |env: &[(String, String)]| -> BTreeMap<String, Instance> {
+        roots
+            .iter()
+            .enumerate()
+            .map(|(k, s)| {
+                let i = env
+                    .iter()
+                    .fold(Instance::new(s.root.parent().unwrap()), |i, (k, v)| {
+                        i.env(k, v)
+                    })
+                    .env(
+                        "BINARYCRATE_INSTALLER_CONFIG",
+                        s.config.display().to_string(),
+                    )
+                    .tag("Role", "web");
+                (name(k + 1), i)
+            })
+            .collect()
+    };
+    let Some(ssm) = SsmServer::start_or_skip(&fleet(&[])) else {
+        return;
+    };
+    ssm.set_instances(&fleet(&ssm.env())).unwrap();
+    ssm.moto().create_bucket(BUCKET).unwrap();
+    let _light = light_servers(&roots[2..]);
+    let endpoint = ssm.endpoint();
+    let deploy = |build: &str| -> (Output, serde_json::Value) {
+        let out = builder(&repo.work)
+            .envs(ssm.env())
+            .args(["deploy", "--build", build, "--targets", "tag:Role=web"])
+            .args(["--canary", "1", "--bake", "5s", "--max-concurrency", "25%"])
+            .args(["--store", S3_STORE, "--s3-endpoint", endpoint.as_str()])
+            .arg("--installer")
+            .arg(bins::installer())
+            .arg("--json")
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&out)));
+        (out, v)
+    };
+    let live = |k: usize| -> String {
+        fs::read_link(roots[k].root.join("current"))
+            .map(|t| t.display().to_string())
+            .unwrap_or_default()
+    };
+
+    // 1. A good build: the canary, five seconds of checks, then waves of 7 (25% of 30).
+    package_and_publish_s3(&repo, &ssm, example::TAG, &tmp.path().join("out1"));
+    let starters = [roots[0].uwsgi_once_current(), roots[1].uwsgi_once_current()];
+    let t = Instant::now();
+    let (out, v) = deploy(example::TAG);
+    let wall = t.elapsed();
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    let servers = starters.map(|s| s.join().unwrap());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let order: Vec<String> = v["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["instance"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(order, (1..=N).map(name).collect::<Vec<_>>());
+    for i in v["instances"].as_array().unwrap() {
+        assert_eq!(i["live_build"], "000001", "{i}");
+    }
+    let stages = v["rollout"]["stages"].as_array().unwrap().clone();
+    assert_eq!(stages[0]["name"], "canary");
+    assert_eq!(stages[0]["instances"], serde_json::json!([name(1)]));
+    let waves = stages.len() - 1;
+    assert_eq!(waves, 5, "29 instances in waves of 7: {v}");
+    assert_eq!(stages[1]["instances"].as_array().unwrap().len(), 7);
+    assert!(v["rollout"]["bake_checks"].as_u64().unwrap() >= 3, "{v}");
+    for k in 0..N {
+        assert_eq!(live(k), "releases/Build000001", "{}", name(k + 1));
+    }
+    let serving = |build: &str| {
+        for s in &servers {
+            let page = s.request("/").unwrap();
+            assert_eq!(page.build_number(), Some(build), "{}", page.body);
+        }
+    };
+    serving("000001");
+
+    // 2. A build whose page lacks its build number: the canary's own health check fails, it
+    //    rolls itself back, and the rollout stops there.
+    let b2 = prepare_next(&repo, |w| {
+        let t = w.join("binarycrate/dashboard/templates/dashboard/index.html");
+        fs::write(
+            &t,
+            fs::read_to_string(&t).unwrap().replace(
+                "<!-- Build number = {{ build_number }} -->",
+                "<!-- broken -->",
+            ),
+        )
+        .unwrap();
+    });
+    package_and_publish_s3(&repo, &ssm, &b2, &tmp.path().join("out2"));
+    let (out, v) = deploy(&b2);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert_eq!(
+        &row_of(&out, &name(1))[1..3],
+        ["Failed", "3"],
+        "{}",
+        text(&out)
+    );
+    assert!(
+        v["rollout"]["stopped"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("the canary {} did not succeed", name(1))),
+        "{v}"
+    );
+    for k in 1..N {
+        assert_eq!(row_of(&out, &name(k + 1))[1], "Cancelled", "{}", text(&out));
+        assert!(
+            !roots[k].root.join("releases").join(&b2).exists(),
+            "{} touched",
+            name(k + 1)
+        );
+    }
+    for k in 0..N {
+        assert_eq!(live(k), "releases/Build000001", "{}", name(k + 1));
+    }
+    serving("000001");
+
+    // 3. A good build (the page fixed) that i-00000012 (second wave: canary 1, then 2–8, then 9–15) cannot
+    //    serve: the rollout stops after that wave and every instance that switched goes back.
+    let b3 = prepare_next(&repo, |w| {
+        let t = w.join("binarycrate/dashboard/templates/dashboard/index.html");
+        fs::write(
+            &t,
+            fs::read_to_string(&t).unwrap().replace(
+                "<!-- broken -->",
+                "<!-- Build number = {{ build_number }} -->",
+            ),
+        )
+        .unwrap();
+        let css = w.join("binarycrate/dashboard/static/dashboard/app.css");
+        let mut text = fs::read_to_string(&css).unwrap();
+        text.push_str("/* build three */\n");
+        fs::write(&css, text).unwrap();
+    });
+    package_and_publish_s3(&repo, &ssm, &b3, &tmp.path().join("out3"));
+    fs::write(tmp.path().join(name(12)).join("sick"), "000003\n").unwrap();
+    let (out, v) = deploy(&b3);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let stopped = v["rollout"]["stopped"].as_str().unwrap();
+    assert!(
+        stopped.contains("wave 2") && stopped.contains(&name(12)),
+        "{}",
+        text(&out)
+    );
+    let halted_at = "wave 2";
+    let rolled_back = v["rollout"]["rolled_back"].as_array().unwrap();
+    let back: Vec<&str> = rolled_back
+        .iter()
+        .map(|r| r["instance"].as_str().unwrap())
+        .collect();
+    let switched: Vec<String> = (1..=15).filter(|n| *n != 12).map(name).collect();
+    assert_eq!(back, switched, "{v}");
+    assert!(
+        rolled_back
+            .iter()
+            .all(|r| r["ok"] == true && r["to"] == "000001"),
+        "{v}"
+    );
+    assert_eq!(v["rollout"]["mixed"], false);
+    for k in 15..N {
+        assert_eq!(row_of(&out, &name(k + 1))[1], "Cancelled", "{}", text(&out));
+    }
+    let mixed = (0..N).filter(|&k| live(k) != live(0)).count();
+    assert_eq!(live(0), "releases/Build000001");
+    assert_eq!(mixed, 0);
+    serving("000001");
+    println!(
+        "fleet: instances={N} canary=1 waves={waves} deployed={} halted-at={halted_at} rolled-back={} mixed={mixed}",
+        order.len(),
+        back.len()
+    );
+    println!(
+        "fleet: the 30-instance deploy took {:.1}s",
+        wall.as_secs_f64()
     );
 }
