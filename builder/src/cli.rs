@@ -435,10 +435,9 @@ pub struct FleetArgs {
     pub installer_config: Option<String>,
 }
 
-/// Activate a published build on the servers (`installer activate` through AWS SSM), as a
-/// rollout that stops itself.
+/// Activate a published build on the servers (`installer activate` through AWS SSM).
 ///
-/// Runs `installer activate --build BuildNNNNNN --json` on every target. Checks everything first — the build name, the targets, the options, and that the build is
+/// A rollout that stops itself: runs `installer activate --build BuildNNNNNN --json` on every target. Checks everything first — the build name, the targets, the options, and that the build is
 /// published in the store. The instances go in a stable order (by id, or `--order`): the
 /// `--canary` first, alone, watched healthy for `--bake`; then the rest in waves of
 /// `--max-concurrency`, each wave finished before the next. Each stage is one SSM command

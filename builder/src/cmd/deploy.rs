@@ -11,6 +11,23 @@ use crate::store::{app_name, open_store_for_servers};
 
 pub fn run(args: &DeployArgs) -> anyhow::Result<ExitCode> {
     let targets = fleet::run::targets(&args.fleet.reach)?;
+    if !args.order.is_empty() && targets.is_none() {
+        return Err(BadInput(
+            "`--order` is for SSM targets; the local transport has one instance".into(),
+        )
+        .into());
+    }
+    for id in &args.order {
+        fleet::Targets::parse(std::slice::from_ref(id))
+            .ok()
+            .filter(|t| matches!(t, fleet::Targets::Instances(_)))
+            .ok_or_else(|| {
+                BadInput(format!(
+                    "`--order` takes instance ids (`i-0123456789abcdef0,i-…`), not `{}`",
+                    id.escape_debug()
+                ))
+            })?;
+    }
     let app = app_name(args.repo.repo.as_deref())?;
     let build = args.build;
 
@@ -40,17 +57,6 @@ pub fn run(args: &DeployArgs) -> anyhow::Result<ExitCode> {
         s3_endpoint: args.store.s3_endpoint.clone(),
         template_reviewed: args.template_reviewed,
     };
-    for id in &args.order {
-        fleet::Targets::parse(std::slice::from_ref(id))
-            .ok()
-            .filter(|t| matches!(t, fleet::Targets::Instances(_)))
-            .ok_or_else(|| {
-                BadInput(format!(
-                    "`--order` takes instance ids (`i-0123456789abcdef0,i-…`), not `{}`",
-                    id.escape_debug()
-                ))
-            })?;
-    }
     let plan = fleet::run::plan(&args.fleet, targets, action, &app, args.lock_timeout)?;
     let rollout = Rollout {
         app,

@@ -315,7 +315,33 @@ fn deploy_status_and_rollback_through_the_local_transport() {
         "{err}"
     );
     assert_eq!(server.request("/").unwrap().build_number(), Some("000001"));
+
+    // The health check again, as a rollout's bake asks it: healthy while uWSGI serves the
+    // live build, exit 1 naming the page once it does not.
+    let check = || {
+        Command::new(bins::installer())
+            .arg("--config")
+            .arg(&site.server.config)
+            .args(["status", "--check", "--json"])
+            .output()
+            .unwrap()
+    };
+    let out = check();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["details"]["health"], "ok", "{report}");
+    assert_eq!(report["build"], "000001", "{report}");
     drop(server);
+    let out = check();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        report["error"]
+            .as_str()
+            .unwrap()
+            .contains("the health check of Build000001 failed"),
+        "{report}"
+    );
 }
 
 /// A stand-in installer that records its argv (one word per line, NUL-separated) and prints a
@@ -469,6 +495,73 @@ fn bad_input_is_refused_before_anything_runs() {
                 "ftp://x/y",
             ],
             "invalid store URL",
+        ),
+        // The rollout's own options.
+        (
+            vec![
+                "deploy",
+                "--build",
+                "Build000001",
+                "--targets",
+                "i-01234567",
+                "--canary",
+                "0",
+            ],
+            "--canary",
+        ),
+        (
+            vec![
+                "deploy",
+                "--build",
+                "Build000001",
+                "--targets",
+                "i-01234567",
+                "--canary",
+                "1",
+                "--bake",
+                "5x",
+            ],
+            "not a duration",
+        ),
+        (
+            vec![
+                "deploy",
+                "--build",
+                "Build000001",
+                "--targets",
+                "i-01234567",
+                "--bake",
+                "5s",
+            ],
+            "--canary",
+        ),
+        (
+            vec![
+                "deploy",
+                "--build",
+                "Build000001",
+                "--targets",
+                "i-01234567",
+                "--order",
+                "web1",
+                "--store",
+                &store_url,
+            ],
+            "`--order` takes instance ids",
+        ),
+        (
+            vec![
+                "deploy",
+                "--build",
+                "Build000001",
+                "--transport",
+                "local",
+                "--order",
+                "i-01234567",
+                "--store",
+                &store_url,
+            ],
+            "`--order` is for SSM targets",
         ),
         // Targets: malformed, mixed, missing, or given to the local transport.
         (
