@@ -110,12 +110,61 @@ impl DepCache {
         }
     }
 
+    /// Lends entry `key`'s tree to one build at `dest` (which must not exist): every file is
+    /// re-hashed against the index and nothing unlisted may be there, then the tree is *moved*
+    /// there — thousands of files, and not one created — and moved back when the [`Lent`] is
+    /// dropped. Whatever the build did to it meanwhile is found when it is next lent or
+    /// restored. On another filesystem it is linked or copied instead. `None` when there is no
+    /// such entry, it is lent to another build right now, or it does not match its index (it is
+    /// removed then, to be rebuilt).
+    pub fn lend(&self, key: &str, dest: &Path) -> anyhow::Result<Option<Lent>> {
+        let entry = self.entry(key);
+        let tree = entry.join("tree");
+        let Ok(text) = fs::read(entry.join("index.json")) else {
+            return Ok(None);
+        };
+        if fs::symlink_metadata(&tree).is_err() {
+            // Lent to a build running now, or lost with one that was killed (`store` replaces
+            // an entry left without its tree).
+            return Ok(None);
+        }
+        let checked = serde_json::from_slice::<BTreeMap<String, FileEntry>>(&text)
+            .map_err(anyhow::Error::from)
+            .and_then(|index| check_tree(&tree, &index).map(|()| index));
+        let index = match checked {
+            Ok(index) => index,
+            Err(e) => {
+                eprintln!(
+                    "warning: the cached dependencies `{}` do not match their index ({e:#}); installing them again",
+                    entry.display()
+                );
+                let _ = atomic::remove_tree(&entry);
+                return Ok(None);
+            }
+        };
+        if fs::rename(&tree, dest).is_ok() {
+            return Ok(Some(Lent {
+                home: Some(tree),
+                at: dest.to_owned(),
+            }));
+        }
+        materialise(&tree, &index, dest)?;
+        Ok(Some(Lent {
+            home: None,
+            at: dest.to_owned(),
+        }))
+    }
+
     /// Keeps a copy of `tree` as entry `key` (written beside the entry, renamed into place, so a
-    /// reader sees a whole entry or none). An entry already there is kept.
+    /// reader sees a whole entry or none). An entry already there is kept, unless it lost its
+    /// tree (a build it was lent to was killed).
     pub fn store(&self, key: &str, tree: &Path) -> anyhow::Result<()> {
         let entry = self.entry(key);
         if entry.exists() {
-            return Ok(());
+            if entry.join("tree").exists() {
+                return Ok(());
+            }
+            atomic::remove_tree(&entry)?;
         }
         fs::create_dir_all(&self.dir)
             .with_context(|| format!("cannot create `{}`", self.dir.display()))?;
@@ -135,6 +184,64 @@ impl DepCache {
         }
         stored.with_context(|| format!("cannot keep the dependencies in `{}`", entry.display()))
     }
+}
+
+/// A cached tree lent to a build (see [`DepCache::lend`]): moved back into the cache when
+/// dropped. Should the entry have been replaced meanwhile, the lent copy is removed.
+pub struct Lent {
+    /// Where it goes back to; `None` when the build got a linked copy instead.
+    home: Option<PathBuf>,
+    at: PathBuf,
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        if let Some(home) = &self.home {
+            if fs::rename(&self.at, home).is_err() {
+                let _ = atomic::remove_tree(&self.at);
+            }
+        }
+    }
+}
+
+/// Whether `tree` holds exactly what `index` lists: every entry of its kind, every file with its
+/// size, executable bit and hash, and nothing else.
+fn check_tree(tree: &Path, index: &BTreeMap<String, FileEntry>) -> anyhow::Result<()> {
+    let mut seen = 0;
+    for e in walkdir::WalkDir::new(tree).min_depth(1).follow_links(false) {
+        let e = e?;
+        let rel = e
+            .path()
+            .strip_prefix(tree)
+            .expect("below the tree")
+            .to_string_lossy()
+            .into_owned();
+        let Some(want) = index.get(&rel) else {
+            bail!("`{rel}` is not in the index");
+        };
+        seen += 1;
+        let meta = e.path().symlink_metadata()?;
+        let ok = match want {
+            FileEntry::Dir { .. } => meta.is_dir(),
+            FileEntry::Symlink { target } => {
+                meta.file_type().is_symlink()
+                    && fs::read_link(e.path())?.as_os_str() == target.as_str()
+            }
+            FileEntry::File { size, mode, blake3 } => {
+                meta.is_file()
+                    && meta.len() == *size
+                    && (meta.permissions().mode() & 0o111 != 0) == (*mode == Mode::EXECUTABLE)
+                    && Blake3Hash::of_file(e.path())?.0 == *blake3
+            }
+        };
+        if !ok {
+            bail!("`{rel}` changed");
+        }
+    }
+    if seen != index.len() {
+        bail!("{} listed entries are missing", index.len() - seen);
+    }
+    Ok(())
 }
 
 /// Every entry below `root` with its kind, mode and content hash.
@@ -258,5 +365,48 @@ mod tests {
         let again = tmp.path().join("again");
         assert!(!cache.restore(&key, &again).unwrap());
         assert!(!again.exists() && !entry.exists());
+    }
+
+    #[test]
+    fn a_lent_tree_comes_back_and_what_was_done_to_it_is_found() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = DepCache {
+            dir: tmp.path().join("cache/deps"),
+        };
+        let tree = tmp.path().join("tree");
+        fs::create_dir_all(tree.join("pkg")).unwrap();
+        fs::write(tree.join("pkg/__init__.py"), b"x = 1\n").unwrap();
+        let key = DepCache::key(&["lend".into()]);
+        cache.store(&key, &tree).unwrap();
+        let stage = tmp.path().join("stage");
+        fs::create_dir(&stage).unwrap();
+        let at = stage.join("deps");
+        {
+            let lent = cache.lend(&key, &at).unwrap().expect("lent");
+            assert_eq!(fs::read(at.join("pkg/__init__.py")).unwrap(), b"x = 1\n");
+            // While it is out, another build finds nothing to borrow and installs its own.
+            assert!(cache
+                .lend(&key, &tmp.path().join("other"))
+                .unwrap()
+                .is_none());
+            assert!(cache.entry(&key).join("index.json").is_file());
+            drop(lent);
+        }
+        assert!(!at.exists(), "moved back");
+        assert!(cache.entry(&key).join("tree/pkg/__init__.py").is_file());
+
+        // A file planted while it was out is found at the next loan: no loan, entry gone.
+        let lent = cache.lend(&key, &at).unwrap().expect("lent again");
+        fs::write(at.join("pkg/planted.pth"), b"import os\n").unwrap();
+        drop(lent);
+        assert!(cache.lend(&key, &at).unwrap().is_none());
+        assert!(!cache.entry(&key).exists() && !at.exists());
+
+        // An entry that lost its tree (its build was killed) is replaced by the next store.
+        cache.store(&key, &tree).unwrap();
+        fs::rename(cache.entry(&key).join("tree"), tmp.path().join("lost")).unwrap();
+        assert!(cache.lend(&key, &at).unwrap().is_none());
+        cache.store(&key, &tree).unwrap();
+        assert!(cache.lend(&key, &at).unwrap().is_some());
     }
 }

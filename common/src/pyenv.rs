@@ -13,8 +13,12 @@ use crate::error::FsError;
 
 /// What to run under an interpreter to learn its identity, parsed by [`PythonInfo::parse`].
 /// `_base_executable` (3.7+) is the interpreter behind a venv's own link; older ones have only
-/// `executable`. The last line is pip's version, or `-` when the interpreter has no pip.
-pub const PROBE_SCRIPT: &str = "import os, sys\nprint('%d %d %d' % sys.version_info[:3])\nprint(os.path.realpath(getattr(sys, '_base_executable', None) or sys.executable))\nprint(sys.version.replace(chr(10), ' '))\ntry:\n    import importlib.metadata as m; print(m.version('pip'))\nexcept Exception:\n    print('-')";
+/// `executable`.
+pub const PROBE_SCRIPT: &str = "import os, sys\nprint('%d %d %d' % sys.version_info[:3])\nprint(os.path.realpath(getattr(sys, '_base_executable', None) or sys.executable))\nprint(sys.version.replace(chr(10), ' '))";
+
+/// [`PROBE_SCRIPT`] plus pip's version (`-` without pip) on a last line: what the builder's
+/// caches are keyed by. Importing the metadata costs start-up time the installer does not spend.
+pub const PROBE_WITH_PIP_SCRIPT: &str = "import os, sys\nprint('%d %d %d' % sys.version_info[:3])\nprint(os.path.realpath(getattr(sys, '_base_executable', None) or sys.executable))\nprint(sys.version.replace(chr(10), ' '))\ntry:\n    import importlib.metadata as m; print(m.version('pip'))\nexcept Exception:\n    print('-')";
 
 /// An interpreter as [`PROBE_SCRIPT`] describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,12 +33,13 @@ pub struct PythonInfo {
     pub home: PathBuf,
     /// `sys.version` on one line (build date and compiler included).
     pub banner: String,
-    /// pip's version, when the interpreter has pip.
+    /// pip's version, when the interpreter has pip and was asked ([`PROBE_WITH_PIP_SCRIPT`]).
     pub pip: Option<String>,
 }
 
 impl PythonInfo {
-    /// Reads [`PROBE_SCRIPT`]'s output; `None` when it is not that output.
+    /// Reads [`PROBE_SCRIPT`]'s (or [`PROBE_WITH_PIP_SCRIPT`]'s) output; `None` when it is not
+    /// that output.
     pub fn parse(out: &str) -> Option<Self> {
         let mut lines = out.lines();
         let parts: Vec<u32> = lines
@@ -107,6 +112,20 @@ pub fn write_light_venv(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_scripts_run_and_say_who_they_are() {
+        let Ok(out) = std::process::Command::new("python3")
+            .args(["-c", PROBE_WITH_PIP_SCRIPT])
+            .output()
+        else {
+            eprintln!("skipped: no python3 here");
+            return;
+        };
+        let info = PythonInfo::parse(&String::from_utf8_lossy(&out.stdout)).expect("parsed");
+        assert!(info.version.0 == 3 && info.executable.is_absolute());
+        assert!(PROBE_WITH_PIP_SCRIPT.starts_with(PROBE_SCRIPT));
+    }
 
     #[test]
     fn probe_output_is_read_and_a_venv_written_from_it() {

@@ -411,7 +411,20 @@ fn python_for(
     Ok(Some(server))
 }
 
+/// The server's Python, asked once per process: an activation needs it before downloading
+/// (is the release for it?) and again for the venv.
 fn server_python(python: &str) -> anyhow::Result<PythonInfo> {
+    static ASKED: std::sync::Mutex<Vec<(String, PythonInfo)>> = std::sync::Mutex::new(Vec::new());
+    let mut asked = ASKED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, info)) = asked.iter().find(|(p, _)| p == python) {
+        return Ok(info.clone());
+    }
+    let info = probe_python(python)?;
+    asked.push((python.to_owned(), info.clone()));
+    Ok(info)
+}
+
+fn probe_python(python: &str) -> anyhow::Result<PythonInfo> {
     let out = procs::output(
         &procs::argv(&[python, "-c", common::pyenv::PROBE_SCRIPT]),
         Path::new("/"),

@@ -20,7 +20,7 @@ use common::{atomic, Blake3Hash, BuildNumber, ReleaseManifest, Sidecar};
 
 use crate::cli::PackageArgs;
 use crate::config::{DeployConfig, PathMatcher, DEPLOY_TOML};
-use crate::depcache::{DepCache, Kind};
+use crate::depcache::{DepCache, Kind, Lent};
 use crate::steps::{StepCommand, StepRunner, VENV_PLACEHOLDER};
 use crate::{export, repo, signing};
 
@@ -239,7 +239,8 @@ fn build_and_pack(
     // The dependencies, installed once here for the servers' Python and platform: the release
     // carries them as ordinary files under `deps/` (listed in the manifest, verified on the
     // servers like every other file), so a server needs neither pip nor an index.
-    ready_deps(config, &python, &wheels, runner)?;
+    // Lent from the dependency cache, if it came from there: given back once packed.
+    let _lent = ready_deps(config, &python, &wheels, runner)?;
     let venv_python = format!("{VENV_PLACEHOLDER}/bin/python");
     // collectstatic's environment: a venv without pip whose site-packages is the `deps/` just
     // installed, written as the servers write each release's.
@@ -459,7 +460,7 @@ fn wheels_cache_key(
 /// The identity of the Python that builds for the servers (see [`PythonInfo`]).
 fn probe_python(interpreter: &str) -> anyhow::Result<PythonInfo> {
     let out = Command::new(interpreter)
-        .args(["-c", common::pyenv::PROBE_SCRIPT])
+        .args(["-c", common::pyenv::PROBE_WITH_PIP_SCRIPT])
         .output()
         .with_context(|| format!("cannot run the target Python `{interpreter}`: set `python.interpreter` in `{DEPLOY_TOML}`"))?;
     if !out.status.success() {
@@ -545,15 +546,16 @@ fn build_settings(staging: &Path, config: &DeployConfig) -> anyhow::Result<Build
 }
 
 /// `deps/`: the wheels installed for the servers' Python and platform and (same Python) their
-/// bytecode compiled — from the dependency cache when the same wheels were installed the same
-/// way before on this machine, else by pip and compileall (and then kept in the cache). Either
-/// way the release records the same steps and holds the same bytes.
+/// bytecode compiled — lent by the dependency cache when the same wheels were installed the
+/// same way before on this machine (the [`Lent`] returned puts it back when dropped, after
+/// packing), else by pip and compileall (and then kept in the cache). Either way the release
+/// records the same steps and holds the same bytes.
 fn ready_deps(
     config: &DeployConfig,
     python: &PythonInfo,
     wheels: &BTreeMap<String, WheelEntry>,
     runner: &mut StepRunner,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<Lent>> {
     let staging = runner.staging().to_owned();
     let deps = staging.join(DEPS_DIR);
     if fs::symlink_metadata(&deps).is_ok() {
@@ -567,7 +569,7 @@ fn ready_deps(
     let key = deps_cache_key(config, python, wheels, &install);
     if let Some(cache) = &cache {
         let t = Instant::now();
-        if cache.restore(&key, &deps)? {
+        if let Some(lent) = cache.lend(&key, &deps)? {
             let took = t.elapsed();
             let note = format!("from the dependency cache (key {})", &key[..16]);
             runner.replayed("deps", StepCommand::new(&install), took, &note);
@@ -579,7 +581,7 @@ fn ready_deps(
                     &note,
                 );
             }
-            return Ok(());
+            return Ok(Some(lent));
         }
     }
     runner.run("deps", StepCommand::new(&install))?;
@@ -594,7 +596,7 @@ fn ready_deps(
             eprintln!("warning: {e:#}; the next build installs its dependencies again");
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// pip installing the wheels into `deps/` as a site-packages directory for the target, without
