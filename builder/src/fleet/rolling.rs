@@ -15,9 +15,7 @@ use super::summary::{
     Instance, Kind, Summary,
 };
 use super::watch::{InstanceRun, Watched};
-use super::{
-    InvocationOutput, InvocationState, Rate, SendRequest, Status, Targets, Transport, TransportKind,
-};
+use super::{Rate, SendRequest, Status, Targets, Transport, TransportKind};
 
 /// How often a rebooted instance's agent is asked about.
 pub const ONLINE_POLL: Duration = Duration::from_secs(5);
@@ -193,30 +191,11 @@ pub fn execute(round: &Round) -> anyhow::Result<Summary<OsUpdate>> {
     })
 }
 
-/// An instance the round never reached.
-fn not_started(instance: &str, why: &str) -> InstanceRun {
-    InstanceRun {
-        state: InvocationState {
-            instance: instance.to_owned(),
-            status: Status::Cancelled,
-            detail: Some(why.to_owned()),
-            exit_code: None,
-            duration: None,
-        },
-        output: InvocationOutput::default(),
-    }
-}
-
 async fn go<T: Transport>(t: &T, round: &Round) -> anyhow::Result<Summary<OsUpdate>> {
     let kind = OsUpdate {
         reboot: round.reboot,
     };
-    let described = round
-        .request
-        .targets
-        .as_ref()
-        .map(Targets::to_string)
-        .unwrap_or_else(|| super::LOCAL_INSTANCE.to_owned());
+    let described = super::run::described(&round.request);
     // `None`: the local transport's one pseudo-instance.
     let ids: Vec<Option<String>> = match &round.request.targets {
         None => vec![None],
@@ -247,7 +226,7 @@ async fn go<T: Transport>(t: &T, round: &Round) -> anyhow::Result<Summary<OsUpda
     for (n, id) in ids.iter().enumerate() {
         let name = names[n];
         if let Some(why) = &stopped {
-            runs.push(not_started(name, why));
+            runs.push(InstanceRun::not_started(name, why));
             continue;
         }
         let mut request = round.request.clone();
@@ -340,7 +319,7 @@ async fn wait_online<T: Transport>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fleet::{CommandHandle, PollResult};
+    use crate::fleet::{CommandHandle, InvocationOutput, InvocationState, PollResult};
     use std::cell::RefCell;
     use std::collections::BTreeMap;
 

@@ -23,8 +23,8 @@ use super::ssm::SsmTransport;
 use super::summary::{format_duration, plural, FleetSummary, Installed, Instance, Kind};
 use super::watch::{InstanceRun, Watched};
 use super::{
-    comment, Action, InstallerInvocation, InvocationOutput, InvocationState, Rate, SendRequest,
-    Status, Targets, Transport, TransportKind,
+    comment, Action, InstallerInvocation, Rate, SendRequest, Status, Targets, Transport,
+    TransportKind,
 };
 
 /// A deploy, checked, with how to roll it out.
@@ -168,20 +168,6 @@ pub fn execute(rollout: &Rollout) -> anyhow::Result<ExitCode> {
     })?;
     result.show(rollout.verbose, rollout.json)?;
     Ok(result.exit_code())
-}
-
-/// An instance the rollout never reached.
-fn not_started(instance: &str, why: &str) -> InstanceRun {
-    InstanceRun {
-        state: InvocationState {
-            instance: instance.to_owned(),
-            status: Status::Cancelled,
-            detail: Some(why.to_owned()),
-            exit_code: None,
-            duration: None,
-        },
-        output: InvocationOutput::default(),
-    }
 }
 
 /// Whether the installer ran at all there (an invocation cancelled or cut off before it started
@@ -347,14 +333,9 @@ pub(super) async fn go<T: Transport>(t: &T, r: &Rollout) -> anyhow::Result<Rollo
     let runs: Vec<InstanceRun> = runs
         .into_iter()
         .zip(&names)
-        .map(|(run, name)| run.unwrap_or_else(|| not_started(name, &why)))
+        .map(|(run, name)| run.unwrap_or_else(|| InstanceRun::not_started(name, &why)))
         .collect();
-    let described = r
-        .request
-        .targets
-        .as_ref()
-        .map(Targets::to_string)
-        .unwrap_or_else(|| super::LOCAL_INSTANCE.to_owned());
+    let described = super::run::described(&r.request);
     let summary = FleetSummary::new(
         r.action.clone(),
         t.name(),
@@ -577,7 +558,7 @@ async fn roll_back<T: Transport>(
                 .iter()
                 .find(|i| i.state.instance == name)
                 .cloned()
-                .unwrap_or_else(|| not_started(name, "no answer to the rollback"));
+                .unwrap_or_else(|| InstanceRun::not_started(name, "no answer to the rollback"));
             let i = Instance::from_run(run, |out| action.read(out));
             out.push(RolledBack {
                 instance: name.to_owned(),
@@ -792,7 +773,7 @@ impl RolloutResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fleet::{CommandHandle, PollResult};
+    use crate::fleet::{CommandHandle, InvocationOutput, InvocationState, PollResult};
     use common::report::Report;
     use std::cell::RefCell;
 

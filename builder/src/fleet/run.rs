@@ -206,6 +206,15 @@ pub fn execute(plan: Plan) -> anyhow::Result<ExitCode> {
     summary.show(plan.verbose, plan.json, |_| {})
 }
 
+/// What `request` targets, for messages: the targets, or the local pseudo-instance.
+pub(super) fn described(request: &SendRequest) -> String {
+    request
+        .targets
+        .as_ref()
+        .map(Targets::to_string)
+        .unwrap_or_else(|| super::LOCAL_INSTANCE.to_owned())
+}
+
 /// Sends `request` over `transport` and watches it to the end (what [`dispatch`] runs inside
 /// the runtime; a caller that sends several commands in turn calls it directly).
 pub(super) async fn drive<T: Transport>(
@@ -214,11 +223,7 @@ pub(super) async fn drive<T: Transport>(
     request: &SendRequest,
     shown: &str,
 ) -> anyhow::Result<Dispatched> {
-    let targets = request
-        .targets
-        .as_ref()
-        .map(Targets::to_string)
-        .unwrap_or_else(|| super::LOCAL_INSTANCE.to_owned());
+    let targets = described(request);
     match kind {
         TransportKind::Ssm => eprintln!(
             "{}: running on {targets} through SSM (max concurrency {}, max errors {}, timeout {}s):\n  {shown}",
@@ -255,11 +260,7 @@ pub(super) async fn drive_with<T: Transport>(
     interrupts: &mut tokio::sync::mpsc::UnboundedReceiver<()>,
     live: bool,
 ) -> anyhow::Result<Dispatched> {
-    let targets = request
-        .targets
-        .as_ref()
-        .map(Targets::to_string)
-        .unwrap_or_else(|| super::LOCAL_INSTANCE.to_owned());
+    let targets = described(request);
     let handle = transport.send(request).await?;
     if live {
         eprintln!("command `{}` sent; Ctrl-C cancels it", handle.id);

@@ -64,6 +64,22 @@ pub struct InstanceRun {
     pub output: InvocationOutput,
 }
 
+impl InstanceRun {
+    /// An instance a command never started (a stopped round or rollout), and why.
+    pub fn not_started(instance: &str, why: &str) -> Self {
+        Self {
+            state: InvocationState {
+                instance: instance.to_owned(),
+                status: Status::Cancelled,
+                detail: Some(why.to_owned()),
+                exit_code: None,
+                duration: None,
+            },
+            output: InvocationOutput::default(),
+        }
+    }
+}
+
 /// How waiting ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Watched {

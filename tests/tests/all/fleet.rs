@@ -962,6 +962,20 @@ fn deploy_to_two_instances_through_the_ssm_stand_in() {
     drop(servers);
 }
 
+/// Breaks (`false`) or mends (`true`) the line of the example app's page that shows its build
+/// number, which the installer's health check reads.
+fn show_build_number(work: &Path, show: bool) {
+    let t = work.join("binarycrate/dashboard/templates/dashboard/index.html");
+    let (line, broken) = (
+        "<!-- Build number = {{ build_number }} -->",
+        "<!-- broken -->",
+    );
+    let (from, to) = if show { (broken, line) } else { (line, broken) };
+    let text = fs::read_to_string(&t).unwrap();
+    assert!(text.contains(from), "`{from}` is not in the page");
+    fs::write(&t, text.replace(from, to)).unwrap();
+}
+
 /// Commits `change` on the working copy's `develop`, then `builder prepare --push`: the tag.
 fn prepare_next(repo: &ExampleRepo, change: impl FnOnce(&Path)) -> String {
     change(&repo.work);
@@ -1136,17 +1150,7 @@ fn the_pipeline_end_to_end_on_two_instances() {
 
     // Build 4 does not show its build number: the first instance rolls itself back (exit 3),
     // and with --max-errors 0 the second never runs.
-    let b4 = prepare_next(&repo, |w| {
-        let t = w.join("binarycrate/dashboard/templates/dashboard/index.html");
-        fs::write(
-            &t,
-            fs::read_to_string(&t).unwrap().replace(
-                "<!-- Build number = {{ build_number }} -->",
-                "<!-- broken -->",
-            ),
-        )
-        .unwrap();
-    });
+    let b4 = prepare_next(&repo, |w| show_build_number(w, false));
     package_and_publish_s3(&repo, &ssm, &b4, &tmp.path().join("out4"));
     let out = run(&["deploy", "--build", &b4]);
     assert_ne!(out.status.code(), Some(0), "{}", text(&out));
@@ -1669,17 +1673,7 @@ fn a_rollout_over_thirty_instances_stops_itself_and_leaves_one_build() {
 
     // 2. A build whose page lacks its build number: the canary's own health check fails, it
     //    rolls itself back, and the rollout stops there.
-    let b2 = prepare_next(&repo, |w| {
-        let t = w.join("binarycrate/dashboard/templates/dashboard/index.html");
-        fs::write(
-            &t,
-            fs::read_to_string(&t).unwrap().replace(
-                "<!-- Build number = {{ build_number }} -->",
-                "<!-- broken -->",
-            ),
-        )
-        .unwrap();
-    });
+    let b2 = prepare_next(&repo, |w| show_build_number(w, false));
     package_and_publish_s3(&repo, &ssm, &b2, &tmp.path().join("out2"));
     let (out, v) = deploy(&b2);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
@@ -1712,15 +1706,7 @@ fn a_rollout_over_thirty_instances_stops_itself_and_leaves_one_build() {
     // 3. A good build (the page fixed) that i-00000012 (second wave: canary 1, then 2–8, then 9–15) cannot
     //    serve: the rollout stops after that wave and every instance that switched goes back.
     let b3 = prepare_next(&repo, |w| {
-        let t = w.join("binarycrate/dashboard/templates/dashboard/index.html");
-        fs::write(
-            &t,
-            fs::read_to_string(&t).unwrap().replace(
-                "<!-- broken -->",
-                "<!-- Build number = {{ build_number }} -->",
-            ),
-        )
-        .unwrap();
+        show_build_number(w, true);
         let css = w.join("binarycrate/dashboard/static/dashboard/app.css");
         let mut text = fs::read_to_string(&css).unwrap();
         text.push_str("/* build three */\n");
