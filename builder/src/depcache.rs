@@ -133,6 +133,8 @@ impl DepCache {
             .and_then(|index| check_tree(&tree, &index).map(|()| index));
         let index = match checked {
             Ok(index) => index,
+            // Lent to another build while it was being checked.
+            Err(_) if fs::symlink_metadata(&tree).is_err() => return Ok(None),
             Err(e) => {
                 eprintln!(
                     "warning: the cached dependencies `{}` do not match their index ({e:#}); installing them again",
@@ -142,17 +144,31 @@ impl DepCache {
                 return Ok(None);
             }
         };
-        if fs::rename(&tree, dest).is_ok() {
-            return Ok(Some(Lent {
+        match fs::rename(&tree, dest) {
+            Ok(()) => Ok(Some(Lent {
                 home: Some(tree),
                 at: dest.to_owned(),
-            }));
+            })),
+            // The cache is on another filesystem than the build: linked or copied instead.
+            Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => {
+                match materialise(&tree, &index, dest) {
+                    Ok(()) => Ok(Some(Lent {
+                        home: None,
+                        at: dest.to_owned(),
+                    })),
+                    Err(e) => {
+                        eprintln!(
+                            "warning: cannot copy the cached dependencies `{}` ({e:#}); installing them again",
+                            entry.display()
+                        );
+                        let _ = atomic::remove_tree(dest);
+                        Ok(None)
+                    }
+                }
+            }
+            // Gone since it was checked: another build borrowed it first.
+            Err(_) => Ok(None),
         }
-        materialise(&tree, &index, dest)?;
-        Ok(Some(Lent {
-            home: None,
-            at: dest.to_owned(),
-        }))
     }
 
     /// Keeps a copy of `tree` as entry `key` (written beside the entry, renamed into place, so a
