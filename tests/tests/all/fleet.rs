@@ -1744,13 +1744,13 @@ fn a_rollout_over_thirty_instances_stops_itself_and_leaves_one_build() {
     assert_eq!(live(0), "releases/Build000001");
     assert_eq!(mixed, 0);
     serving("000001");
-    println!(
+    tests::show(&format!(
         "fleet: instances={N} canary=1 waves={waves} deployed={} halted-at={halted_at} rolled-back={} mixed={mixed}",
         order.len(),
         back.len()
-    );
-    println!(
+    ));
+    tests::show(&format!(
         "fleet: the 30-instance deploy took {:.1}s",
         wall.as_secs_f64()
-    );
+    ));
 }
