@@ -244,14 +244,7 @@ pub(super) async fn go<T: Transport>(t: &T, r: &Rollout) -> anyhow::Result<Rollo
         eprintln!("  {}", r.request.line);
     }
 
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let ctrl_c = tokio::spawn(async move {
-        while tokio::signal::ctrl_c().await.is_ok() {
-            if tx.send(()).is_err() {
-                break;
-            }
-        }
-    });
+    let (ctrl_c, mut rx) = super::run::interrupts();
     let mut runs: Vec<Option<InstanceRun>> = vec![None; total];
     let mut command_ids = Vec::new();
     let mut stopped: Option<String> = None;

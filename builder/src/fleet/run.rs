@@ -238,17 +238,27 @@ pub(super) async fn drive<T: Transport>(
             request.execution_timeout.as_secs(),
         ),
     }
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let ctrl_c = tokio::spawn(async move {
+    let (ctrl_c, mut rx) = interrupts();
+    let sent = drive_with(transport, kind, request, &mut rx, true).await;
+    ctrl_c.abort();
+    sent
+}
+
+/// Ctrl-C as messages on the returned channel, for as long as the task runs (abort it when
+/// done): a command, or a whole rollout, turns them into cancels.
+pub(super) fn interrupts() -> (
+    tokio::task::JoinHandle<()>,
+    tokio::sync::mpsc::UnboundedReceiver<()>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let listener = tokio::spawn(async move {
         while tokio::signal::ctrl_c().await.is_ok() {
             if tx.send(()).is_err() {
                 break;
             }
         }
     });
-    let sent = drive_with(transport, kind, request, &mut rx, true).await;
-    ctrl_c.abort();
-    sent
+    (listener, rx)
 }
 
 /// [`drive`] without the announcement and with the caller's interrupts (a rollout listens for
