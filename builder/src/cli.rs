@@ -399,13 +399,12 @@ pub struct ReachArgs {
     /// as `Delivery Timed Out` (SSM's `TimeoutSeconds`) [default: `--timeout`].
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(30..=2_592_000))]
     pub delivery_timeout: Option<u64>,
-    /// Also keep every server's complete output in this S3 bucket (SSM's `OutputS3BucketName`);
-    /// SSM itself returns only the first 24,000 characters of each stream.
-    #[arg(long, value_name = "BUCKET")]
-    pub output_s3_bucket: Option<String>,
-    /// Key prefix for `--output-s3-bucket` (SSM's `OutputS3KeyPrefix`).
-    #[arg(long, value_name = "PREFIX", requires = "output_s3_bucket")]
-    pub output_s3_prefix: Option<String>,
+    /// Also keep every server's complete output in S3 (SSM's `OutputS3BucketName` and
+    /// `OutputS3KeyPrefix`), `s3://bucket/prefix`: SSM itself returns only the first 24,000
+    /// characters of standard output (8,000 of standard error), and the builder reads an output
+    /// cut there from this copy [default: `fleet.output_s3` in deploy.toml].
+    #[arg(long, value_name = "s3://BUCKET/PREFIX")]
+    pub output_s3: Option<String>,
     /// SSM endpoint override (SSM stand-ins, tests); `AWS_ENDPOINT_URL` works as well. The
     /// region and credentials come from the standard AWS chain (region `us-east-1` when none).
     #[arg(long, value_name = "URL")]
@@ -454,12 +453,13 @@ pub struct FleetArgs {
 #[derive(Debug, Args)]
 #[command(after_help = concat!(
     "Examples:\n",
+    "  builder deploy --build Build000034 --targets tag:Role=web --canary 1 --max-concurrency 25% --plan\n",
     "  builder deploy --build Build000034 --targets tag:Role=web --canary 1 --bake 5m --max-concurrency 25%\n",
     "  builder deploy --build Build000034 --targets tag:Role=web --max-concurrency 1\n",
     "  builder deploy --build 000034 --targets i-0123456789abcdef0 --store s3://releases/app\n",
     "  builder deploy --build Build000034 --transport local --installer-config ./installer.toml\n",
     "\n",
-    "Exit codes: 0 every server is on the build; 2 bad input, nothing was sent; 1 the rollout stopped ",
+    "Exit codes: 0 every server is on the build (with --plan: every server answered); 2 bad input, nothing was sent; 1 the rollout stopped ",
     "before any server switched; 3 it stopped and every server that had switched is back on its build ",
     "(or rolled back by itself); 4 it stopped and some server could not be restored (named). A rollout that ",
     "finished with failures within --max-errors exits with the worst installer exit code among them ",
@@ -499,6 +499,14 @@ pub struct DeployArgs {
     /// build.
     #[arg(long)]
     pub no_rollback_on_failure: bool,
+    /// Show what the deploy would change, and change nothing: every target is asked which
+    /// build it runs (`installer status`, read-only), and for each live build the plan shows
+    /// the commits up to this build (from this repository when it has them), the packages
+    /// added, removed or upgraded, the migrations that would be applied, whether the
+    /// production template changed (with its diff), how many static files change, and the
+    /// stages (canary, waves) with their instances. `--json` prints it as one object.
+    #[arg(long)]
+    pub plan: bool,
     #[command(flatten)]
     pub fleet: FleetArgs,
 }
@@ -533,19 +541,30 @@ pub struct FleetRollbackArgs {
 
 /// Show which build is live on each server (`installer status` through AWS SSM).
 ///
-/// Runs `installer status --json` on every target. The table's LIVE column is each server's current release; RESULT adds its previous good
-/// release and how its last installer command ended. Changes nothing.
+/// Runs `installer status --json` on every target. One row per server: its live build
+/// (LIVE), the one before (PREVIOUS), when the live one went live (SWITCHED), by which command
+/// and whom (BY), and how its last installer command ended (RESULT); servers that did not
+/// answer say why. With `--verify`, every server also re-hashes its live release against the
+/// manifest (FILES: `ok`, or how many files drifted). The last line counts the builds live,
+/// the servers that did not answer and those that drifted. Changes nothing.
 #[derive(Debug, Args)]
 #[command(after_help = concat!(
     "Examples:\n",
     "  builder status --targets tag:Role=web\n",
+    "  builder status --targets tag:Role=web --verify --output-s3 s3://ops-logs/ssm\n",
     "  builder status --transport local --json\n",
     "\n",
-    "Exit codes: 0 every server answered; 1 a server did not (or none matched); 2 bad input."
+    "Exit codes: 0 every server answered (and with --verify, every live release matches its manifest); ",
+    "2 bad input, nothing was sent; 2 also when every failure is a drifted release; ",
+    "1 a server did not answer (or none matched)."
 ))]
 pub struct FleetStatusArgs {
     #[command(flatten)]
     pub repo: RepoArg,
+    /// Also re-hash each server's live release against its manifest (`installer status
+    /// --verify`): a file changed, missing or added since it was unpacked is drift.
+    #[arg(long)]
+    pub verify: bool,
     #[command(flatten)]
     pub fleet: FleetArgs,
 }

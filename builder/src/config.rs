@@ -42,6 +42,19 @@ pub struct DeployConfig {
     /// How releases are signed.
     #[serde(default)]
     pub signing: SigningConfig,
+    /// How `deploy`, `rollback`, `status` and `os-update` talk to the servers.
+    #[serde(default)]
+    pub fleet: FleetConfig,
+}
+
+/// The fleet commands' settings that belong to the application rather than to one command line.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct FleetConfig {
+    /// Where SSM keeps every server's complete output, `s3://bucket/prefix` (as `--output-s3`,
+    /// which overrides it): the builder reads an output SSM cut at 24,000 characters from there.
+    /// Unset: none.
+    pub output_s3: Option<String>,
 }
 
 /// How `builder package` signs `release.json` (see `builder keygen`). Nothing set: unsigned,
@@ -167,6 +180,7 @@ impl Default for DeployConfig {
             frontend: FrontendConfig::default(),
             package: PackageConfig::default(),
             signing: SigningConfig::default(),
+            fleet: FleetConfig::default(),
         }
     }
 }
@@ -322,6 +336,9 @@ impl DeployConfig {
     fn validate(&self) -> Result<(), String> {
         let key = |k: &str, m: String| format!("key `{k}`: {m}");
         validate_app_name(&self.app).map_err(|m| key("app", m))?;
+        if let Some(url) = &self.fleet.output_s3 {
+            crate::fleet::OutputS3::parse(url).map_err(|m| key("fleet.output_s3", m))?;
+        }
         let paths = [
             ("python.requirements", &self.python.requirements),
             ("django.manage_py", &self.django.manage_py),

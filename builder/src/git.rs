@@ -1,6 +1,6 @@
 //! git2 helpers for commands that change the application repository: cleanliness checks,
 //! `Build*` tags, remote listing and pushing, compare-and-swap ref moves that can be undone,
-//! and putting the work tree back after a checkout.
+//! putting the work tree back after a checkout, and the commits between two builds.
 //!
 //! Nothing here runs the `git` program.
 
@@ -15,6 +15,7 @@ use git2::{
     Cred, CredentialType, Delta, Direction, ErrorCode, FileMode, Oid, PushOptions, RemoteCallbacks,
     Repository, Status, StatusOptions, SubmoduleIgnore, SubmoduleStatus, Tree,
 };
+use serde::Serialize;
 
 /// The abbreviated commit id shown in messages (seven hex digits, as git does).
 pub fn short(oid: Oid) -> String {
@@ -291,6 +292,121 @@ impl<'r> RefJournal<'r> {
     }
 }
 
+/// One commit, as a deploy plan lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CommitLine {
+    /// The abbreviated id ([`short`]).
+    pub id: String,
+    /// The message's first paragraph, as the repository has it (the caller escapes it for a
+    /// terminal).
+    pub summary: String,
+    /// The author's name.
+    pub author: String,
+    /// When it was authored, Unix seconds (what `git log` shows).
+    pub time: i64,
+}
+
+/// The commits between two builds, each way, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CommitRange {
+    /// Reachable from the target and not from the live build: what the deploy brings.
+    pub added: Vec<CommitLine>,
+    /// How many more commits than `added` lists it brings.
+    pub added_omitted: usize,
+    /// Reachable from the live build and not from the target: what a downgrade takes away.
+    pub removed: Vec<CommitLine>,
+    /// How many more commits than `removed` lists it takes away.
+    pub removed_omitted: usize,
+}
+
+/// Commits a deploy from `from` to `to` (commit ids or anything `git rev-parse` takes) brings
+/// — reachable from `to`, not from `from` — and those it takes away (the other way round, for
+/// a downgrade), newest first, at most `limit` of each, with counts of the rest. None when
+/// either commit, or history between them, is not in `repo` (a shallow or another clone): a
+/// plan then says it cannot tell rather than list a wrong range.
+pub fn log_between(
+    repo: &Repository,
+    from: &str,
+    to: &str,
+    limit: usize,
+) -> anyhow::Result<Option<CommitRange>> {
+    let (Some(from), Some(to)) = (find_commit(repo, from)?, find_commit(repo, to)?) else {
+        return Ok(None);
+    };
+    let (Some((added, added_omitted)), Some((removed, removed_omitted))) = (
+        commits_only_in(repo, to, from, limit)?,
+        commits_only_in(repo, from, to, limit)?,
+    ) else {
+        return Ok(None);
+    };
+    Ok(Some(CommitRange {
+        added,
+        added_omitted,
+        removed,
+        removed_omitted,
+    }))
+}
+
+/// The commit `spec` names; None when the repository does not have it.
+fn find_commit(repo: &Repository, spec: &str) -> anyhow::Result<Option<Oid>> {
+    let object = match repo.revparse_single(spec) {
+        Ok(o) => o,
+        // An empty or malformed id (a release built from a tree without git) is not here
+        // either.
+        Err(e) if matches!(e.code(), ErrorCode::NotFound | ErrorCode::InvalidSpec) => {
+            return Ok(None)
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot look up commit `{spec}`")),
+    };
+    let commit = object
+        .peel_to_commit()
+        .with_context(|| format!("`{spec}` is not a commit"))?;
+    Ok(Some(commit.id()))
+}
+
+/// Commits reachable from `tip` and not from `hidden`, newest first: the first `limit`, and
+/// how many more there are. None when history is missing on the way.
+fn commits_only_in(
+    repo: &Repository,
+    tip: Oid,
+    hidden: Oid,
+    limit: usize,
+) -> anyhow::Result<Option<(Vec<CommitLine>, usize)>> {
+    let missing = |e: &git2::Error| e.code() == ErrorCode::NotFound;
+    let mut walk = repo.revwalk()?;
+    walk.set_sorting(git2::Sort::TOPOLOGICAL | git2::Sort::TIME)?;
+    walk.push(tip)?;
+    match walk.hide(hidden) {
+        Ok(()) => {}
+        Err(e) if missing(&e) => return Ok(None),
+        Err(e) => return Err(e).context("cannot walk the history"),
+    }
+    let mut lines = Vec::new();
+    let mut omitted = 0;
+    for oid in walk {
+        let oid = match oid {
+            Ok(oid) => oid,
+            Err(e) if missing(&e) => return Ok(None),
+            Err(e) => return Err(e).context("cannot walk the history"),
+        };
+        if lines.len() == limit {
+            // Only counted: reading every commit of a long range would be wasted.
+            omitted += 1;
+            continue;
+        }
+        let commit = repo.find_commit(oid)?;
+        let author = commit.author();
+        lines.push(CommitLine {
+            id: short(oid),
+            summary: String::from_utf8_lossy(commit.summary_bytes().unwrap_or_default())
+                .into_owned(),
+            author: String::from_utf8_lossy(author.name_bytes()).into_owned(),
+            time: author.when().seconds(),
+        });
+    }
+    Ok(Some((lines, omitted)))
+}
+
 /// The untracked files a checkout from `from` (HEAD's tree, work tree clean) to `to` would
 /// have to overwrite: something not ignored where `to` adds a file, or a file where `to` needs
 /// a directory. git refuses such a checkout, and so does this program.
@@ -456,4 +572,86 @@ fn remove_with_empty_parents(workdir: &Path, rel: &Path) -> anyhow::Result<()> {
         dir = d.parent();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use git2::{Signature, Time};
+
+    /// Commits an empty tree on HEAD, authored at `time`.
+    fn commit(repo: &Repository, message: &str, time: i64) -> Oid {
+        let sig = Signature::new("Ada", "ada@example.com", &Time::new(time, 0)).unwrap();
+        let tree = repo
+            .find_tree(repo.treebuilder(None).unwrap().write().unwrap())
+            .unwrap();
+        let parent = repo.head().ok().and_then(|h| h.peel_to_commit().ok());
+        let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
+        repo.commit(Some("HEAD"), &sig, &sig, message, &tree, &parents)
+            .unwrap()
+    }
+
+    fn ids(lines: &[CommitLine]) -> Vec<&str> {
+        lines.iter().map(|l| l.summary.as_str()).collect()
+    }
+
+    #[test]
+    fn log_between_lists_what_a_deploy_brings_and_takes_away() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(dir.path()).unwrap();
+        let one = commit(&repo, "one", 1_700_000_000);
+        let two = commit(&repo, "two\n\nwith a body", 1_700_000_100);
+        let three = commit(&repo, "three", 1_700_000_200);
+        let (one, two, three) = (one.to_string(), two.to_string(), three.to_string());
+
+        let up = log_between(&repo, &one, &three, 10).unwrap().unwrap();
+        assert_eq!(ids(&up.added), ["three", "two"]);
+        assert!(up.removed.is_empty());
+        assert_eq!((up.added_omitted, up.removed_omitted), (0, 0));
+        let newest = &up.added[0];
+        assert_eq!(newest.id, three[..7]);
+        assert_eq!(newest.author, "Ada");
+        assert_eq!(newest.time, 1_700_000_200);
+        assert_eq!(up.added[1].summary, "two");
+
+        // A downgrade takes them away again.
+        let down = log_between(&repo, &three, &one, 10).unwrap().unwrap();
+        assert!(down.added.is_empty());
+        assert_eq!(ids(&down.removed), ["three", "two"]);
+
+        // Capped, with the rest counted; an abbreviated id works too.
+        let capped = log_between(&repo, &one, &three[..12], 1).unwrap().unwrap();
+        assert_eq!(ids(&capped.added), ["three"]);
+        assert_eq!(capped.added_omitted, 1);
+
+        assert_eq!(
+            log_between(&repo, &two, &two, 10).unwrap().unwrap(),
+            CommitRange::default()
+        );
+
+        // A commit this clone does not have, or no commit at all: the range is unknown.
+        let foreign = "1111111111111111111111111111111111111111";
+        assert_eq!(log_between(&repo, foreign, &three, 10).unwrap(), None);
+        assert_eq!(log_between(&repo, &one, foreign, 10).unwrap(), None);
+        assert_eq!(log_between(&repo, "", &three, 10).unwrap(), None);
+    }
+
+    #[test]
+    fn log_between_sees_both_sides_of_diverged_builds() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(dir.path()).unwrap();
+        let base = commit(&repo, "base", 1_700_000_000);
+        let fix = commit(&repo, "hotfix", 1_700_000_100);
+        // Another line of work from `base`.
+        repo.set_head_detached(base).unwrap();
+        let feature = commit(&repo, "feature", 1_700_000_200);
+        let r = log_between(&repo, &fix.to_string(), &feature.to_string(), 10)
+            .unwrap()
+            .unwrap();
+        assert_eq!(ids(&r.added), ["feature"]);
+        assert_eq!(ids(&r.removed), ["hotfix"]);
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["removed"][0]["summary"], "hotfix");
+        assert_eq!(json["added_omitted"], 0);
+    }
 }

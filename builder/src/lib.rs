@@ -6,6 +6,7 @@
 //! puts the installer itself on the servers.
 //!
 //! Module map:
+//! - [`changes`]: what deploying one release over another changes, from the two manifests.
 //! - [`cli`]: the command line (clap definitions only).
 //! - [`cmd`]: one module per subcommand; each exposes `run`, and none imports another.
 //! - [`config`]: `deploy.toml`, with defaults that reproduce the manual procedure.
@@ -23,6 +24,7 @@
 //!   app name.
 
 pub mod appcheck;
+pub mod changes;
 pub mod cli;
 pub mod cmd;
 pub mod config;

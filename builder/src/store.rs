@@ -60,9 +60,15 @@ pub fn open_store_for_servers(
 
 /// The application's name from `deploy.toml` in the repository, else the default.
 pub fn app_name(repo_arg: Option<&Path>) -> anyhow::Result<String> {
+    Ok(app_config(repo_arg)?.app)
+}
+
+/// `deploy.toml` of the repository, else the defaults (a fleet command run outside any
+/// repository still works, for the default app).
+pub fn app_config(repo_arg: Option<&Path>) -> anyhow::Result<DeployConfig> {
     Ok(match repo::root(repo_arg) {
-        Ok(root) => DeployConfig::load_dir(&root)?.app,
-        Err(_) if repo_arg.is_none() => common::DEFAULT_APP.to_owned(),
+        Ok(root) => DeployConfig::load_dir(&root)?,
+        Err(_) if repo_arg.is_none() => DeployConfig::default(),
         Err(e) => return Err(e),
     })
 }

@@ -214,6 +214,40 @@ impl Report {
         let mut de = serde_json::Deserializer::from_str(&output[start..]).into_iter::<Report>();
         de.next()?.ok()
     }
+
+    /// The head of a report whose end was cut off (SSM keeps the first 24,000 characters of
+    /// standard output): every top-level field that is complete, before `details`, which comes
+    /// last and is the only part that grows with what a command found. The command, outcome and
+    /// exit code come first, so a cut report still says how the command ended. None when even
+    /// those are missing, or for a compact (one-line) report, which is never that long.
+    pub fn head_in(output: &str) -> Option<Report> {
+        let start = output.find("{\n  \"command\"")?;
+        let mut fields: Vec<&str> = Vec::new();
+        let mut current: Option<(usize, usize)> = None;
+        let text = &output[start + 2..];
+        let mut offset = 0;
+        for line in text.split_inclusive('\n') {
+            let top = line.starts_with("  \"") || line.starts_with('}');
+            if top {
+                if let Some((from, to)) = current.take() {
+                    fields.push(&text[from..to]);
+                }
+                if line.starts_with('}') || line.starts_with("  \"details\"") {
+                    break;
+                }
+                current = Some((offset, offset + line.len()));
+            } else if let Some((_, to)) = current.as_mut() {
+                *to = offset + line.len();
+            }
+            offset += line.len();
+        }
+        let body: Vec<&str> = fields
+            .iter()
+            .map(|f| f.trim_end().trim_end_matches(','))
+            .collect();
+        let json = format!("{{\n{}\n}}", body.join(",\n"));
+        serde_json::from_str(&json).ok()
+    }
 }
 
 /// The keys of `details` that another program reads, with their types.
@@ -315,6 +349,7 @@ pub struct ReleaseRow {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     #[test]
     fn outcome_maps_to_spec_codes() {
@@ -329,6 +364,51 @@ mod tests {
             assert_eq!(ExitCode::from_code(c).unwrap().code() as i32, c);
         }
         assert_eq!(ExitCode::from_code(6), None);
+    }
+
+    #[test]
+    fn a_cut_report_still_says_how_the_command_ended() {
+        let mut r = Report::new("status");
+        r.build = Some(BuildNumber::parse("000003").unwrap());
+        r.previous_build = Some(BuildNumber::parse("000002").unwrap());
+        r.phase("verify", Duration::from_millis(12), true);
+        r.warnings.push("a warning".into());
+        let changed: BTreeMap<String, String> = (0..2000)
+            .map(|n| {
+                (
+                    format!("deps/pkg/module{n}.py"),
+                    "content changed".to_owned(),
+                )
+            })
+            .collect();
+        r.set_detail("changed", &changed);
+        r.finish(
+            Outcome::BadInput,
+            Some("Build000003 does not verify".into()),
+        );
+        let whole = format!("noise\n{}\n", r.to_json());
+        assert!(whole.len() > 24_000);
+        let cut: String = whole.chars().take(24_000).collect();
+        assert_eq!(Report::find_in(&cut), None);
+        let head = Report::head_in(&cut).unwrap();
+        assert_eq!(head.build, r.build);
+        assert_eq!(head.previous_build, r.previous_build);
+        assert_eq!(head.outcome, Outcome::BadInput);
+        assert_eq!(head.exit_code, 2);
+        assert_eq!(head.phases, r.phases);
+        assert_eq!(head.warnings, r.warnings);
+        assert_eq!(head.error, r.error);
+        assert!(head.details.is_empty());
+        // Cut inside the warnings: what came before them is still read; the cut field is not.
+        let at = whole.find("a warning").unwrap();
+        let head = Report::head_in(&whole[..at]).unwrap();
+        assert_eq!((head.exit_code, head.warnings.len()), (2, 0));
+        // Cut before the exit code: nothing to trust.
+        let at = whole.find("\"exit_code\"").unwrap();
+        assert_eq!(Report::head_in(&whole[..at]), None);
+        // A whole report reads the same through the head (without its details).
+        let head = Report::head_in(&whole).unwrap();
+        assert_eq!((head.outcome, head.error.clone()), (r.outcome, r.error));
     }
 
     #[test]

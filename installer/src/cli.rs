@@ -38,7 +38,7 @@ pub enum Command {
     /// Show the live build, the previous good one, who activated it when, and how the last
     /// command ended.
     #[command(
-        after_long_help = "Examples:\n  installer status\n  installer status --json\n  installer status --check --json"
+        after_long_help = "Examples:\n  installer status\n  installer status --json\n  installer status --check --json\n  installer status --verify --json"
     )]
     Status(StatusArgs),
     /// List every release on disk: state (live, previous, failed, rolled back, unused), size and
@@ -124,6 +124,11 @@ pub struct StatusArgs {
     /// when it fails (`builder deploy --bake` runs it on the canaries).
     #[arg(long)]
     pub check: bool,
+    /// Also re-hash the live release against its manifest (what `installer verify` does): the
+    /// report's `details.drift` lists changed or missing and unexpected files, and any drift
+    /// exits 2 (`builder status --verify` runs it on every server).
+    #[arg(long)]
+    pub verify: bool,
     /// Print one JSON report on stdout.
     #[arg(long)]
     pub json: bool,

@@ -647,6 +647,15 @@ impl Drift {
     pub fn is_clean(&self) -> bool {
         self.changed.is_empty() && self.extra.is_empty()
     }
+
+    /// The error a drifted release is refused or reported with (exit 2).
+    pub fn refusal(&self, build: common::BuildNumber) -> common::error::BadInput {
+        common::error::BadInput(format!(
+            "{build:#} does not verify: {} changed or missing, {} unexpected",
+            self.changed.len(),
+            self.extra.len()
+        ))
+    }
 }
 
 /// Re-hashes a release against its manifest, and judges its manifest by today's rules: a

@@ -41,6 +41,9 @@ pub fn run(args: &BootstrapArgs) -> anyhow::Result<ExitCode> {
     let reach = &args.reach;
     let targets = crate::fleet::run::targets(reach)?;
     check_install_path(&args.path)?;
+    // Checked before anything is uploaded.
+    let config = crate::store::app_config(args.repo.repo.as_deref())?;
+    crate::fleet::run::output_location(reach, config.fleet.output_s3.as_deref())?;
     let binary = match &args.installer_binary {
         Some(p) => p.clone(),
         None => std::env::current_exe()
@@ -85,7 +88,13 @@ pub fn run(args: &BootstrapArgs) -> anyhow::Result<ExitCode> {
         .chars()
         .take(MAX_COMMENT_CHARS)
         .collect();
-    let request = crate::fleet::run::request(reach, targets, script, comment)?;
+    let request = crate::fleet::run::request(
+        reach,
+        config.fleet.output_s3.as_deref(),
+        targets,
+        script,
+        comment,
+    )?;
     let shown = format!(
         "a script that puts this {TOOL} at `{}`{} (`-v` shows each server's output)",
         args.path,

@@ -7,7 +7,7 @@ use common::report::ExitCode;
 use crate::cli::DeployArgs;
 use crate::fleet::rollout::{self, Rollout};
 use crate::fleet::{self, Action};
-use crate::store::{app_name, open_store_for_servers};
+use crate::store::{app_config, open_store_for_servers};
 
 pub fn run(args: &DeployArgs) -> anyhow::Result<ExitCode> {
     let targets = fleet::run::targets(&args.fleet.reach)?;
@@ -28,7 +28,8 @@ pub fn run(args: &DeployArgs) -> anyhow::Result<ExitCode> {
                 ))
             })?;
     }
-    let app = app_name(args.repo.repo.as_deref())?;
+    let config = app_config(args.repo.repo.as_deref())?;
+    let app = config.app.clone();
     let build = args.build;
 
     // The store the installer will read: checked here, passed to it as an absolute URL.
@@ -38,8 +39,8 @@ pub fn run(args: &DeployArgs) -> anyhow::Result<ExitCode> {
         args.fleet.reach.transport,
     )?;
     let location = store.location();
-    match store.fetch_sidecar(&app, build) {
-        Ok(_) => {}
+    let target = match store.fetch_sidecar(&app, build) {
+        Ok((sidecar, _)) => sidecar.manifest,
         Err(StoreError::NotFound { .. }) => {
             return Err(BadInput(format!(
                 "{build:#} of {app} is not published in `{location}`: package and publish it first \
@@ -48,7 +49,7 @@ pub fn run(args: &DeployArgs) -> anyhow::Result<ExitCode> {
             .into());
         }
         Err(e) => return Err(e.into()),
-    }
+    };
     eprintln!("{build:#} of {app} is published in {location}");
 
     let action = Action::Deploy {
@@ -57,7 +58,23 @@ pub fn run(args: &DeployArgs) -> anyhow::Result<ExitCode> {
         s3_endpoint: args.store.s3_endpoint.clone(),
         template_reviewed: args.template_reviewed,
     };
-    let plan = fleet::run::plan(&args.fleet, targets, action, &app, args.lock_timeout)?;
+    let plan = fleet::run::plan(&args.fleet, targets, action, &config, args.lock_timeout)?;
+    if args.plan {
+        let repo = crate::repo::root(args.repo.repo.as_deref()).ok();
+        return fleet::plan::execute(&fleet::plan::PlanRequest {
+            app: &app,
+            target: &target,
+            store: &store,
+            repo: repo.as_deref(),
+            invocation: &plan.invocation,
+            request: &plan.request,
+            transport: plan.transport,
+            ssm_endpoint: plan.ssm_endpoint.as_deref(),
+            canary: args.canary,
+            order: &args.order,
+            json: plan.json,
+        });
+    }
     let rollout = Rollout {
         app,
         action: plan.action,

@@ -5,11 +5,19 @@ use common::report::ExitCode;
 
 use crate::cli::FleetStatusArgs;
 use crate::fleet::{self, Action};
-use crate::store::app_name;
+use crate::store::app_config;
 
 pub fn run(args: &FleetStatusArgs) -> anyhow::Result<ExitCode> {
     let targets = fleet::run::targets(&args.fleet.reach)?;
-    let app = app_name(args.repo.repo.as_deref())?;
-    let plan = fleet::run::plan(&args.fleet, targets, Action::Status, &app, None)?;
+    let config = app_config(args.repo.repo.as_deref())?;
+    let plan = fleet::run::plan(
+        &args.fleet,
+        targets,
+        Action::Status {
+            verify: args.verify,
+        },
+        &config,
+        None,
+    )?;
     fleet::run::execute(plan)
 }

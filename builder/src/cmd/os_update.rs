@@ -10,12 +10,12 @@ use crate::cli::FleetOsUpdateArgs;
 use crate::fleet::rolling::{self, OsUpdate, Round};
 use crate::fleet::summary::Summary;
 use crate::fleet::{self, Action, Rate, TransportKind};
-use crate::store::app_name;
+use crate::store::app_config;
 
 pub fn run(args: &FleetOsUpdateArgs) -> anyhow::Result<ExitCode> {
     let reach = &args.fleet.reach;
     let targets = fleet::run::targets(reach)?;
-    let app = app_name(args.repo.repo.as_deref())?;
+    let config = app_config(args.repo.repo.as_deref())?;
     let concurrency = reach.max_concurrency.unwrap_or(Rate::Count(1));
     if args.reboot && concurrency != Rate::Count(1) {
         return Err(BadInput(format!(
@@ -29,7 +29,7 @@ pub fn run(args: &FleetOsUpdateArgs) -> anyhow::Result<ExitCode> {
         // back; on this machine the installer runs its configured reboot command itself.
         via_ssm: args.reboot && reach.transport == TransportKind::Ssm,
     };
-    let mut plan = fleet::run::plan(&args.fleet, targets, action, &app, args.lock_timeout)?;
+    let mut plan = fleet::run::plan(&args.fleet, targets, action, &config, args.lock_timeout)?;
     plan.request.max_concurrency = concurrency;
     if concurrency != Rate::Count(1) {
         // Several at a time: one command to every target, SSM pacing it as for a deploy.

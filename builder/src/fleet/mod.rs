@@ -19,11 +19,13 @@
 //!   and watch only) also carries `builder bootstrap`'s script, which reports in its own table.
 //! - [`rollout`]: `deploy`'s canary, bake and waves, and the rollback of what switched when it
 //!   stops.
+//! - [`plan`]: `deploy --plan`, what a deploy would change on each live build's instances.
 //! - [`rolling`]: `os-update`'s round, one instance after the other, a rebooted one back online
 //!   before the next.
 //! - [`ssm`], [`local`]: the two transports.
 
 pub mod local;
+pub mod plan;
 pub mod rolling;
 pub mod rollout;
 pub mod run;
@@ -306,8 +308,8 @@ pub enum Action {
     },
     /// `installer rollback [--to B]`
     Rollback { to: Option<BuildNumber> },
-    /// `installer status`
-    Status,
+    /// `installer status [--verify]`
+    Status { verify: bool },
     /// `installer status --check`: the live build's health, as the activation proves it (a
     /// rollout's bake asks its canaries).
     Check,
@@ -321,7 +323,7 @@ impl Action {
         match self {
             Self::Deploy { .. } => "deploy",
             Self::Rollback { .. } => "rollback",
-            Self::Status => "status",
+            Self::Status { .. } => "status",
             Self::Check => "check",
             Self::OsUpdate { .. } => "os-update",
         }
@@ -332,7 +334,7 @@ impl Action {
         match self {
             Self::Deploy { build, .. } => Some(*build),
             Self::Rollback { to } => *to,
-            Self::Status | Self::Check | Self::OsUpdate { .. } => None,
+            Self::Status { .. } | Self::Check | Self::OsUpdate { .. } => None,
         }
     }
 
@@ -345,7 +347,7 @@ impl Action {
             Outcome::Failed | Outcome::BadInput | Outcome::RolledBack | Outcome::Locked => {
                 match self {
                     // `status` puts the live build in `build` even when something else failed.
-                    Self::Status | Self::Check | Self::OsUpdate { .. } => report.build,
+                    Self::Status { .. } | Self::Check | Self::OsUpdate { .. } => report.build,
                     _ => report.previous_build,
                 }
             }
@@ -400,7 +402,12 @@ impl InstallerInvocation {
                     argv.extend(["--to".into(), to.tag()]);
                 }
             }
-            Action::Status => argv.push("status".into()),
+            Action::Status { verify } => {
+                argv.push("status".into());
+                if *verify {
+                    argv.push("--verify".into());
+                }
+            }
             Action::Check => argv.extend(["status".into(), "--check".into()]),
             Action::OsUpdate { reboot, via_ssm } => {
                 argv.push("os-update".into());
@@ -431,7 +438,8 @@ pub fn comment(app: &str, action: &Action) -> String {
         Action::Deploy { build, .. } => text.push_str(&format!(" {build:#}")),
         Action::Rollback { to: Some(to) } => text.push_str(&format!(" to {to:#}")),
         Action::Rollback { to: None } => text.push_str(" to previous"),
-        Action::Status => {}
+        Action::Status { verify: false } => {}
+        Action::Status { verify: true } => text.push_str(" --verify"),
         Action::Check => text.push_str(" health check"),
         Action::OsUpdate { reboot: true, .. } => text.push_str(" --reboot"),
         Action::OsUpdate { reboot: false, .. } => {}
@@ -454,7 +462,67 @@ pub struct SendRequest {
     /// How long SSM keeps trying to start it on an instance (`TimeoutSeconds`).
     pub delivery_timeout: Duration,
     /// `OutputS3BucketName` and `OutputS3KeyPrefix`.
-    pub output_s3: Option<(String, Option<String>)>,
+    pub output_s3: Option<OutputS3>,
+}
+
+/// Where SSM keeps every instance's complete output: `s3://bucket[/prefix]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputS3 {
+    pub bucket: String,
+    /// Without leading or trailing `/`; empty for the bucket's root.
+    pub prefix: String,
+}
+
+impl OutputS3 {
+    /// Parses `s3://bucket/prefix`.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let rest = url.strip_prefix("s3://").ok_or_else(|| {
+            format!(
+                "`{}` is not an S3 location: write it `s3://bucket/prefix`",
+                url.escape_debug()
+            )
+        })?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        common::store::validate_bucket_name(bucket)
+            .map_err(|e| format!("`{}`: {e}", url.escape_debug()))?;
+        let prefix = prefix.trim_matches('/');
+        check_word("the S3 output prefix", prefix)
+            .or_else(|e| if prefix.is_empty() { Ok(()) } else { Err(e) })
+            .map_err(|e| e.0)?;
+        // SSM's limit on `OutputS3KeyPrefix`.
+        if prefix.len() > 500 {
+            return Err(format!(
+                "`{}`: the key prefix has {} characters; SSM takes at most 500",
+                url.escape_debug(),
+                prefix.len()
+            ));
+        }
+        Ok(Self {
+            bucket: bucket.to_owned(),
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    /// Where the SSM agent puts one instance's `stream` (`stdout`, `stderr`) of an
+    /// `AWS-RunShellScript` command: `prefix/CommandId/InstanceId/awsrunShellScript/0.awsrunShellScript/stream`.
+    pub fn stream_key(&self, command_id: &str, instance: &str, stream: &str) -> String {
+        let key = format!("{command_id}/{instance}/awsrunShellScript/0.awsrunShellScript/{stream}");
+        if self.prefix.is_empty() {
+            key
+        } else {
+            format!("{}/{key}", self.prefix)
+        }
+    }
+}
+
+impl fmt::Display for OutputS3 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.prefix.is_empty() {
+            write!(f, "s3://{}", self.bucket)
+        } else {
+            write!(f, "s3://{}/{}", self.bucket, self.prefix)
+        }
+    }
 }
 
 /// The state of one instance's invocation, as SSM names it.
@@ -547,6 +615,8 @@ pub struct InvocationOutput {
     pub duration: Option<Duration>,
     /// Set when the transport only had part of the output (SSM keeps 24,000 characters).
     pub truncated: bool,
+    /// Where the output came from or why part of it is missing, when that is worth saying.
+    pub note: Option<String>,
 }
 
 /// A sent command.
@@ -725,7 +795,7 @@ mod tests {
             r"'/opt/bin/installer' '--config' '/etc/it'\''s/installer.toml' 'rollback' '--to' 'Build000001' '--lock-timeout' '30' '--json'"
         );
         assert_eq!(
-            render_line(&inv2.argv(&Action::Status).unwrap()),
+            render_line(&inv2.argv(&Action::Status { verify: false }).unwrap()),
             r"'/opt/bin/installer' '--config' '/etc/it'\''s/installer.toml' 'status' '--json'"
         );
         // Control characters are refused outright, even though quoting would keep them inert.
@@ -740,7 +810,7 @@ mod tests {
             program: "".into(),
             ..inv.clone()
         };
-        assert!(bad_prog.argv(&Action::Status).is_err());
+        assert!(bad_prog.argv(&Action::Status { verify: false }).is_err());
     }
 
     #[test]
@@ -871,7 +941,7 @@ mod tests {
         let mut s = Report::new("status");
         s.build = Some(b1);
         s.previous_build = Some(b2);
-        assert_eq!(Action::Status.live_after(&s), Some(b1));
+        assert_eq!(Action::Status { verify: false }.live_after(&s), Some(b1));
     }
 
     #[test]

@@ -11,10 +11,11 @@ use super::ssm::SsmTransport;
 use super::summary::FleetSummary;
 use super::watch::{watch, WatchOptions, Watched};
 use super::{
-    check_word, comment, render_line, shell_quote, Action, InstallerInvocation, SendRequest,
-    Targets, Transport, TransportKind,
+    check_word, comment, render_line, shell_quote, Action, InstallerInvocation, OutputS3,
+    SendRequest, Targets, Transport, TransportKind,
 };
 use crate::cli::{FleetArgs, ReachArgs};
+use crate::config::DeployConfig;
 
 /// Everything needed to run one fleet command, all of it checked.
 #[derive(Debug, Clone)]
@@ -73,14 +74,16 @@ pub fn installer_line(
     ))
 }
 
-/// Checks the options that are not targets and builds the plan.
+/// Checks the options that are not targets and builds the plan; `config` is the app's
+/// `deploy.toml` (its name, and the fleet defaults).
 pub fn plan(
     args: &FleetArgs,
     targets: Option<Targets>,
     action: Action,
-    app: &str,
+    config: &DeployConfig,
     lock_timeout: Option<u64>,
 ) -> Result<Plan, BadInput> {
+    let app = config.app.as_str();
     let invocation = InstallerInvocation {
         program: args.installer.clone(),
         config: args.installer_config.clone(),
@@ -89,7 +92,13 @@ pub fn plan(
     let line = installer_line(&invocation, &action)?;
     let reach = &args.reach;
     Ok(Plan {
-        request: request(reach, targets, line, comment(app, &action))?,
+        request: request(
+            reach,
+            config.fleet.output_s3.as_deref(),
+            targets,
+            line,
+            comment(app, &action),
+        )?,
         invocation,
         action,
         transport: reach.transport,
@@ -100,28 +109,16 @@ pub fn plan(
 }
 
 /// The request that sends `line` to `targets`, with the rate, timeout and output options
-/// checked.
+/// checked; `configured_output` is deploy.toml's `fleet.output_s3`, which `--output-s3`
+/// overrides.
 pub fn request(
     reach: &ReachArgs,
+    configured_output: Option<&str>,
     targets: Option<Targets>,
     line: String,
     comment: String,
 ) -> Result<SendRequest, BadInput> {
-    let output_s3 = match &reach.output_s3_bucket {
-        Some(bucket) => {
-            check_bucket(bucket)?;
-            if let Some(p) = &reach.output_s3_prefix {
-                check_word("the S3 output prefix", p)?;
-            }
-            Some((bucket.clone(), reach.output_s3_prefix.clone()))
-        }
-        None => None,
-    };
-    if reach.transport == TransportKind::Local && output_s3.is_some() {
-        return Err(BadInput(
-            "`--output-s3-bucket` is for SSM; the local transport keeps the whole output".into(),
-        ));
-    }
+    let output_s3 = output_location(reach, configured_output)?;
     if let Some(e) = &reach.ssm_endpoint {
         check_word("the SSM endpoint", e)?;
     }
@@ -141,20 +138,30 @@ pub fn request(
     })
 }
 
-/// S3 bucket names: 3–63 lowercase letters, digits, dots and hyphens.
-fn check_bucket(bucket: &str) -> Result<(), BadInput> {
-    let ok = (3..=63).contains(&bucket.len())
-        && bucket
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(BadInput(format!(
-            "`{}` is not an S3 bucket name (3 to 63 lowercase letters, digits, dots and hyphens)",
-            bucket.escape_debug()
-        )))
-    }
+/// Where SSM is to keep the whole output: `--output-s3`, else deploy.toml's `fleet.output_s3`
+/// (for SSM only).
+pub fn output_location(
+    reach: &ReachArgs,
+    configured_output: Option<&str>,
+) -> Result<Option<OutputS3>, BadInput> {
+    Ok(match (&reach.output_s3, reach.transport) {
+        (Some(_), TransportKind::Local) => {
+            return Err(BadInput(
+                "`--output-s3` is for SSM; the local transport keeps the whole output".into(),
+            ))
+        }
+        (Some(url), TransportKind::Ssm) => {
+            Some(OutputS3::parse(url).map_err(|e| BadInput(format!("`--output-s3`: {e}")))?)
+        }
+        // deploy.toml's location is the SSM one; a local run has no use for it.
+        (None, TransportKind::Ssm) => configured_output
+            .map(|url| {
+                OutputS3::parse(url)
+                    .map_err(|e| BadInput(format!("`fleet.output_s3` in deploy.toml: {e}")))
+            })
+            .transpose()?,
+        (None, TransportKind::Local) => None,
+    })
 }
 
 /// A command sent and watched to the end: what ran where, and each instance's run.
@@ -203,6 +210,16 @@ pub fn execute(plan: Plan) -> anyhow::Result<ExitCode> {
         sent.targets,
         sent.watched,
     );
+    if matches!(plan.action, Action::Status { .. }) {
+        summary.show_as(
+            plan.verbose,
+            plan.json,
+            |_| {},
+            "",
+            &summary.status_closing(),
+        )?;
+        return Ok(summary.exit_code());
+    }
     summary.show(plan.verbose, plan.json, |_| {})
 }
 

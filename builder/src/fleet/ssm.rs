@@ -5,13 +5,17 @@
 //! timeout (`TimeoutSeconds`) and the optional S3 output location. Polls use
 //! `ListCommandInvocations` with details (through the SDK's paginator) and `ListCommands` for the
 //! command's own status and target count; each finished instance's output comes from
-//! `GetCommandInvocation` (SSM keeps up to 24,000 characters of each stream there). Ctrl-C sends
+//! `GetCommandInvocation`, which keeps only the first 24,000 characters of standard output and
+//! 8,000 of standard error: when a stream was cut there and the command has an S3 output
+//! location, the whole stream is read from the object the agent wrote. Ctrl-C sends
 //! `CancelCommand`.
 //!
 //! The client uses the standard AWS configuration chain (environment, profile, instance role);
 //! `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_SSM` or `--ssm-endpoint` point it at a stand-in, and the
 //! region is `us-east-1` when nothing names one.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
@@ -23,16 +27,24 @@ use aws_sdk_ssm::Client;
 use common::error::BadInput;
 
 use super::{
-    CommandHandle, InvocationOutput, InvocationState, PollResult, SendRequest, Status, TagFilter,
-    Targets, Transport,
+    CommandHandle, InvocationOutput, InvocationState, OutputS3, PollResult, SendRequest, Status,
+    TagFilter, Targets, Transport,
 };
 
 /// The document every command uses.
 pub const DOCUMENT: &str = "AWS-RunShellScript";
 /// Its one plugin, whose output `GetCommandInvocation` returns.
 pub const PLUGIN: &str = "aws:runShellScript";
-/// `GetCommandInvocation` returns at most this many characters of each stream.
+/// `GetCommandInvocation` returns at most this many characters of standard output…
 pub const MAX_INLINE_OUTPUT: usize = 24_000;
+/// …and this many of standard error.
+pub const MAX_INLINE_ERROR: usize = 8_000;
+/// The most of one stream read back from S3: a report is kilobytes, a runaway log is not read
+/// whole.
+const MAX_S3_OUTPUT: u64 = 64 << 20;
+/// Attempts to read a stream's object: the agent uploads it as the invocation ends, so it may
+/// appear a moment after SSM says the invocation finished.
+const S3_OUTPUT_ATTEMPTS: u32 = 4;
 /// Page size of `DescribeInstanceInformation` (its maximum).
 const INSTANCE_PAGE_SIZE: i32 = 50;
 /// Page size of `ListCommandInvocations`.
@@ -53,6 +65,9 @@ const BAD_REQUEST_CODES: &[&str] = &[
 
 pub struct SsmTransport {
     client: Client,
+    s3: aws_sdk_s3::Client,
+    /// The S3 output location of each command this transport sent, by command id.
+    outputs: Mutex<HashMap<String, OutputS3>>,
 }
 
 impl std::fmt::Debug for SsmTransport {
@@ -110,14 +125,84 @@ impl SsmTransport {
             }
         }
         let region = common::aws::region().await;
-        let mut loader = aws_config::defaults(BehaviorVersion::latest()).region(region);
+        let config = aws_config::defaults(BehaviorVersion::latest())
+            .region(region)
+            .load()
+            .await;
+        let mut ssm = aws_sdk_ssm::config::Builder::from(&config);
         if let Some(e) = endpoint {
-            loader = loader.endpoint_url(e);
+            ssm = ssm.endpoint_url(e);
         }
-        let config = loader.load().await;
+        // S3 stand-ins answer path-style only, as the artifact store also assumes.
+        let overridden = config.endpoint_url().is_some()
+            || ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"]
+                .iter()
+                .any(|v| std::env::var_os(v).is_some_and(|v| !v.is_empty()));
+        let s3 = aws_sdk_s3::config::Builder::from(&config)
+            .force_path_style(overridden)
+            .build();
         Ok(Self {
-            client: Client::new(&config),
+            client: Client::from_conf(ssm.build()),
+            s3: aws_sdk_s3::Client::from_conf(s3),
+            outputs: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The whole of one stream from the command's S3 output location.
+    async fn full_stream(
+        &self,
+        location: &OutputS3,
+        command_id: &str,
+        instance: &str,
+        stream: &str,
+    ) -> anyhow::Result<String> {
+        let key = location.stream_key(command_id, instance, stream);
+        let url = format!("s3://{}/{key}", location.bucket);
+        let mut attempt = 0;
+        let out = loop {
+            attempt += 1;
+            match self
+                .s3
+                .get_object()
+                .bucket(&location.bucket)
+                .key(&key)
+                .send()
+                .await
+            {
+                Ok(out) => break out,
+                Err(e) => {
+                    let missing = e.as_service_error().is_some_and(|s| s.is_no_such_key());
+                    if missing && attempt < S3_OUTPUT_ATTEMPTS {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                    let region = self
+                        .s3
+                        .config()
+                        .region()
+                        .map(|r| r.to_string())
+                        .unwrap_or_default();
+                    let service = common::aws::Service::S3 {
+                        bucket: &location.bucket,
+                        region: &region,
+                    };
+                    return Err(anyhow!(
+                        "cannot read `{url}`: {}",
+                        common::aws::explain(&e, service)
+                    ));
+                }
+            }
+        };
+        if out.content_length().unwrap_or(0) as u64 > MAX_S3_OUTPUT {
+            anyhow::bail!("`{url}` holds more than {} MiB", MAX_S3_OUTPUT >> 20);
+        }
+        let bytes = out
+            .body
+            .collect()
+            .await
+            .with_context(|| format!("cannot read `{url}`"))?
+            .into_bytes();
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 }
 
@@ -161,10 +246,10 @@ impl Transport for SsmTransport {
                 return Err(BadInput("SSM needs `--targets`".into()).into());
             }
         }
-        if let Some((bucket, prefix)) = &r.output_s3 {
-            req = req.output_s3_bucket_name(bucket);
-            if let Some(p) = prefix {
-                req = req.output_s3_key_prefix(p);
+        if let Some(location) = &r.output_s3 {
+            req = req.output_s3_bucket_name(&location.bucket);
+            if !location.prefix.is_empty() {
+                req = req.output_s3_key_prefix(&location.prefix);
             }
         }
         let out = req.send().await.map_err(|e| {
@@ -179,6 +264,12 @@ impl Transport for SsmTransport {
             .command()
             .and_then(|c| c.command_id())
             .ok_or_else(|| anyhow!("SSM accepted the command but returned no CommandId"))?;
+        if let Some(location) = &r.output_s3 {
+            self.outputs
+                .lock()
+                .expect("no panics under the lock")
+                .insert(id.to_owned(), location.clone());
+        }
         Ok(CommandHandle { id: id.to_owned() })
     }
 
@@ -263,18 +354,58 @@ impl Transport for SsmTransport {
             .await
             .map_err(|e| anyhow!("SSM GetCommandInvocation failed: {}", describe(&e)))
             .with_context(|| format!("output of `{instance}`"))?;
-        let stdout = out.standard_output_content().unwrap_or("").to_owned();
-        let stderr = out.standard_error_content().unwrap_or("").to_owned();
-        let truncated = stdout.chars().count() >= MAX_INLINE_OUTPUT
-            || stderr.chars().count() >= MAX_INLINE_OUTPUT;
+        let mut stdout = out.standard_output_content().unwrap_or("").to_owned();
+        let mut stderr = out.standard_error_content().unwrap_or("").to_owned();
+        let cut_out = stdout.chars().count() >= MAX_INLINE_OUTPUT;
+        let cut_err = stderr.chars().count() >= MAX_INLINE_ERROR;
         let code = out.response_code();
-        Ok(InvocationOutput {
-            stdout,
-            stderr,
+        let mut output = InvocationOutput {
             exit_code: (code >= 0).then_some(code),
             duration: out.execution_elapsed_time().and_then(parse_elapsed),
-            truncated,
-        })
+            truncated: cut_out || cut_err,
+            ..InvocationOutput::default()
+        };
+        let location = self
+            .outputs
+            .lock()
+            .expect("no panics under the lock")
+            .get(&handle.id)
+            .cloned();
+        match (&location, output.truncated) {
+            (Some(location), true) => {
+                let mut problems = Vec::new();
+                for (cut, name, text) in [
+                    (cut_out, "stdout", &mut stdout),
+                    (cut_err, "stderr", &mut stderr),
+                ] {
+                    if !cut {
+                        continue;
+                    }
+                    match self.full_stream(location, &handle.id, instance, name).await {
+                        Ok(full) => *text = full,
+                        Err(e) => problems.push(format!("{e:#}")),
+                    }
+                }
+                if problems.is_empty() {
+                    output.truncated = false;
+                    output.note = Some(format!("output read in full from {location}"));
+                } else {
+                    output.note = Some(format!(
+                        "SSM cut the output and the copy in {location} could not be read: {}",
+                        problems.join("; ")
+                    ));
+                }
+            }
+            (None, true) => {
+                output.note = Some(
+                    "SSM returns only the first 24,000 characters of standard output and 8,000 of standard error; pass `--output-s3 s3://bucket/prefix` (or set `fleet.output_s3` in deploy.toml) to keep and read all of it".into(),
+                );
+            }
+            _ => {}
+        }
+        output.stdout = stdout;
+        output.stderr = stderr;
+        Ok(output)
     }
 
     async fn cancel(&self, handle: &CommandHandle) -> anyhow::Result<()> {

@@ -36,6 +36,10 @@ pub struct Instance<R> {
     pub stdout: String,
     pub stderr: String,
     pub truncated: bool,
+    /// Where the output came from, or why part of it is missing (see [`InvocationOutput`]).
+    ///
+    /// [`InvocationOutput`]: super::InvocationOutput
+    pub note: Option<String>,
     pub result: R,
 }
 
@@ -51,6 +55,7 @@ impl<R> Instance<R> {
             stdout: run.output.stdout,
             stderr: run.output.stderr,
             truncated: run.output.truncated,
+            note: run.output.note,
         }
     }
 
@@ -224,10 +229,8 @@ impl<K: Kind> Summary<K> {
                     out.push('\n');
                 }
             }
-            if i.truncated {
-                out.push_str(
-                    "(output truncated by the transport; use --output-s3-bucket for all of it)\n",
-                );
+            if let Some(note) = &i.note {
+                out.push_str(&format!("({note})\n"));
             }
         }
         out
@@ -312,6 +315,19 @@ impl<K: Kind> Summary<K> {
         if !details.is_empty() {
             eprint!("\n{details}");
         }
+        let cut: Vec<&Instance<K::Result>> =
+            self.instances.iter().filter(|i| i.truncated).collect();
+        if !cut.is_empty() {
+            let names: Vec<&str> = cut.iter().map(|i| i.instance.as_str()).collect();
+            eprintln!(
+                "\noutput cut short on {}: {}; results were read from what there is",
+                names.join(", "),
+                cut[0]
+                    .note
+                    .as_deref()
+                    .unwrap_or("the transport returned only part of it")
+            );
+        }
         if !epilogue.is_empty() {
             eprint!("\n{epilogue}");
         }
@@ -332,6 +348,8 @@ impl<K: Kind> Summary<K> {
                     "exit_code": i.exit_code,
                     "duration_ms": i.duration.map(|d| d.as_millis() as u64),
                     "ok": self.kind.ok(i),
+                    "output_truncated": i.truncated,
+                    "output_note": i.note,
                 });
                 merge(&mut v, self.kind.json_instance(i));
                 if verbose {
@@ -368,6 +386,22 @@ fn merge(v: &mut serde_json::Value, extra: serde_json::Value) {
 pub struct Installed {
     pub report: Option<Report>,
     pub live: Option<BuildNumber>,
+    /// The output was cut inside the report: `report` is its head, without `details`
+    /// ([`Report::head_in`]).
+    pub partial: bool,
+}
+
+/// What `status --verify` found of an instance's live release.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Drift {
+    /// Every file matches the manifest.
+    Clean,
+    /// Files changed or missing, and files the manifest does not list.
+    Drifted { changed: usize, unexpected: usize },
+    /// It does not verify, and the list was cut with the output.
+    DriftedUncounted,
+    /// Not verified (no live release, the command failed first, or no answer).
+    Unknown,
 }
 
 /// Worst first.
@@ -433,10 +467,7 @@ impl Action {
                     text.push_str(": ");
                     text.push_str(e.lines().next().unwrap_or(""));
                 }
-                if matches!(self, Action::Status) {
-                    if let Some(p) = r.previous_build {
-                        text.push_str(&format!("; previous {p:#}"));
-                    }
+                if matches!(self, Action::Status { .. }) {
                     if let Some(last) = r.last_command() {
                         let build = last.build.map(|b| format!(" {b:#}")).unwrap_or_default();
                         let outcome = last.outcome.map_or("?", outcome_name);
@@ -471,9 +502,19 @@ impl Kind for Action {
     type Result = Installed;
 
     fn read(&self, stdout: &str) -> Installed {
-        let report = Report::find_in(stdout);
+        let (report, partial) = match Report::find_in(stdout) {
+            Some(r) => (Some(r), false),
+            None => match Report::head_in(stdout) {
+                Some(r) => (Some(r), true),
+                None => (None, false),
+            },
+        };
         let live = report.as_ref().and_then(|r| self.live_after(r));
-        Installed { report, live }
+        Installed {
+            report,
+            live,
+            partial,
+        }
     }
 
     fn ok(&self, i: &Instance<Installed>) -> bool {
@@ -486,11 +527,21 @@ impl Kind for Action {
     }
 
     fn header(&self) -> &'static [&'static str] {
-        &["INSTANCE", "STATUS", "EXIT", "DURATION", "LIVE", "RESULT"]
+        match self {
+            Action::Status { verify: false } => &[
+                "INSTANCE", "STATUS", "EXIT", "DURATION", "LIVE", "PREVIOUS", "SWITCHED", "BY",
+                "RESULT",
+            ],
+            Action::Status { verify: true } => &[
+                "INSTANCE", "STATUS", "EXIT", "DURATION", "LIVE", "PREVIOUS", "SWITCHED", "BY",
+                "FILES", "RESULT",
+            ],
+            _ => &["INSTANCE", "STATUS", "EXIT", "DURATION", "LIVE", "RESULT"],
+        }
     }
 
     fn row(&self, i: &Instance<Installed>) -> Vec<String> {
-        vec![
+        let mut row = vec![
             i.instance.clone(),
             i.status.to_string(),
             i.exit_code
@@ -498,8 +549,33 @@ impl Kind for Action {
                 .unwrap_or_else(|| "-".into()),
             format_duration(i.duration),
             self.live_text(i),
-            truncate(&self.result_text(i), 100),
-        ]
+        ];
+        if let Action::Status { verify } = self {
+            let switch = Switch::of(i.result.report.as_ref());
+            row.push(
+                i.result
+                    .report
+                    .as_ref()
+                    .map(|r| r.previous_build.map_or("none".into(), |b| b.tag()))
+                    .unwrap_or_else(|| "?".into()),
+            );
+            row.push(
+                switch
+                    .at
+                    .map(|t| common::when::age(t, common::when::now()))
+                    .unwrap_or_else(|| "-".into()),
+            );
+            row.push(match (&switch.by, &switch.with) {
+                (Some(by), Some(with)) => truncate(&format!("{with} by {by}"), 60),
+                (None, Some(with)) => with.clone(),
+                _ => "-".into(),
+            });
+            if *verify {
+                row.push(drift_text(&drift_of(i)));
+            }
+        }
+        row.push(truncate(&self.result_text(i), 100));
+        row
     }
 
     fn subject(&self) -> String {
@@ -528,11 +604,34 @@ impl Kind for Action {
     }
 
     fn json_instance(&self, i: &Instance<Installed>) -> serde_json::Value {
-        json!({
+        let mut v = json!({
             "live_build": i.result.live,
             "result": self.result_text(i),
             "report": i.result.report,
-        })
+            "report_partial": i.result.partial,
+        });
+        if let Action::Status { verify } = self {
+            let switch = Switch::of(i.result.report.as_ref());
+            v["answered"] = i.result.report.is_some().into();
+            v["previous_build"] = json!(i.result.report.as_ref().and_then(|r| r.previous_build));
+            v["switched_at"] = json!(switch.at);
+            v["switched_by"] = json!(switch.by);
+            v["switched_with"] = json!(switch.with);
+            if *verify {
+                v["drift"] = match drift_of(i) {
+                    Drift::Clean => json!({"clean": true, "changed": 0, "unexpected": 0}),
+                    Drift::Drifted {
+                        changed,
+                        unexpected,
+                    } => json!({"clean": false, "changed": changed, "unexpected": unexpected}),
+                    Drift::DriftedUncounted => {
+                        json!({"clean": false, "changed": null, "unexpected": null})
+                    }
+                    Drift::Unknown => serde_json::Value::Null,
+                };
+            }
+        }
+        v
     }
 
     fn failure_lines(&self, i: &Instance<Installed>) -> (Option<String>, Vec<String>) {
@@ -545,6 +644,148 @@ impl Kind for Action {
             lines.extend(r.warnings.iter().map(|w| format!("warning: {w}")));
         }
         (meaning, lines)
+    }
+}
+
+/// When, by whom and with which command an instance's live build went live, from its
+/// `installer status` report.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Switch {
+    /// Unix seconds.
+    pub at: Option<i64>,
+    /// Who ran it (`user@host (builder deploy)`).
+    pub by: Option<String>,
+    /// `activate`, `rollback` or `adopt`.
+    pub with: Option<String>,
+}
+
+impl Switch {
+    pub fn of(report: Option<&Report>) -> Self {
+        let Some(r) = report else {
+            return Self::default();
+        };
+        let text = |key: &str| {
+            r.details
+                .get(key)
+                .and_then(|v| v.as_str())
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+        };
+        Self {
+            at: r.details.get("activated_at").and_then(|v| v.as_i64()),
+            by: text("activated_by"),
+            with: text("activated_with"),
+        }
+    }
+}
+
+/// What `installer status --verify` reported of the live release's files.
+pub fn drift_of(i: &Instance<Installed>) -> Drift {
+    let Some(r) = &i.result.report else {
+        return Drift::Unknown;
+    };
+    let count = |key: &str| -> Option<usize> {
+        r.details.get(key).and_then(|v| match v {
+            serde_json::Value::Object(m) => Some(m.len()),
+            serde_json::Value::Array(a) => Some(a.len()),
+            _ => None,
+        })
+    };
+    match (count("changed"), count("unexpected")) {
+        (Some(0), Some(0)) => Drift::Clean,
+        (Some(changed), Some(unexpected)) => Drift::Drifted {
+            changed,
+            unexpected,
+        },
+        _ if r.outcome == Outcome::BadInput
+            && r.error
+                .as_deref()
+                .is_some_and(|e| e.contains("does not verify")) =>
+        {
+            Drift::DriftedUncounted
+        }
+        _ => Drift::Unknown,
+    }
+}
+
+/// The FILES column.
+pub fn drift_text(d: &Drift) -> String {
+    match d {
+        Drift::Clean => "ok".into(),
+        Drift::Drifted {
+            changed,
+            unexpected,
+        } => format!("DRIFT: {changed} changed, {unexpected} unexpected"),
+        Drift::DriftedUncounted => "DRIFT (list cut)".into(),
+        Drift::Unknown => "-".into(),
+    }
+}
+
+impl FleetSummary {
+    /// `builder status`'s last line: how many answered, which did not, and (`--verify`) which
+    /// drifted.
+    pub fn status_closing(&self) -> String {
+        let verify = matches!(self.kind, Action::Status { verify: true });
+        let total = self.instances.len();
+        if total == 0 {
+            return self.closing_line();
+        }
+        let silent: Vec<&str> = self
+            .instances
+            .iter()
+            .filter(|i| i.result.report.is_none())
+            .map(|i| i.instance.as_str())
+            .collect();
+        let drifted: Vec<&str> = self
+            .instances
+            .iter()
+            .filter(|i| matches!(drift_of(i), Drift::Drifted { .. } | Drift::DriftedUncounted))
+            .map(|i| i.instance.as_str())
+            .collect();
+        let mut builds: std::collections::BTreeMap<String, usize> = Default::default();
+        for i in self.instances.iter().filter(|i| i.result.report.is_some()) {
+            *builds.entry(self.kind.live_text(i)).or_default() += 1;
+        }
+        let live: Vec<String> = builds.iter().map(|(b, n)| format!("{b} on {n}")).collect();
+        let mut text = format!(
+            "status: {} of {total} instance{} answered",
+            total - silent.len(),
+            plural(total)
+        );
+        if !live.is_empty() {
+            text.push_str(&format!(" ({})", live.join(", ")));
+        }
+        if !silent.is_empty() {
+            text.push_str(&format!("; no answer from {}", silent.join(", ")));
+        }
+        if verify {
+            if drifted.is_empty() {
+                text.push_str("; every answering instance's files match its manifest");
+            } else {
+                text.push_str(&format!(
+                    "; files drifted on {} (`installer verify` there lists them)",
+                    drifted.join(", ")
+                ));
+            }
+        }
+        let others = self
+            .failed()
+            .len()
+            .saturating_sub(silent.len() + drifted.len());
+        if others > 0 {
+            text.push_str(&format!("; {others} reported an error"));
+        }
+        if self.interrupted {
+            text.push_str("; interrupted and cancelled");
+        }
+        if let Some(g) = &self.gave_up {
+            text.push_str(&format!("; {g}"));
+        }
+        let code = self.exit_code();
+        if code != ExitCode::Success {
+            text.push_str(&format!(" — exit {}", code.code()));
+        }
+        text
     }
 }
 
@@ -688,6 +929,7 @@ mod tests {
                 exit_code: code,
                 duration: None,
                 truncated: false,
+                note: None,
             },
         }
     }
@@ -857,7 +1099,7 @@ i-00000000           TimedOut  -     41.2s     ?            TimedOut
         );
         r.finish(Outcome::Success, None);
         let s = FleetSummary::new(
-            Action::Status,
+            Action::Status { verify: false },
             "local",
             "local".into(),
             "local".into(),
@@ -870,13 +1112,13 @@ i-00000000           TimedOut  -     41.2s     ?            TimedOut
         assert_eq!(s.kind.live_text(&s.instances[0]), "Build000002");
         assert_eq!(
             s.kind.result_text(&s.instances[0]),
-            "success; previous Build000001; last activate Build000002: success"
+            "success; last activate Build000002: success"
         );
         assert_eq!(s.closing_line(), "status: local succeeded");
         let mut none = Report::new("status");
         none.finish(Outcome::Success, None);
         let s = FleetSummary::new(
-            Action::Status,
+            Action::Status { verify: false },
             "local",
             "local".into(),
             "local".into(),
@@ -887,6 +1129,87 @@ i-00000000           TimedOut  -     41.2s     ?            TimedOut
             },
         );
         assert_eq!(s.kind.live_text(&s.instances[0]), "none");
+    }
+
+    #[test]
+    fn status_verify_counts_drift_and_silence() {
+        let status = |build: &str, drift: Option<(usize, usize)>, outcome: Outcome| {
+            let mut r = Report::new("status");
+            r.build = Some(b(build));
+            r.details
+                .insert("activated_at".into(), json!(1_764_691_440));
+            r.details
+                .insert("activated_by".into(), json!("ops@laptop (builder deploy)"));
+            r.details.insert("activated_with".into(), json!("activate"));
+            if let Some((changed, unexpected)) = drift {
+                let changed: serde_json::Map<String, serde_json::Value> = (0..changed)
+                    .map(|n| (format!("f{n}"), json!("content changed")))
+                    .collect();
+                r.details.insert("changed".into(), changed.into());
+                let extra: Vec<String> = (0..unexpected).map(|n| format!("x{n}")).collect();
+                r.details.insert("unexpected".into(), json!(extra));
+            }
+            let error =
+                (outcome == Outcome::BadInput).then(|| format!("Build{build} does not verify: …"));
+            r.finish(outcome, error);
+            r.to_json()
+        };
+        let clean = status("000002", Some((0, 0)), Outcome::Success);
+        let drifted = status("000002", Some((2, 1)), Outcome::BadInput);
+        // A report cut inside its details: only the head says it drifted.
+        let cut_text = status("000001", Some((3000, 0)), Outcome::BadInput);
+        let cut: String = cut_text.chars().take(24_000).collect();
+        let mut runs = vec![
+            run("i-1", Status::Success, Some(0), &clean, ""),
+            run("i-2", Status::Failed, Some(2), &drifted, ""),
+            run("i-3", Status::Failed, Some(2), &cut, ""),
+            run("i-4", Status::TimedOut, None, "", ""),
+        ];
+        runs[2].output.truncated = true;
+        let s = FleetSummary::new(
+            Action::Status { verify: true },
+            "ssm",
+            "c".into(),
+            "tag:Role=web".into(),
+            Watched {
+                instances: runs,
+                interrupted: false,
+                gave_up: None,
+            },
+        );
+        let drift: Vec<Drift> = s.instances.iter().map(drift_of).collect();
+        assert_eq!(
+            drift,
+            [
+                Drift::Clean,
+                Drift::Drifted {
+                    changed: 2,
+                    unexpected: 1
+                },
+                Drift::DriftedUncounted,
+                Drift::Unknown
+            ]
+        );
+        assert!(s.instances[2].result.partial);
+        assert_eq!(s.kind.live_text(&s.instances[2]), "Build000001");
+        let row = s.kind.row(&s.instances[0]);
+        assert_eq!(row[5], "none");
+        assert_eq!(row[7], "activate by ops@laptop (builder deploy)");
+        assert_eq!(row[8], "ok");
+        assert_eq!(s.exit_code(), ExitCode::Failed);
+        assert_eq!(
+            s.status_closing(),
+            "status: 3 of 4 instances answered (Build000001 on 1, Build000002 on 2); no answer from i-4; files drifted on i-2, i-3 (`installer verify` there lists them) — exit 1"
+        );
+        let v = s.to_json(false);
+        assert_eq!(v["instances"][1]["drift"]["unexpected"], 1);
+        assert_eq!(
+            v["instances"][2]["drift"]["changed"],
+            serde_json::Value::Null
+        );
+        assert_eq!(v["instances"][2]["output_truncated"], true);
+        assert_eq!(v["instances"][3]["answered"], false);
+        assert_eq!(v["instances"][0]["switched_at"], 1_764_691_440);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use file::FileStore;
-pub use s3::S3Store;
+pub use s3::{validate_bucket_name, S3Store};
 
 use crate::atomic;
 use crate::error::{FsError, ManifestError, StoreError};

@@ -150,6 +150,28 @@ pub fn status(args: &StatusArgs, config: &InstallerConfig) -> anyhow::Result<Exi
                 ),
             );
         }
+        if args.verify {
+            let Some(c) = current else {
+                anyhow::bail!("no release is live, so there is nothing to verify");
+            };
+            let t = std::time::Instant::now();
+            let (drift, _) = drift_of(config, c, &layout.release(c), &mut report)?;
+            report.details.insert("verified".into(), true.into());
+            if !drift.is_clean() {
+                let refusal = drift.refusal(c).0;
+                return Err(common::error::BadInput(format!(
+                    "{refusal}: `installer verify` lists them"
+                ))
+                .into());
+            }
+            say(
+                json,
+                &format!(
+                    "files: every file of {c:#} matches its manifest (checked in {:.1}s)",
+                    t.elapsed().as_secs_f64()
+                ),
+            );
+        }
         Ok(Outcome::Success)
     })();
     finish(report, result, args.json)
@@ -240,29 +262,13 @@ pub fn verify(args: &VerifyArgs, config: &InstallerConfig) -> anyhow::Result<Exi
             ))
             .into());
         }
-        let legacy = Legacy::of(&dir).is_some();
-        let drift = if legacy {
-            report.details.insert("legacy".into(), true.into());
-            release::Drift {
-                changed: legacy::verify(config, &dir, build),
-                extra: Vec::new(),
-            }
-        } else {
-            release::verify(config, &dir)?
-        };
-        let changed: BTreeMap<String, String> = drift.changed.iter().cloned().collect();
+        let (drift, legacy) = drift_of(config, build, &dir, &mut report)?;
         for (p, what) in &drift.changed {
             eprintln!("changed: {p}: {what}");
         }
         for p in &drift.extra {
             eprintln!("unexpected: {p}");
         }
-        report
-            .details
-            .insert("changed".into(), serde_json::to_value(&changed)?);
-        report
-            .details
-            .insert("unexpected".into(), serde_json::to_value(&drift.extra)?);
         if drift.is_clean() {
             if legacy {
                 say(args.json, &format!("{build:#} is the adopted checkout: its links, virtualenv and build number check out (a checkout has no manifest to re-hash)"));
@@ -274,15 +280,39 @@ pub fn verify(args: &VerifyArgs, config: &InstallerConfig) -> anyhow::Result<Exi
             }
             Ok(Outcome::Success)
         } else {
-            Err(common::error::BadInput(format!(
-                "{build:#} does not verify: {} changed or missing, {} unexpected",
-                drift.changed.len(),
-                drift.extra.len()
-            ))
-            .into())
+            Err(drift.refusal(build).into())
         }
     })();
     finish(report, result, args.json)
+}
+
+/// Re-hashes release `build` in `dir` (an adopted checkout: its links and virtualenv) and puts
+/// what drifted into the report's `details` (`changed`: path → what is wrong, `unexpected`:
+/// paths), for `verify` and `status --verify` alike; also whether it is the adopted checkout.
+fn drift_of(
+    config: &InstallerConfig,
+    build: common::BuildNumber,
+    dir: &std::path::Path,
+    report: &mut Report,
+) -> anyhow::Result<(release::Drift, bool)> {
+    let legacy = Legacy::of(dir).is_some();
+    let drift = if legacy {
+        report.details.insert("legacy".into(), true.into());
+        release::Drift {
+            changed: legacy::verify(config, dir, build),
+            extra: Vec::new(),
+        }
+    } else {
+        release::verify(config, dir)?
+    };
+    let changed: BTreeMap<String, String> = drift.changed.iter().cloned().collect();
+    report
+        .details
+        .insert("changed".into(), serde_json::to_value(&changed)?);
+    report
+        .details
+        .insert("unexpected".into(), serde_json::to_value(&drift.extra)?);
+    Ok((drift, legacy))
 }
 
 /// `installer config`: the effective configuration (as TOML, or with `--json` in a report's

@@ -276,10 +276,11 @@ fn deploy_status_and_rollback_through_the_local_transport() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let row = local_row(&out);
     assert_eq!(row[4], "Build000001", "{}", text(&out));
+    assert_eq!(row[5], "none", "the PREVIOUS column: {}", text(&out));
+    let row = row.join(" ");
     assert!(
-        row[5..]
-            .join(" ")
-            .starts_with("success; last activate Build000001"),
+        row.contains(" activate by ")
+            && row.ends_with("success; last activate Build000001: success"),
         "{}",
         text(&out)
     );
@@ -637,10 +638,43 @@ fn bad_input_is_refused_before_anything_runs() {
                 "status",
                 "--targets",
                 "i-01234567",
-                "--output-s3-bucket",
-                "Not_A_Bucket",
+                "--output-s3",
+                "s3://Not_A_Bucket/x",
             ],
-            "S3 bucket",
+            "bucket",
+        ),
+        (
+            vec![
+                "status",
+                "--targets",
+                "i-01234567",
+                "--output-s3",
+                "https://bucket/x",
+            ],
+            "not an S3 location",
+        ),
+        (
+            vec![
+                "status",
+                "--transport",
+                "local",
+                "--output-s3",
+                "s3://ssm-output/x",
+            ],
+            "`--output-s3` is for SSM",
+        ),
+        (
+            vec![
+                "deploy",
+                "--build",
+                "Build000001",
+                "--targets",
+                "i-01234567",
+                "--plan",
+                "--store",
+                &store_url,
+            ],
+            "not published",
         ),
     ];
     for (args, expect) in cases {

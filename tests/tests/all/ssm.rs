@@ -248,6 +248,125 @@ fn exit_codes_and_standard_error_propagate() {
     assert_eq!(command.completed_count(), 2);
 }
 
+/// The object's content, read back through the server's S3.
+fn s3_object(server: &SsmServer, bucket: &str, key: &str) -> Vec<u8> {
+    let client = server.moto().client();
+    server.moto().block_on(async {
+        let object = client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "GetObject {key}: {}",
+                    aws_sdk_s3::error::DisplayErrorContext(e)
+                )
+            });
+        object.body.collect().await.unwrap().to_vec()
+    })
+}
+
+#[test]
+fn output_s3_bucket_gets_the_complete_outputs_and_a_missing_one_fails_nothing() {
+    let fleet = Fleet::new().add("i-00000001", |i| i);
+    let Some(server) = fleet.start() else { return };
+    let bucket = "ssm-output";
+    server.moto().create_bucket(bucket).unwrap();
+
+    // 800 lines of 37 characters: more than StandardOutputContent's 24,000.
+    let line = "0123456789abcdefghijklmnopqrstuvwxyz";
+    let full = format!("{line}\n").repeat(800);
+    let long = send_command(
+        &server,
+        &[&format!("yes {line} | head -n 800"), "echo to-stderr >&2"],
+    )
+    .output_s3_bucket_name(bucket)
+    // The agent drops a trailing slash.
+    .output_s3_key_prefix("runs/");
+    let long = send(&server, with_instances(long, &["i-00000001"]));
+    // No prefix, and nothing on standard error (so nothing uploaded for it).
+    let short = send_command(&server, &["echo only-out"]).output_s3_bucket_name(bucket);
+    let short = send(&server, with_instances(short, &["i-00000001"]));
+    // The agent logs a failed upload; the invocation does not fail for it.
+    let missing = send_command(&server, &["echo hi", "echo err >&2"])
+        .output_s3_bucket_name("no-such-bucket")
+        .output_s3_key_prefix("runs");
+    let missing = send(&server, with_instances(missing, &["i-00000001"]));
+
+    let dir = |id: &str| format!("{id}/i-00000001/awsrunShellScript/0.awsrunShellScript");
+    let url = |key: &str| {
+        format!(
+            "https://s3.{}.amazonaws.com/{bucket}/{key}",
+            tests::moto::REGION
+        )
+    };
+
+    let listed = by_instance(server.wait_for_command(&long, WAIT).unwrap());
+    let got = invocation(&server, &long, "i-00000001");
+    assert_eq!(got.status(), Some(&CommandInvocationStatus::Success));
+    let content = got.standard_output_content().unwrap();
+    assert_eq!(content.len(), 24_000);
+    assert!(content.ends_with("--output truncated--"));
+    assert!(full.starts_with(&content[..24_000 - 20]));
+    let stdout_key = format!("runs/{}/stdout", dir(&long));
+    let stderr_key = format!("runs/{}/stderr", dir(&long));
+    assert_eq!(
+        server.moto().list_keys(bucket, "runs/").unwrap(),
+        [stderr_key.clone(), stdout_key.clone()]
+    );
+    assert_eq!(
+        String::from_utf8(s3_object(&server, bucket, &stdout_key)).unwrap(),
+        full
+    );
+    assert_eq!(s3_object(&server, bucket, &stderr_key), b"to-stderr\n");
+    assert!(got.standard_output_url().unwrap().ends_with(&stdout_key));
+    assert_eq!(got.standard_output_url(), Some(url(&stdout_key).as_str()));
+    assert_eq!(got.standard_error_url(), Some(url(&stderr_key).as_str()));
+    let listed = &listed["i-00000001"];
+    assert_eq!(
+        listed.standard_output_url(),
+        Some(url(&stdout_key).as_str())
+    );
+    let uploaded = plugin(listed);
+    assert_eq!(
+        uploaded.standard_output_url(),
+        Some(url(&stdout_key).as_str())
+    );
+    assert_eq!(
+        uploaded.standard_error_url(),
+        Some(url(&stderr_key).as_str())
+    );
+    assert_eq!(uploaded.output_s3_key_prefix(), Some("runs/"));
+
+    server.wait_for_command(&short, WAIT).unwrap();
+    let got = invocation(&server, &short, "i-00000001");
+    assert_eq!(got.status(), Some(&CommandInvocationStatus::Success));
+    let stdout_key = format!("{}/stdout", dir(&short));
+    assert_eq!(
+        server.moto().list_keys(bucket, &short).unwrap(),
+        [stdout_key.as_str()]
+    );
+    assert_eq!(s3_object(&server, bucket, &stdout_key), b"only-out\n");
+    assert_eq!(got.standard_output_url(), Some(url(&stdout_key).as_str()));
+    assert_eq!(got.standard_error_url(), Some(""));
+
+    let listed = by_instance(server.wait_for_command(&missing, WAIT).unwrap());
+    let got = invocation(&server, &missing, "i-00000001");
+    assert_eq!(got.status(), Some(&CommandInvocationStatus::Success));
+    assert_eq!(got.standard_output_content(), Some("hi\n"));
+    assert_eq!(got.standard_output_url(), Some(""));
+    assert_eq!(got.standard_error_url(), Some(""));
+    let plugin = plugin(&listed["i-00000001"]);
+    assert_eq!(plugin.standard_output_url(), Some(""));
+    assert_eq!(plugin.standard_error_url(), Some(""));
+    assert_eq!(
+        command(&server, &missing).status(),
+        Some(&CommandStatus::Success)
+    );
+}
+
 #[test]
 fn max_concurrency_one_runs_the_instances_one_after_another() {
     let ids = ["i-00000001", "i-00000002", "i-00000003"];
