@@ -1778,6 +1778,164 @@ fn a_rollout_over_thirty_instances_stops_itself_and_leaves_one_build() {
     assert_eq!(live(0), "releases/Build000001");
     assert_eq!(mixed, 0);
     serving("000001");
+
+    // 4. Two builds live: the two uWSGI instances get build 3 by id, the rest keep build 1.
+    let out = builder(&repo.work)
+        .envs(ssm.env())
+        .args(["deploy", "--build", &b3, "--targets", &name(1), &name(2)])
+        .args(["--store", S3_STORE, "--s3-endpoint", endpoint.as_str()])
+        .arg("--installer")
+        .arg(bins::installer())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    serving("000003");
+
+    // 5. `--plan` against that fleet: both groups, what build 3 changes for the first, the
+    //    stages; and nothing changes anywhere.
+    let journals = || -> Vec<Vec<u8>> {
+        roots
+            .iter()
+            .map(|r| fs::read(r.root.join(".deploy/journal.jsonl")).unwrap_or_default())
+            .collect()
+    };
+    let before = journals();
+    let out = builder(&repo.work)
+        .envs(ssm.env())
+        .args([
+            "deploy",
+            "--build",
+            &b3,
+            "--targets",
+            "tag:Role=web",
+            "--plan",
+        ])
+        .args(["--canary", "1", "--max-concurrency", "25%"])
+        .args(["--store", S3_STORE, "--s3-endpoint", endpoint.as_str()])
+        .arg("--installer")
+        .arg(bins::installer())
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&out)));
+    let groups = plan["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 2, "{plan}");
+    let (old, new) = (&groups[0], &groups[1]);
+    assert_eq!(old["live_build"], "000001", "{plan}");
+    assert_eq!(old["instances"].as_array().unwrap().len(), N - 2);
+    assert_eq!(old["already_live"], false);
+    let added = old["commits"]["added"].as_array().unwrap();
+    assert!(added.len() >= 2, "builds 2 and 3 each add a commit: {plan}");
+    let changes = &old["changes"];
+    assert!(
+        changes["static_files"]["changed"].as_u64().unwrap() >= 1,
+        "{plan}"
+    );
+    assert_eq!(changes["packages"], serde_json::json!([]), "{plan}");
+    assert_eq!(changes["migrations_added"], serde_json::json!([]), "{plan}");
+    assert_eq!(changes["template"]["status"], "unchanged", "{plan}");
+    assert_eq!(new["live_build"], "000003");
+    assert_eq!(new["instances"], serde_json::json!([name(1), name(2)]));
+    assert_eq!(new["already_live"], true);
+    let stages = plan["stages"].as_array().unwrap();
+    assert_eq!(stages[0]["instances"], serde_json::json!([name(1)]));
+    assert_eq!(stages.len(), 1 + waves, "{plan}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains(&format!("Build000001 -> {b3} on {} instances", N - 2))
+            && said.contains(&format!("{b3} already live on 2 instances")),
+        "{said}"
+    );
+    assert_eq!(journals(), before, "--plan changed a journal");
+    for k in 0..N {
+        let want = if k < 2 {
+            "releases/Build000003"
+        } else {
+            "releases/Build000001"
+        };
+        assert_eq!(live(k), want, "{}", name(k + 1));
+    }
+    tests::show(&format!(
+        "fleet: --plan over two live builds: Build000001 on {}, {b3} on 2; {} commits, {} static files changed; nothing changed",
+        N - 2,
+        added.len(),
+        changes["static_files"]["changed"]
+    ));
+
+    // 6. `status --verify` with one instance drifted: 800 files nobody packaged in i-00000005's
+    //    live release. Its report outgrows what SSM returns inline: without `--output-s3` the
+    //    head of the report still says it drifted; with it, the whole report is read from S3.
+    let drifted = name(5);
+    // (Loose files, each its own entry: a directory nobody packaged is one entry.)
+    let leftovers = roots[4].root.join("releases/Build000001");
+    for n in 0..800 {
+        fs::write(
+            leftovers.join(format!(
+                "a-file-left-behind-by-someone-editing-the-release-{n:04}.txt"
+            )),
+            "",
+        )
+        .unwrap();
+    }
+    let status = |extra: &[&str]| -> (Output, serde_json::Value) {
+        let out = builder(&repo.work)
+            .envs(ssm.env())
+            .args(["status", "--targets", "tag:Role=web", "--verify", "--json"])
+            .args(extra)
+            .arg("--installer")
+            .arg(bins::installer())
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&out)));
+        (out, v)
+    };
+    let of = |v: &serde_json::Value, id: &str| -> serde_json::Value {
+        v["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["instance"] == id)
+            .unwrap()
+            .clone()
+    };
+    let (out, v) = status(&[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let i = of(&v, &drifted);
+    assert_eq!(i["output_truncated"], true, "{i}");
+    assert_eq!(i["report_partial"], true, "{i}");
+    assert_eq!(i["live_build"], "000001", "{i}");
+    assert_eq!(i["drift"]["clean"], false, "{i}");
+    let clean = v["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["drift"]["clean"] == true)
+        .count();
+    assert_eq!(clean, N - 1, "{v}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains(&format!("files drifted on {drifted} ")) && said.contains("--output-s3"),
+        "{said}"
+    );
+    let (out, v) = status(&["--output-s3", &format!("s3://{BUCKET}/ssm-output")]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let i = of(&v, &drifted);
+    assert_eq!(i["output_truncated"], false, "{i}");
+    assert_eq!(i["report_partial"], false, "{i}");
+    assert!(
+        i["output_note"].as_str().unwrap().contains("read in full"),
+        "{i}"
+    );
+    let unexpected = i["drift"]["unexpected"].as_u64().unwrap();
+    assert!(unexpected >= 800, "{i}");
+    assert_eq!(of(&v, &name(1))["switched_with"], "activate");
+    assert_eq!(of(&v, &name(1))["previous_build"], "000001");
+    tests::show(&format!(
+        "fleet: status --verify: 1 of {N} drifted ({unexpected} unexpected files); its report, cut by SSM at 24,000 characters, was read in full from S3"
+    ));
     tests::show(&format!(
         "fleet: instances={N} canary=1 waves={waves} deployed={} halted-at={halted_at} rolled-back={} mixed={mixed}",
         order.len(),
