@@ -481,3 +481,161 @@ fn closing(plan: &DeployPlan, code: ExitCode) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::changes::{Migration, PackageChange, StaticChanges};
+    use crate::git::CommitLine;
+
+    fn b(n: &str) -> BuildNumber {
+        BuildNumber::parse(n).unwrap()
+    }
+
+    #[test]
+    fn the_plan_reads_group_by_group() {
+        let ids = |r: std::ops::RangeInclusive<u32>| -> Vec<String> {
+            r.map(|n| format!("i-{n:08}")).collect()
+        };
+        let changes = ReleaseChanges {
+            from: b("000001"),
+            to: b("000003"),
+            packages: vec![
+                PackageChange {
+                    name: "django".into(),
+                    from: Some("4.2.7".into()),
+                    to: Some("4.2.8".into()),
+                },
+                PackageChange {
+                    name: "requests".into(),
+                    from: None,
+                    to: Some("2.31.0".into()),
+                },
+            ],
+            migrations_added: vec![Migration {
+                app: "catalog".into(),
+                name: "0002_item_price".into(),
+                path: "catalog/migrations/0002_item_price.py".into(),
+            }],
+            migrations_removed: vec![],
+            template: TemplateChange::Changed {
+                path: "binarycrate/production_template.py".into(),
+            },
+            static_files: StaticChanges {
+                added: 1,
+                removed: 0,
+                changed: 2,
+            },
+        };
+        let plan = DeployPlan {
+            app: "binarycrate".into(),
+            build: b("000003"),
+            groups: vec![
+                Group {
+                    live_build: Some(b("000001")),
+                    instances: ids(3..=12),
+                    already_live: false,
+                    commit_from: Some("a".repeat(40)),
+                    commit_to: "b".repeat(40),
+                    commits: Some(CommitRange {
+                        added: vec![CommitLine {
+                            id: "1234567".into(),
+                            summary: "Add a price\u{1b}[2J".into(),
+                            author: "Ada".into(),
+                            time: common::when::now() - 120,
+                        }],
+                        added_omitted: 3,
+                        removed: vec![],
+                        removed_omitted: 0,
+                    }),
+                    changes: Some(changes),
+                    template_diff: Some("--- a/t\n+++ b/t\n-X = 1\n+X = 2\n".into()),
+                    notes: vec![],
+                },
+                Group {
+                    live_build: Some(b("000003")),
+                    instances: ids(1..=2),
+                    already_live: true,
+                    commit_from: None,
+                    commit_to: "b".repeat(40),
+                    commits: None,
+                    changes: None,
+                    template_diff: None,
+                    notes: vec![],
+                },
+            ],
+            unanswered: vec!["i-00000013".into()],
+            stages: vec![
+                PlannedStage {
+                    name: "canary".into(),
+                    instances: ids(1..=1),
+                },
+                PlannedStage {
+                    name: "wave 1".into(),
+                    instances: ids(2..=13),
+                },
+            ],
+        };
+        let text = render(&plan);
+        for line in [
+            "plan: deploy Build000003 of binarycrate to 13 instances",
+            "Build000001 -> Build000003 on 10 instances (i-00000003, i-00000004, i-00000005, i-00000006, i-00000007, i-00000008, i-00000009, i-00000010 and 2 more)",
+            "  commits: 4 new",
+            "    + … 3 more",
+            "  packages: django 4.2.7 -> 4.2.8, +requests 2.31.0",
+            "  migration to apply: catalog.0002_item_price",
+            "  static files: 2 changed, 1 added, 0 removed",
+            "    +X = 2",
+            "Build000003 already live on 2 instances (i-00000001, i-00000002): nothing to do there",
+            "no answer from i-00000013: their live build is unknown (a deploy would still go to them)",
+            "  canary:  i-00000001",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no line {line:?} in:\n{text}");
+        }
+        assert!(text.contains("+ 1234567 Add a price"), "{text}");
+        assert!(text.contains("2 min ago"), "{text}");
+        assert!(
+            !text.contains('\u{1b}'),
+            "a commit message reached the terminal raw"
+        );
+        assert!(text.contains("CHANGED: update `shared/`"), "{text}");
+        assert_eq!(
+            closing(&plan, ExitCode::Failed),
+            "deploy Build000003 --plan: 2 live builds (Build000001 on 10, Build000003 on 2), 2 stages; nothing was changed; 1 did not answer — exit 1"
+        );
+    }
+
+    #[test]
+    fn the_template_is_read_from_each_builds_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = git2::Repository::init(dir.path()).unwrap();
+        let sig =
+            git2::Signature::new("t", "t@example.com", &git2::Time::new(1_700_000_000, 0)).unwrap();
+        let mut parent: Option<git2::Oid> = None;
+        let mut commits = Vec::new();
+        for text in ["X = 1\n", "X = 2\n"] {
+            let blob = repo.blob(text.as_bytes()).unwrap();
+            let mut sub = repo.treebuilder(None).unwrap();
+            sub.insert("production_template.py", blob, 0o100644)
+                .unwrap();
+            let sub = sub.write().unwrap();
+            let mut root = repo.treebuilder(None).unwrap();
+            root.insert("app", sub, 0o040000).unwrap();
+            let tree = repo.find_tree(root.write().unwrap()).unwrap();
+            let parents: Vec<git2::Commit> = parent
+                .iter()
+                .map(|p| repo.find_commit(*p).unwrap())
+                .collect();
+            let refs: Vec<&git2::Commit> = parents.iter().collect();
+            let oid = repo.commit(None, &sig, &sig, "c", &tree, &refs).unwrap();
+            parent = Some(oid);
+            commits.push(oid.to_string());
+        }
+        assert_eq!(
+            file_at(&repo, &commits[0], "app/production_template.py").unwrap(),
+            "X = 1\n"
+        );
+        assert!(file_at(&repo, &commits[1], "app/missing.py").is_err());
+        assert!(file_at(&repo, "not-a-commit", "app/production_template.py").is_err());
+    }
+}
