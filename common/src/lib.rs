@@ -8,6 +8,8 @@
 //! - [`build_number`]: `BuildNumber`, the validated `NNNNNN` / `BuildNNNNNN` release identity.
 //! - [`hash`]: `Blake3Hash` and streaming hashing helpers.
 //! - [`manifest`]: `ReleaseManifest`, the `release.json` sidecar and the build log.
+//! - [`migrations`]: a release's Django migration graph, and what a deploy or rollback between
+//!   two of them applies, leaves behind, cannot undo, or breaks for older code.
 //! - [`archive`]: the deterministic `.tar.gz` writer and the verifying safe reader.
 //! - [`aws`]: the AWS region in use and SDK errors as one line that says what to do.
 //! - [`atomic`]: crash-safe filesystem changes (atomic write, symlink swap, directory fsync).
@@ -33,6 +35,7 @@ pub mod error;
 pub mod fault;
 pub mod hash;
 pub mod manifest;
+pub mod migrations;
 pub mod progress;
 pub mod pyenv;
 pub mod report;

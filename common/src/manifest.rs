@@ -298,6 +298,10 @@ pub struct ReleaseManifest {
     /// The installed dependencies; absent in releases whose servers install wheels with pip.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deps: Option<Dependencies>,
+    /// The Django migration graph, from Django's loader at packaging; absent in releases
+    /// packaged before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migrations: Option<crate::migrations::MigrationGraph>,
     /// Every entry of the tree by relative path, `release.json` itself excepted.
     pub files: BTreeMap<String, FileEntry>,
 }
@@ -320,6 +324,7 @@ impl ReleaseManifest {
             vcs: BTreeMap::new(),
             profile: None,
             deps: None,
+            migrations: None,
             files: BTreeMap::new(),
         }
     }

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use common::manifest::ReleaseManifest;
+use common::migrations::MigrationStep;
 use common::report::ExitCode;
 use common::store::ArtifactStore;
 use common::BuildNumber;
@@ -60,6 +61,10 @@ pub struct Group {
     /// The commit log between them, when the local repository has both.
     pub commits: Option<CommitRange>,
     pub changes: Option<ReleaseChanges>,
+    /// The migrations the deploy applies, from the two builds' migration graphs (Django's
+    /// loader at packaging), with what undoing them would take; None when either build was
+    /// packaged without a graph (then `changes` lists migration files).
+    pub migrations: Option<Vec<MigrationStep>>,
     /// The production template's unified diff, when it changed and its text could be read.
     pub template_diff: Option<String>,
     /// What could not be found out, and why.
@@ -185,6 +190,7 @@ fn group(
         commit_to: target.commit.clone(),
         commits: None,
         changes: None,
+        migrations: None,
         template_diff: None,
         notes: Vec::new(),
     };
@@ -219,6 +225,9 @@ fn group(
                 Err(e) => g.notes.push(format!("cannot read the commit log: {e:#}")),
             }
         }
+    }
+    if let (Some(new), Some(old)) = (&target.migrations, &from.migrations) {
+        g.migrations = Some(new.beyond(old));
     }
     let changes = changes::compare(&from, target);
     if changes.template.is_change() {
@@ -368,7 +377,7 @@ pub fn render(plan: &DeployPlan) -> String {
             }
         }
         if let Some(c) = &g.changes {
-            out.push_str(&render_changes(c));
+            out.push_str(&render_changes(c, g.migrations.as_deref()));
         }
         if let Some(diff) = &g.template_diff {
             for l in diff.lines() {
@@ -396,8 +405,9 @@ pub fn render(plan: &DeployPlan) -> String {
     out
 }
 
-/// Packages, migrations, template and static files of one group.
-fn render_changes(c: &ReleaseChanges) -> String {
+/// Packages, migrations (from the graphs when both builds have one), template and static
+/// files of one group.
+fn render_changes(c: &ReleaseChanges, graph: Option<&[MigrationStep]>) -> String {
     let mut out = String::new();
     if c.packages.is_empty() {
         out.push_str("  packages: unchanged\n");
@@ -414,7 +424,30 @@ fn render_changes(c: &ReleaseChanges) -> String {
             .collect();
         out.push_str(&format!("  packages: {}\n", words.join(", ")));
     }
-    if c.migrations_added.is_empty() && c.migrations_removed.is_empty() {
+    if let Some(steps) = graph {
+        if steps.is_empty() {
+            out.push_str("  migrations: none to apply\n");
+        }
+        for m in steps {
+            out.push_str(&format!("  migration to apply: {}.{}\n", m.app, m.name));
+            for why in &m.destructive {
+                out.push_str(&format!(
+                    "    DESTRUCTIVE: {why}: older builds cannot run against this schema; a rollback past this build needs `--migrate-down` or a restore\n"
+                ));
+            }
+            for why in &m.irreversible {
+                out.push_str(&format!(
+                    "    IRREVERSIBLE: {why}: `--migrate-down` cannot undo it\n"
+                ));
+            }
+        }
+        for m in &c.migrations_removed {
+            out.push_str(&format!(
+                "  migration the target does not have: {}.{} (the database stays ahead of the code)\n",
+                m.app, m.name
+            ));
+        }
+    } else if c.migrations_added.is_empty() && c.migrations_removed.is_empty() {
         out.push_str("  migrations: none to apply\n");
     } else {
         for m in &c.migrations_added {
@@ -549,6 +582,12 @@ mod tests {
                         removed_omitted: 0,
                     }),
                     changes: Some(changes),
+                    migrations: Some(vec![MigrationStep {
+                        app: "catalog".into(),
+                        name: "0003_drop_colour".into(),
+                        irreversible: vec!["RunPython without reverse_code".into()],
+                        destructive: vec!["removes the field item.colour".into()],
+                    }]),
                     template_diff: Some("--- a/t\n+++ b/t\n-X = 1\n+X = 2\n".into()),
                     notes: vec![],
                 },
@@ -560,6 +599,7 @@ mod tests {
                     commit_to: "b".repeat(40),
                     commits: None,
                     changes: None,
+                    migrations: None,
                     template_diff: None,
                     notes: vec![],
                 },
@@ -583,7 +623,9 @@ mod tests {
             "  commits: 4 new",
             "    + … 3 more",
             "  packages: django 4.2.7 -> 4.2.8, +requests 2.31.0",
-            "  migration to apply: catalog.0002_item_price",
+            "  migration to apply: catalog.0003_drop_colour",
+            "    DESTRUCTIVE: removes the field item.colour: older builds cannot run against this schema; a rollback past this build needs `--migrate-down` or a restore",
+            "    IRREVERSIBLE: RunPython without reverse_code: `--migrate-down` cannot undo it",
             "  static files: 2 changed, 1 added, 0 removed",
             "    +X = 2",
             "Build000003 already live on 2 instances (i-00000001, i-00000002): nothing to do there",

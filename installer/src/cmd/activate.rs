@@ -279,6 +279,31 @@ fn activate_checked(
         Ok(())
     })?;
 
+    // What migrate is about to apply, as the two releases' manifests say (the database may
+    // be behind them; Django decides in the end).
+    if let Some(graph) = &sidecar.manifest.migrations {
+        let live = previous.filter(|p| *p != build);
+        let old = live.and_then(|p| release::manifest_of(&layout.release(p)).ok());
+        let old_graph = old.as_ref().map(|s| s.manifest.migrations.clone());
+        let (apply, known) = match old_graph {
+            // A first install: every migration.
+            None => (graph.beyond(&Default::default()), true),
+            Some(Some(g)) => (graph.beyond(&g), true),
+            // Packaged before graphs were recorded: unknown.
+            Some(None) => (Vec::new(), false),
+        };
+        if known {
+            if !apply.is_empty() {
+                let names: Vec<String> = apply.iter().map(|s| s.id().to_string()).collect();
+                eprintln!("    migrations to apply: {}", names.join(", "));
+            }
+            run.report.set_detail(
+                "migrations",
+                &serde_json::json!({ "from": live, "apply": apply }),
+            );
+        }
+    }
+
     // Migrate with the new code, before the swap.
     let migrated = run.phase(Phase::Migrate, build, |_| {
         let mut env: Vec<(&str, &str)> = vec![("DJANGO_SETTINGS_MODULE", &profile.settings_module)];
