@@ -49,7 +49,8 @@ when they do not apply:
     model             lowercased name of the model the operation is about (RenameModel: the
                       old name), for model, field, index and constraint operations
     field             the field's name for field operations (RenameField: the old name)
-    new_name          RenameField, RenameModel: the new name; AlterModelTable: the new table
+    new_name          RenameField: the new field name; RenameModel: the new model name,
+                      lowercased like `model`; AlterModelTable: the new table name
     reversible        true or false (RunPython without reverse_code and RunSQL without
                       reverse_sql are false; RunPython.noop as reverse_code is reversible)
     null              AddField, AlterField: the new field's `null`
@@ -124,7 +125,7 @@ def operation_facts(op, app_label, state):
 
     if isinstance(op, migrations.RenameModel):
         facts['model'] = op.old_name.lower()
-        facts['new_name'] = op.new_name
+        facts['new_name'] = op.new_name.lower()
     elif isinstance(op, ModelOperation):
         facts['model'] = op.name.lower()
         if isinstance(op, migrations.AlterModelTable):
@@ -242,11 +243,12 @@ def main():
     try:
         from django.db.migrations.loader import MigrationLoader
         loader = MigrationLoader(None, ignore_no_migrations=True)
+        keys = plan(loader.graph)
     except Exception as exc:
         fail('cannot load the migrations', exc)
 
     apps = {}
-    for key in plan(loader.graph):
+    for key in keys:
         try:
             facts = migration_facts(loader, key)
         except Exception as exc:

@@ -14,6 +14,7 @@ use common::error::BadInput;
 use common::manifest::{
     AppProfile, BuildLog, Dependencies, WheelEntry, BUILD_LOG_JSON, DEPS_DIR, RELEASE_SIGNATURE,
 };
+use common::migrations::MigrationGraph;
 use common::pyenv::PythonInfo;
 use common::report::ExitCode;
 use common::{atomic, Blake3Hash, BuildNumber, ReleaseManifest, Sidecar};
@@ -284,11 +285,13 @@ fn build_and_pack(
         ])
         .env("DJANGO_SETTINGS_MODULE", &build_settings.module),
     );
-    // A generated settings module is for collectstatic only: it never reaches the release.
+    let collected =
+        collected.and_then(|()| migration_graph(runner, config, &build_settings.module));
+    // A generated settings module is for the build only: it never reaches the release.
     if let Some(file) = &build_settings.generated {
         fs::remove_file(file).with_context(|| format!("cannot remove `{}`", file.display()))?;
     }
-    collected?;
+    let migrations = collected?;
     if config.frontend.enabled {
         let bundle = staging.join(&config.frontend.bundle_dir);
         let module = config.frontend.build_number_module.clone();
@@ -326,6 +329,7 @@ fn build_and_pack(
         dir: DEPS_DIR.into(),
         bytecode,
     });
+    base.migrations = Some(migrations);
     eprintln!("==> archive: packing `{}`", staging.display());
     let t = Instant::now();
     let packed = pack(&staging, base, out, &PackOptions::default())
@@ -477,6 +481,74 @@ fn probe_python(interpreter: &str) -> anyhow::Result<PythonInfo> {
 
 /// The settings module collectstatic runs with, and the file written for it when the app has
 /// none of its own (removed again after collectstatic).
+/// The script that asks Django's migration loader for the graph (see its docstring).
+const MIGRATION_GRAPH_SCRIPT: &str = include_str!("../migrations.py");
+
+/// The release's migration graph, from Django's own loader in the packaging environment with
+/// the build settings (no database): which migrations each app has, in order, and what each
+/// operation does, so servers and `deploy --plan` know what a deploy applies and a rollback
+/// leaves behind.
+fn migration_graph(
+    runner: &mut StepRunner,
+    config: &DeployConfig,
+    settings: &str,
+) -> anyhow::Result<MigrationGraph> {
+    let staging = runner.staging().to_owned();
+    let venv_python = runner.venv().join("bin/python");
+    let project = staging.join(
+        Path::new(&config.django.manage_py)
+            .parent()
+            .unwrap_or(Path::new("")),
+    );
+    let mut graph = None;
+    runner.internal(
+        "migration-graph",
+        &[
+            &format!("{VENV_PLACEHOLDER}/bin/python"),
+            "<builder's migration graph script>",
+        ],
+        || {
+            // Beside the venv, never in the staging tree: nothing of it is packaged.
+            let script = runner_scratch(&venv_python)?;
+            atomic::write_file(&script, MIGRATION_GRAPH_SCRIPT.as_bytes())?;
+            let out = std::process::Command::new(&venv_python)
+                .arg(&script)
+                .current_dir(&project)
+                .env("DJANGO_SETTINGS_MODULE", settings)
+                .env("PYTHONPATH", &project)
+                // The loader imports every migration module: no `__pycache__` in the tree.
+                .env("PYTHONDONTWRITEBYTECODE", "1")
+                .stdin(std::process::Stdio::null())
+                .output()
+                .with_context(|| format!("cannot run `{}`", venv_python.display()))?;
+            let _ = fs::remove_file(&script);
+            if !out.status.success() {
+                eprint!("{}", String::from_utf8_lossy(&out.stderr));
+                bail!(
+                    "Django's migration loader failed ({}) with settings `{settings}`: its output is above",
+                    out.status
+                );
+            }
+            let g: MigrationGraph = serde_json::from_slice(&out.stdout)
+                .context("the migration graph script printed something that is not its JSON")?;
+            let apps = g.apps.len();
+            let count: usize = g.apps.values().map(Vec::len).sum();
+            graph = Some(g);
+            Ok(format!("{count} migrations in {apps} apps"))
+        },
+    )?;
+    Ok(graph.expect("set by the step"))
+}
+
+/// A scratch file beside the build venv for a script the builder runs.
+fn runner_scratch(venv_python: &Path) -> anyhow::Result<PathBuf> {
+    let venv = venv_python
+        .parent()
+        .and_then(Path::parent)
+        .context("the build venv has no parent directory")?;
+    Ok(venv.with_extension("migration-graph.py"))
+}
+
 struct BuildSettings {
     module: String,
     generated: Option<PathBuf>,

@@ -104,6 +104,22 @@ fn package_runs_every_step_in_staging_and_is_reproducible() {
         ]
     );
 
+    // The migration graph, from Django's loader: every app's migrations in order, each
+    // operation judged the same on every machine.
+    let sidecar: serde_json::Value =
+        serde_json::from_slice(&fs::read(out1.join("release.json")).unwrap()).unwrap();
+    let graph = &sidecar["manifest"]["migrations"];
+    assert!(
+        graph["django"]
+            .as_str()
+            .unwrap()
+            .starts_with(char::is_numeric),
+        "{graph}"
+    );
+    let auth = graph["apps"]["auth"].as_array().unwrap();
+    assert_eq!(auth[0]["name"], "0001_initial", "{graph}");
+    assert!(auth[0]["operations"][0]["kind"] == "CreateModel", "{graph}");
+
     let tree = tmp.path().join("tree");
     unpack(&artifact, &tree);
     let commit = repo.commit(example::TAG).unwrap();
