@@ -521,6 +521,7 @@ pub struct DeployArgs {
     "Examples:\n",
     "  builder rollback --targets tag:Role=web\n",
     "  builder rollback --targets i-0123456789abcdef0 --to Build000033\n",
+    "  builder rollback --targets tag:Role=web --to Build000033 --migrate-down\n",
     "  builder rollback --transport local\n",
     "\n",
     "Exit codes: 0 every server succeeded (or had nothing to do); 2 bad input, nothing was sent. ",
@@ -532,6 +533,15 @@ pub struct FleetRollbackArgs {
     /// The release to return to [default: each server's previous good release].
     #[arg(long, value_name = "BuildNNNNNN")]
     pub to: Option<BuildNumber>,
+    /// Unapply, before the swap, the migrations each server's database has and the target
+    /// does not, with the newer release's code (`installer rollback --migrate-down`); refused,
+    /// changing nothing, when one cannot be reversed.
+    #[arg(long)]
+    pub migrate_down: bool,
+    /// Switch even when the database has a migration the target's code cannot run against
+    /// (`installer rollback --force`).
+    #[arg(long, conflicts_with = "migrate_down")]
+    pub force: bool,
     /// Seconds the installer waits for another activation's lock [default: its configuration's].
     #[arg(long, value_name = "SECS")]
     pub lock_timeout: Option<u64>,

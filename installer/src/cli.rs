@@ -32,7 +32,7 @@ pub enum Command {
     )]
     Activate(ActivateArgs),
     #[command(
-        after_long_help = "Examples:\n  installer rollback\n  installer rollback --to Build000031 --json"
+        after_long_help = "Examples:\n  installer rollback\n  installer rollback --to Build000031 --json\n  installer rollback --to Build000031 --migrate-down"
     )]
     Rollback(RollbackArgs),
     /// Show the live build, the previous good one, who activated it when, and how the last
@@ -107,6 +107,16 @@ pub struct RollbackArgs {
     /// The release to return to [default: the one live before the current one].
     #[arg(long, value_name = "BuildNNNNNN")]
     pub to: Option<BuildNumber>,
+    /// Before the swap, unapply the migrations the database has and the target does not, with
+    /// the current release's code (`manage.py migrate <app> <last migration the target
+    /// knows>`, per app). Refused, changing nothing, when one of them cannot be reversed.
+    #[arg(long)]
+    pub migrate_down: bool,
+    /// Roll back even though the database has a migration the target's code cannot run
+    /// against (a removed or renamed field or table, a new NOT NULL column): without it such a
+    /// rollback is refused.
+    #[arg(long, conflicts_with = "migrate_down")]
+    pub force: bool,
     /// Seconds to wait for another activation's lock [default: from the configuration].
     #[arg(long, value_name = "SECS")]
     pub lock_timeout: Option<u64>,
@@ -125,8 +135,9 @@ pub struct StatusArgs {
     #[arg(long)]
     pub check: bool,
     /// Also re-hash the live release against its manifest (what `installer verify` does): the
-    /// report's `details.drift` lists changed or missing and unexpected files, and any drift
-    /// exits 2 (`builder status --verify` runs it on every server).
+    /// report's `details.changed` and `details.unexpected` list changed or missing and
+    /// unexpected files, and any drift exits 2 (`builder status --verify` runs it on every
+    /// server).
     #[arg(long)]
     pub verify: bool,
     /// Print one JSON report on stdout.

@@ -178,6 +178,13 @@ impl Journal {
         Ok(())
     }
 
+    /// Drops the held records and writes nothing: a run refused before it changed anything
+    /// leaves the journal as it was (`rollback`).
+    pub fn discard(&self) {
+        self.held.borrow_mut().take();
+        self.open_run.borrow_mut().take();
+    }
+
     /// Drops the held records and appends one `refused` record in their place.
     pub fn refuse(
         &self,

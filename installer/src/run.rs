@@ -40,6 +40,9 @@ pub enum Phase {
     Deps,
     /// `manage.py migrate` with the new code.
     Migrate,
+    /// `rollback --migrate-down`: the migrations the target lacks unapplied with the current
+    /// release's code.
+    MigrateDown,
     /// `current` renamed to the new release.
     Swap,
     /// The application server asked to reload.
@@ -63,6 +66,7 @@ impl Phase {
             Phase::Link => "link",
             Phase::Deps => "deps",
             Phase::Migrate => "migrate",
+            Phase::MigrateDown => "migrate-down",
             Phase::Swap => "swap",
             Phase::Reload => "reload",
             Phase::Health => "health",

@@ -306,8 +306,11 @@ pub enum Action {
         s3_endpoint: Option<String>,
         template_reviewed: bool,
     },
-    /// `installer rollback [--to B]`
-    Rollback { to: Option<BuildNumber> },
+    /// `installer rollback [--to B] [--migrate-down | --force]`
+    Rollback {
+        to: Option<BuildNumber>,
+        schema: SchemaPolicy,
+    },
     /// `installer status [--verify]`
     Status { verify: bool },
     /// `installer status --check`: the live build's health, as the activation proves it (a
@@ -333,7 +336,7 @@ impl Action {
     pub fn build(&self) -> Option<BuildNumber> {
         match self {
             Self::Deploy { build, .. } => Some(*build),
-            Self::Rollback { to } => *to,
+            Self::Rollback { to, .. } => *to,
             Self::Status { .. } | Self::Check | Self::OsUpdate { .. } => None,
         }
     }
@@ -353,6 +356,19 @@ impl Action {
             }
         }
     }
+}
+
+/// What a rollback does about migrations the database has and the target does not
+/// (`installer rollback`'s options).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SchemaPolicy {
+    /// Warn; refuse when the target's code cannot run against the schema.
+    #[default]
+    Warn,
+    /// `--migrate-down`: unapply them first with the newer code.
+    MigrateDown,
+    /// `--force`: switch even when the target's code cannot run against the schema.
+    Force,
 }
 
 /// How to invoke the installer on the targets.
@@ -396,10 +412,15 @@ impl InstallerInvocation {
                     argv.push("--template-reviewed".into());
                 }
             }
-            Action::Rollback { to } => {
+            Action::Rollback { to, schema } => {
                 argv.push("rollback".into());
                 if let Some(to) = to {
                     argv.extend(["--to".into(), to.tag()]);
+                }
+                match schema {
+                    SchemaPolicy::Warn => {}
+                    SchemaPolicy::MigrateDown => argv.push("--migrate-down".into()),
+                    SchemaPolicy::Force => argv.push("--force".into()),
                 }
             }
             Action::Status { verify } => {
@@ -436,8 +457,8 @@ pub fn comment(app: &str, action: &Action) -> String {
     let mut text = format!("builder {} {app}", action.name());
     match action {
         Action::Deploy { build, .. } => text.push_str(&format!(" {build:#}")),
-        Action::Rollback { to: Some(to) } => text.push_str(&format!(" to {to:#}")),
-        Action::Rollback { to: None } => text.push_str(" to previous"),
+        Action::Rollback { to: Some(to), .. } => text.push_str(&format!(" to {to:#}")),
+        Action::Rollback { to: None, .. } => text.push_str(" to previous"),
         Action::Status { verify: false } => {}
         Action::Status { verify: true } => text.push_str(" --verify"),
         Action::Check => text.push_str(" health check"),
@@ -770,7 +791,13 @@ mod tests {
             r"'/opt/bin/installer' '--config' '/etc/it'\''s/installer.toml' 'activate' '--build' 'Build000002' '--s3-endpoint' 'http://127.0.0.1:5000' '--template-reviewed' '--lock-timeout' '30' '--json'"
         );
         assert_eq!(
-            render_line(&inv.argv(&Action::Rollback { to: None }).unwrap()),
+            render_line(
+                &inv.argv(&Action::Rollback {
+                    to: None,
+                    schema: SchemaPolicy::Warn
+                })
+                .unwrap()
+            ),
             "'installer' 'rollback' '--json'"
         );
         assert_eq!(
@@ -788,11 +815,12 @@ mod tests {
             render_line(
                 &inv2
                     .argv(&Action::Rollback {
-                        to: Some(BuildNumber::parse("000001").unwrap())
+                        to: Some(BuildNumber::parse("000001").unwrap()),
+                        schema: SchemaPolicy::MigrateDown,
                     })
                     .unwrap()
             ),
-            r"'/opt/bin/installer' '--config' '/etc/it'\''s/installer.toml' 'rollback' '--to' 'Build000001' '--lock-timeout' '30' '--json'"
+            r"'/opt/bin/installer' '--config' '/etc/it'\''s/installer.toml' 'rollback' '--to' 'Build000001' '--migrate-down' '--lock-timeout' '30' '--json'"
         );
         assert_eq!(
             render_line(&inv2.argv(&Action::Status { verify: false }).unwrap()),
@@ -913,7 +941,13 @@ mod tests {
             "builder deploy binarycrate Build000002"
         );
         assert_eq!(
-            comment("binarycrate", &Action::Rollback { to: None }),
+            comment(
+                "binarycrate",
+                &Action::Rollback {
+                    to: None,
+                    schema: SchemaPolicy::Warn
+                }
+            ),
             "builder rollback binarycrate to previous"
         );
         assert_eq!(comment(&"x".repeat(200), &deploy).chars().count(), 100);

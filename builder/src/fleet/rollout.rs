@@ -535,7 +535,12 @@ async fn roll_back<T: Transport>(
     }
     let mut out = Vec::new();
     for (to, names) in groups {
-        let action = Action::Rollback { to: Some(to) };
+        // The database as the stopped deploy left it: a migration the old code cannot run
+        // against makes the installer refuse, and the instance is named as not restored.
+        let action = Action::Rollback {
+            to: Some(to),
+            schema: super::SchemaPolicy::Warn,
+        };
         let mut request = r.request.clone();
         request.line = installer_line(&r.invocation, &action)?;
         request.comment = comment(&r.app, &action);

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use anyhow::bail;
 use common::error::BadInput;
+use common::migrations::MigrationStep;
 use common::report::{ExitCode, Outcome};
+use common::BuildNumber;
 
 use crate::cli::RollbackArgs;
 use crate::config::InstallerConfig;
@@ -17,7 +19,18 @@ use crate::{legacy, lock, procs, release};
 pub fn run(args: &RollbackArgs, config: &InstallerConfig) -> anyhow::Result<ExitCode> {
     let server = Uwsgi::new(config);
     let mut run = Run::new(Command::Rollback, config);
+    // Until the rollback is past its checks (the target's files, the database's migrations):
+    // a refusal leaves the journal as it was.
+    run.journal.hold();
     let result = rollback(args, &mut run, &server);
+    if run.journal.holding() {
+        let refused = matches!(&result, Err(e) if common::error::exit_code_for(e.as_ref()) == ExitCode::BadInput);
+        if refused {
+            run.journal.discard();
+        } else if let Err(e) = run.journal.release() {
+            eprintln!("warning: cannot write the journal: {e:#}");
+        }
+    }
     run.finish(result, args.json)
 }
 
@@ -93,6 +106,13 @@ pub fn rollback(
     }
     run.end(Phase::Verify, target, t, true);
 
+    // The database against the target's code: what it has that the target does not know.
+    // Skipped when finishing a rollback that already swapped.
+    if let Some(live) = was_live.filter(|b| *b != target && resumed.is_none()) {
+        schema_for_target(args, run, live, target, &deploy_lock)?;
+    }
+
+    run.journal.release()?;
     let mut started = Record::new(Command::Rollback, Event::Started, Some(target));
     started.previous = was_live;
     run.journal.append(&started)?;
@@ -115,27 +135,208 @@ pub fn rollback(
         Ok(())
     })?;
 
-    if let Some(current) = was_live.filter(|b| *b != target) {
-        let unknown = unknown_migrations(config, &layout.release(current), &dir);
-        match unknown {
-            Ok(list) if !list.is_empty() => {
-                let w = format!(
-                    "the database has migrations {target:#} does not know (applied by {current:#}): {}; the old code may fail on the newer schema",
-                    list.join(", ")
-                );
-                eprintln!("warning: {w}");
-                run.report.warnings.push(w);
-            }
-            Ok(_) => {}
-            Err(e) => run
-                .report
-                .warnings
-                .push(format!("could not compare migrations: {e:#}")),
-        }
-    }
-
     let switched = switch(run, server, target, was_live)?;
     conclude(run, target, was_live, switched)
+}
+
+/// What the database has beyond `target` (as the live release `live` sees it), and what the
+/// rollback does about it: with `--migrate-down`, unapply it with the live code (refused when
+/// any of it cannot be undone); without, warn — or refuse, unless `--force`, when the
+/// target's code cannot run against it. Fails before anything live changed.
+fn schema_for_target(
+    args: &RollbackArgs,
+    run: &mut Run<'_>,
+    live: BuildNumber,
+    target: BuildNumber,
+    deploy_lock: &lock::DeployLock,
+) -> anyhow::Result<()> {
+    let config = run.config;
+    let layout = run.layout.clone();
+    let (live_dir, target_dir) = (layout.release(live), layout.release(target));
+    let applied = match unknown_migrations(config, &live_dir, &target_dir) {
+        Ok(list) => list,
+        Err(e) if args.migrate_down => {
+            return Err(e.context(format!(
+            "cannot tell which migrations the database has beyond {target:#}; nothing was changed"
+        )))
+        }
+        Err(e) => {
+            run.report
+                .warnings
+                .push(format!("could not compare migrations: {e:#}"));
+            return Ok(());
+        }
+    };
+    let graphs = (
+        release::manifest_of(&live_dir)
+            .ok()
+            .and_then(|s| s.manifest.migrations),
+        release::manifest_of(&target_dir)
+            .ok()
+            .and_then(|s| s.manifest.migrations),
+    );
+    // The applied ones, in the order they were applied, judged from the live release's graph.
+    let ahead: Vec<MigrationStep> = match &graphs {
+        (Some(new), Some(old)) => new
+            .beyond(old)
+            .into_iter()
+            .filter(|s| applied.contains(&s.id().to_string()))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let unjudged: Vec<&String> = applied
+        .iter()
+        .filter(|a| !ahead.iter().any(|s| &s.id().to_string() == *a))
+        .collect();
+    run.report.set_detail(
+        "migrations",
+        &serde_json::json!({ "ahead_of_target": applied, "steps": ahead }),
+    );
+    if applied.is_empty() {
+        if args.migrate_down {
+            eprintln!(
+                "the database has no migration {target:#} does not know: nothing to migrate down"
+            );
+        }
+        return Ok(());
+    }
+    if !args.migrate_down {
+        let destructive: Vec<String> = ahead
+            .iter()
+            .flat_map(|s| s.destructive.iter().map(move |d| format!("{} {d}", s.id())))
+            .collect();
+        if !destructive.is_empty() && !args.force {
+            bail!(BadInput(format!(
+                "{target:#} cannot run against this database: {}; nothing was changed: roll back with `--migrate-down` to unapply them first (or restore the database), or `--force` to switch anyway",
+                destructive.join("; ")
+            )));
+        }
+        let w = format!(
+            "the database has migrations {target:#} does not know (applied by {live:#}): {}; the old code may fail on the newer schema (`--migrate-down` unapplies them)",
+            applied.join(", ")
+        );
+        eprintln!("warning: {w}");
+        run.report.warnings.push(w);
+        return Ok(());
+    }
+
+    // --migrate-down: everything must be known and reversible before anything is touched.
+    let (Some(new), Some(old)) = &graphs else {
+        bail!(BadInput(format!(
+            "{} was packaged without a migration graph, so whether {} can be undone is unknown; nothing was changed: unapply them by hand (`manage.py migrate <app> <migration>`) or restore the database",
+            if graphs.0.is_none() { live } else { target },
+            applied.join(", ")
+        )));
+    };
+    if !unjudged.is_empty() {
+        bail!(BadInput(format!(
+            "the database has migrations neither release's graph explains: {}; nothing was changed",
+            unjudged
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    let irreversible: Vec<String> = ahead
+        .iter()
+        .filter(|s| !s.irreversible.is_empty())
+        .map(|s| format!("{} ({})", s.id(), s.irreversible.join("; ")))
+        .collect();
+    if !irreversible.is_empty() {
+        bail!(BadInput(format!(
+            "refusing to migrate down to {target:#}: {} cannot be undone; nothing was changed: restore the database from a backup taken before it, or roll back to a build that has it",
+            irreversible.join(", ")
+        )));
+    }
+    // Per app, latest first: Django unapplies an app's later migrations, and those of other
+    // apps that depend on them, when asked to go back to one.
+    let mut apps: Vec<String> = Vec::new();
+    for s in ahead.iter().rev() {
+        if !apps.contains(&s.app) {
+            apps.push(s.app.clone());
+        }
+    }
+    let targets = new.down_targets(old);
+    let profile = release::profile_at(config, &live_dir);
+    let mut env: Vec<(&str, &str)> = vec![("DJANGO_SETTINGS_MODULE", &profile.settings_module)];
+    env.extend(
+        config
+            .migrate_env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str())),
+    );
+    let prefix: Vec<String> = profile
+        .migrate
+        .iter()
+        .take_while(|a| !a.starts_with("migrate"))
+        .cloned()
+        .collect();
+    let names: Vec<String> = ahead.iter().map(|s| s.id().to_string()).collect();
+    eprintln!(
+        "==> migrate-down: unapplying {} with {live:#}'s code before the swap",
+        names.join(", ")
+    );
+    let went = run.phase(Phase::MigrateDown, target, |_| {
+        for app in &apps {
+            let to = targets
+                .iter()
+                .find(|(a, _)| a == app)
+                .and_then(|(_, t)| t.clone())
+                .unwrap_or_else(|| "zero".to_owned());
+            let mut argv = prefix.clone();
+            argv.extend(["migrate".into(), app.clone(), to, "--noinput".into()]);
+            procs::run_locked(&argv, &live_dir, &env, deploy_lock, "migrate-down:running")?;
+        }
+        Ok(())
+    });
+    // What is applied now, whatever happened: the report says exactly.
+    let still = unknown_migrations(config, &live_dir, &target_dir);
+    let (unapplied, still_applied): (Vec<String>, Vec<String>) = match &still {
+        Ok(now) => names.iter().cloned().partition(|n| !now.contains(n)),
+        Err(_) => (Vec::new(), names.clone()),
+    };
+    run.report.set_detail(
+        "migrate_down",
+        &serde_json::json!({ "unapplied": unapplied, "still_applied": still_applied }),
+    );
+    let mut done = Record::new(Command::Rollback, Event::Phase, Some(target));
+    done.previous = Some(live);
+    done.phase = Some(Phase::MigrateDown.name().to_owned());
+    done.detail = Some(format!(
+        "unapplied: {}; still applied: {}",
+        if unapplied.is_empty() {
+            "none".into()
+        } else {
+            unapplied.join(", ")
+        },
+        if still_applied.is_empty() {
+            "none".into()
+        } else {
+            still_applied.join(", ")
+        }
+    ));
+    if let Err(e) = run.journal.append(&done) {
+        eprintln!("warning: cannot write the journal: {e:#}");
+    }
+    match (went, still) {
+        (Ok(()), Ok(_)) if still_applied.is_empty() => {
+            eprintln!("    unapplied: {}", unapplied.join(", "));
+            Ok(())
+        }
+        (Err(e), _) => Err(e.context(format!(
+            "migrating down failed: unapplied {}; still applied {}; `current` was not changed and {live:#} is still serving",
+            if unapplied.is_empty() { "none".into() } else { unapplied.join(", ") },
+            still_applied.join(", ")
+        ))),
+        (Ok(()), Err(e)) => Err(e.context(
+            "cannot tell what the database has after migrating down; `current` was not changed",
+        )),
+        (Ok(()), Ok(_)) => bail!(
+            "migrate reported success but the database still has {}; `current` was not changed and {live:#} is still serving",
+            still_applied.join(", ")
+        ),
+    }
 }
 
 /// Migrations applied in the database (as the current release sees them) that the target

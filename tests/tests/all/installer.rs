@@ -519,3 +519,332 @@ fn activate_upgrade_rollback_and_failures_against_real_uwsgi() {
     assert_eq!(statics, 2, "static links of pruned releases go too");
     drop(server);
 }
+
+/// The migrations in the example app's database, from Django's own table.
+fn applied_migrations(site: &Site) -> Vec<String> {
+    let out = Command::new(tests::moto::venv_dir().join("bin/python"))
+        .arg("-c")
+        .arg("import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); print('\\n'.join(a + '.' + n for a, n in c.execute(\"select app, name from django_migrations where app = 'dashboard' order by id\")))")
+        .arg(site.root.join("shared/db.sqlite3"))
+        .output()
+        .unwrap();
+    ok(out, "read django_migrations")
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The columns of the example app's one table.
+fn project_columns(site: &Site) -> Vec<String> {
+    let out = Command::new(tests::moto::venv_dir().join("bin/python"))
+        .arg("-c")
+        .arg("import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); print('\\n'.join(r[1] for r in c.execute('pragma table_info(dashboard_project)')))")
+        .arg(site.root.join("shared/db.sqlite3"))
+        .output()
+        .unwrap();
+    ok(out, "read the table's columns")
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+const STARS_FIELD: &str = "    stars = models.IntegerField(default=0)\n";
+
+fn write_migration(w: &Path, name: &str, after: &str, operations: &str) {
+    fs::write(
+        w.join(format!("binarycrate/dashboard/migrations/{name}.py")),
+        format!("from django.db import migrations, models\n\n\ndef fill(apps, schema_editor):\n    pass\n\n\nclass Migration(migrations.Migration):\n    dependencies = [('dashboard', '{after}')]\n    operations = [{operations}]\n"),
+    )
+    .unwrap();
+}
+
+/// `installer rollback --migrate-down` with real Django and SQLite: build 2 adds a column, build
+/// 3 a `RunPython` without reverse, build 4 a migration whose reverse fails and one that drops
+/// the column. The activation reports and `deploy --plan` list what each applies; a rollback to
+/// build 1 with `--migrate-down` unapplies the column and serves build 1 on its schema; one
+/// past the irreversible migration is refused and changes nothing; one the target's code cannot
+/// run on is refused without `--migrate-down`; and one that fails midway stops before the swap,
+/// its report saying exactly what is still applied.
+#[test]
+fn rollback_migrates_down_what_the_target_does_not_know() {
+    if !ready() {
+        return;
+    }
+    let site = Site::new();
+    site.release("000001", |_| {});
+    let root = site.root.clone();
+    let options = site.uwsgi_options();
+    let starter = std::thread::spawn(move || {
+        let t = Instant::now();
+        while fs::symlink_metadata(root.join("current")).is_err() {
+            assert!(t.elapsed() < Duration::from_secs(120), "no `current`");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        UwsgiServer::start_with(&root, &options).unwrap()
+    });
+    let out = site.installer(&["activate", "--build", "Build000001", "--json"]);
+    let server = starter.join().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let apply = |out: &Output| -> Vec<String> {
+        report(out).details["migrations"]["apply"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                format!(
+                    "{}.{}",
+                    s["app"].as_str().unwrap(),
+                    s["name"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    assert!(apply(&out).contains(&"dashboard.0001_initial".to_owned()));
+
+    // 1. Build 2 adds a column; its activation says so.
+    site.release("000002", |w| {
+        let models = w.join("binarycrate/dashboard/models.py");
+        let text = fs::read_to_string(&models).unwrap();
+        fs::write(&models, text.replace("    created = ", &format!("{STARS_FIELD}    created = "))).unwrap();
+        write_migration(w, "0002_project_stars", "0001_initial", "migrations.AddField(model_name='project', name='stars', field=models.IntegerField(default=0))");
+    });
+    let out = site.installer(&["activate", "--build", "Build000002", "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(apply(&out), ["dashboard.0002_project_stars"]);
+    assert!(project_columns(&site).contains(&"stars".to_owned()));
+
+    // 2. Back to build 1 with --migrate-down: the column goes, build 1 serves on its schema.
+    let out = site.installer(&[
+        "rollback",
+        "--to",
+        "Build000001",
+        "--migrate-down",
+        "--json",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = report(&out);
+    assert_eq!(
+        r.details["migrate_down"],
+        serde_json::json!({"unapplied": ["dashboard.0002_project_stars"], "still_applied": []})
+    );
+    assert!(
+        r.phases.iter().any(|p| p.name == "migrate-down"),
+        "{:?}",
+        r.phases
+    );
+    assert_eq!(site.current(), "releases/Build000001");
+    assert_eq!(applied_migrations(&site), ["dashboard.0001_initial"]);
+    assert!(!project_columns(&site).contains(&"stars".to_owned()));
+    all_serve(&server, "000001", 5);
+    let unapplied = 1;
+    let column_report = serde_json::to_string_pretty(&serde_json::json!({
+        "outcome": r.outcome, "build": r.build, "previous_build": r.previous_build,
+        "migrate_down": r.details["migrate_down"],
+    }))
+    .unwrap();
+
+    // 3. Build 3 adds a RunPython without reverse. From build 1, the plan lists both migrations
+    //    and flags the irreversible one; the activation (from build 2) applies the one.
+    site.release("000003", |w| {
+        write_migration(
+            w,
+            "0003_fill",
+            "0002_project_stars",
+            "migrations.RunPython(fill)",
+        );
+    });
+    let plan = Command::new(bins::builder())
+        .current_dir(&site.repo.work)
+        .args([
+            "deploy",
+            "--build",
+            "Build000003",
+            "--transport",
+            "local",
+            "--plan",
+            "--json",
+        ])
+        .arg("--store")
+        .arg(format!("file://{}", site.store.display()))
+        .arg("--installer")
+        .arg(bins::installer())
+        .arg("--installer-config")
+        .arg(&site.config)
+        .output()
+        .unwrap();
+    assert_eq!(
+        plan.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&plan.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    let steps = v["groups"][0]["migrations"].as_array().unwrap();
+    let names: Vec<&str> = steps.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["0002_project_stars", "0003_fill"], "{v}");
+    assert_eq!(
+        steps[1]["irreversible"],
+        serde_json::json!(["RunPython without reverse_code"])
+    );
+    assert!(String::from_utf8_lossy(&plan.stderr)
+        .contains("IRREVERSIBLE: RunPython without reverse_code"));
+    ok(
+        site.installer(&["activate", "--build", "Build000002"]),
+        "activate 2 again",
+    );
+    let out = site.installer(&["activate", "--build", "Build000003", "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(apply(&out), ["dashboard.0003_fill"]);
+
+    // 4. Past the irreversible one: refused, and nothing changes — schema, `current`, journal.
+    let journal = site.root.join(".deploy/journal.jsonl");
+    let state = |site: &Site| {
+        (
+            site.current(),
+            applied_migrations(site),
+            project_columns(site),
+            fs::read_to_string(&journal).unwrap(),
+        )
+    };
+    let mut state_unchanged = 0;
+    let before = state(&site);
+    let out = site.installer(&[
+        "rollback",
+        "--to",
+        "Build000001",
+        "--migrate-down",
+        "--json",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let irreversible = report(&out).error.unwrap();
+    assert!(
+        irreversible
+            .contains("dashboard.0003_fill (RunPython without reverse_code) cannot be undone"),
+        "{irreversible}"
+    );
+    assert_eq!(state(&site), before);
+    state_unchanged += 1;
+    let refused_irreversible = 1;
+    all_serve(&server, "000003", 3);
+
+    // 5. Build 4: a migration whose reverse fails, then one that drops the column. Without
+    //    --migrate-down, build 3's code cannot run on that schema: refused, nothing changes.
+    site.release("000004", |w| {
+        let models = w.join("binarycrate/dashboard/models.py");
+        let text = fs::read_to_string(&models).unwrap();
+        fs::write(&models, text.replace(STARS_FIELD, "")).unwrap();
+        write_migration(
+            w,
+            "0004_bad_reverse",
+            "0003_fill",
+            "migrations.RunSQL('SELECT 1', reverse_sql='THIS IS NOT SQL')",
+        );
+        write_migration(
+            w,
+            "0005_remove_project_stars",
+            "0004_bad_reverse",
+            "migrations.RemoveField(model_name='project', name='stars')",
+        );
+    });
+    let out = site.installer(&["activate", "--build", "Build000004", "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!project_columns(&site).contains(&"stars".to_owned()));
+    let before = state(&site);
+    let out = site.installer(&["rollback", "--to", "Build000003", "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let refusal = report(&out).error.unwrap();
+    assert!(
+        refusal.contains("removes the field project.stars") && refusal.contains("--migrate-down"),
+        "{refusal}"
+    );
+    assert_eq!(state(&site), before);
+    state_unchanged += 1;
+
+    // 6. With --migrate-down it fails midway: the column is back, the bad reverse is still
+    //    applied, build 4 still serves, and the report says exactly that.
+    let out = site.installer(&[
+        "rollback",
+        "--to",
+        "Build000003",
+        "--migrate-down",
+        "--json",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = report(&out);
+    assert_eq!(
+        r.details["migrate_down"],
+        serde_json::json!({"unapplied": ["dashboard.0005_remove_project_stars"], "still_applied": ["dashboard.0004_bad_reverse"]})
+    );
+    assert!(
+        r.error
+            .as_deref()
+            .unwrap()
+            .contains("still applied dashboard.0004_bad_reverse"),
+        "{:?}",
+        r.error
+    );
+    assert_eq!(site.current(), "releases/Build000004");
+    assert_eq!(
+        applied_migrations(&site),
+        [
+            "dashboard.0001_initial",
+            "dashboard.0002_project_stars",
+            "dashboard.0003_fill",
+            "dashboard.0004_bad_reverse"
+        ]
+    );
+    assert!(project_columns(&site).contains(&"stars".to_owned()));
+    all_serve(&server, "000004", 5);
+    let journal_text = fs::read_to_string(&journal).unwrap();
+    assert!(
+        journal_text.contains("still applied: dashboard.0004_bad_reverse"),
+        "{journal_text}"
+    );
+
+    eprintln!("the rollback report for the column case:\n{column_report}");
+    eprintln!("the refusal past the irreversible migration: {irreversible}");
+    tests::show(&format!(
+        "migrate-down: unapplied={unapplied} refused-irreversible={refused_irreversible} state-unchanged={state_unchanged}"
+    ));
+    drop(server);
+}
