@@ -74,6 +74,12 @@ pub struct Record {
     pub user: String,
     #[serde(default)]
     pub pid: u32,
+    /// `migrate`: the migrations it was to apply, as the two releases' manifests list them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub migrations_applied: Vec<String>,
+    /// `migrate-down`: the migrations it unapplied.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub migrations_unapplied: Vec<String>,
 }
 
 impl Record {
@@ -93,6 +99,8 @@ impl Record {
             detail: None,
             user: invoker(),
             pid: std::process::id(),
+            migrations_applied: Vec::new(),
+            migrations_unapplied: Vec::new(),
         }
     }
 }

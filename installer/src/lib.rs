@@ -13,6 +13,7 @@
 //! - [`lock`]: one activation at a time (`flock`).
 //! - [`journal`]: the append-only history of activations and rollbacks; release states.
 //! - [`release`]: shared links, static links, venv, template check and verification of a release.
+//! - [`schema`]: the database's migrations as a release's code sees them (applied, known, in step).
 //! - [`legacy`]: the adopted checkout as a legacy release (links, marker, build number).
 //! - [`tree`]: copies of trees proven equal to their original (what `adopt` copies).
 //! - [`advice`]: what to change in uWSGI and nginx when a checkout is adopted.
@@ -35,6 +36,7 @@ pub mod lock;
 pub mod procs;
 pub mod release;
 pub mod run;
+pub mod schema;
 pub mod signing;
 pub mod switch;
 pub mod tree;

@@ -77,9 +77,10 @@ impl Phase {
     /// Whether the journal records it: the lock and adopt's plan come before a run has anything
     /// to record, and adopt journals only its outcome.
     fn journaled(self) -> bool {
+        // `migrate-down` journals its own record, with what it unapplied.
         !matches!(
             self,
-            Phase::Lock | Phase::Plan | Phase::Copy | Phase::Legacy
+            Phase::Lock | Phase::Plan | Phase::Copy | Phase::Legacy | Phase::MigrateDown
         )
     }
 }
@@ -97,7 +98,8 @@ pub fn phase_boundaries(command: Command) -> &'static [Phase] {
         Command::Activate => &[
             Lock, Fetch, Unpack, Link, Deps, Migrate, Swap, Reload, Health,
         ],
-        Command::Rollback => &[Lock, Verify, Link, Swap, Reload, Health],
+        // `migrate-down` only with `--migrate-down` (the crash tests pass it).
+        Command::Rollback => &[Lock, Verify, MigrateDown, Link, Swap, Reload, Health],
         Command::Adopt => &[Plan, Copy, Legacy],
     }
 }
@@ -109,6 +111,8 @@ pub struct Run<'a> {
     pub layout: Layout,
     pub journal: Journal,
     pub report: Report,
+    /// What the next `migrate` phase record lists as applied.
+    pub migrations_to_apply: Vec<String>,
 }
 
 impl<'a> Run<'a> {
@@ -121,6 +125,7 @@ impl<'a> Run<'a> {
             layout,
             journal,
             report: Report::new(command.name()),
+            migrations_to_apply: Vec::new(),
         }
     }
 
@@ -144,6 +149,9 @@ impl<'a> Run<'a> {
             } else {
                 Outcome::Failed
             });
+            if phase == Phase::Migrate && ok {
+                r.migrations_applied = std::mem::take(&mut self.migrations_to_apply);
+            }
             if let Err(e) = self.journal.append(&r) {
                 eprintln!("warning: cannot write the journal: {e:#}");
             }

@@ -296,6 +296,7 @@ fn activate_checked(
             if !apply.is_empty() {
                 let names: Vec<String> = apply.iter().map(|s| s.id().to_string()).collect();
                 eprintln!("    migrations to apply: {}", names.join(", "));
+                run.migrations_to_apply = names;
             }
             run.report.set_detail(
                 "migrations",

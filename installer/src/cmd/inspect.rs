@@ -11,9 +11,9 @@ use crate::config::InstallerConfig;
 use crate::journal::{release_state, Event, Journal};
 use crate::layout::Layout;
 use crate::legacy::{self, Legacy};
-use crate::release;
 use crate::run::finish;
 use crate::switch::AppServer;
+use crate::{release, schema};
 
 /// The longest `status --check` waits for the site to show the live build: a check, not an
 /// activation, so it does not wait out a slow chain reload.
@@ -125,6 +125,34 @@ pub fn status(args: &StatusArgs, config: &InstallerConfig) -> anyhow::Result<Exi
                 "`current` points at {c:#}, whose directory `{}` is gone: the site cannot serve it; run `installer activate --build {c:#}` to put it back (or `installer rollback --to` a release on disk)",
                 layout.release(c).display()
             );
+        }
+        // The database against the live release's migrations; not for `--check`, which a
+        // rollout's bake repeats and which is about serving.
+        if let Some(c) = current.filter(|_| !args.check) {
+            let dir = layout.release(c);
+            match release::manifest_of(&dir)
+                .ok()
+                .and_then(|s| s.manifest.migrations)
+            {
+                None => say(
+                    json,
+                    &format!("database: not compared ({c:#} carries no migration graph)"),
+                ),
+                Some(graph) => match schema::applied(config, &dir) {
+                    Ok(applied) => {
+                        let state = schema::SchemaState::of(&applied, &graph);
+                        say(json, &format!("database: {}", state.describe()));
+                        report.set_detail("schema", &state);
+                    }
+                    Err(e) => {
+                        say(json, &format!("database: cannot be read: {e:#}"));
+                        report.set_detail(
+                            "schema",
+                            &serde_json::json!({"state": "unknown", "error": format!("{e:#}")}),
+                        );
+                    }
+                },
+            }
         }
         if args.check {
             let Some(c) = current else {

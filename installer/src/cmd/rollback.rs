@@ -1,6 +1,5 @@
 //! `installer rollback`: back to the previous good release (from the journal) or the one named.
 
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::bail;
@@ -14,7 +13,7 @@ use crate::config::InstallerConfig;
 use crate::journal::{Command, Event, Record};
 use crate::run::{Phase, Run};
 use crate::switch::{conclude, switch, AppServer, Uwsgi};
-use crate::{legacy, lock, procs, release};
+use crate::{legacy, lock, procs, release, schema};
 
 pub fn run(args: &RollbackArgs, config: &InstallerConfig) -> anyhow::Result<ExitCode> {
     let server = Uwsgi::new(config);
@@ -153,7 +152,7 @@ fn schema_for_target(
     let config = run.config;
     let layout = run.layout.clone();
     let (live_dir, target_dir) = (layout.release(live), layout.release(target));
-    let applied = match unknown_migrations(config, &live_dir, &target_dir) {
+    let applied = match schema::unknown_to(config, &live_dir, &target_dir) {
         Ok(list) => list,
         Err(e) if args.migrate_down => {
             return Err(e.context(format!(
@@ -259,19 +258,8 @@ fn schema_for_target(
     }
     let targets = new.down_targets(old);
     let profile = release::profile_at(config, &live_dir);
-    let mut env: Vec<(&str, &str)> = vec![("DJANGO_SETTINGS_MODULE", &profile.settings_module)];
-    env.extend(
-        config
-            .migrate_env
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str())),
-    );
-    let prefix: Vec<String> = profile
-        .migrate
-        .iter()
-        .take_while(|a| !a.starts_with("migrate"))
-        .cloned()
-        .collect();
+    let env = schema::manage_env(config, &profile);
+    let prefix = schema::manage_argv(&profile);
     let names: Vec<String> = ahead.iter().map(|s| s.id().to_string()).collect();
     eprintln!(
         "==> migrate-down: unapplying {} with {live:#}'s code before the swap",
@@ -291,7 +279,7 @@ fn schema_for_target(
         Ok(())
     });
     // What is applied now, whatever happened: the report says exactly.
-    let still = unknown_migrations(config, &live_dir, &target_dir);
+    let still = schema::unknown_to(config, &live_dir, &target_dir);
     let (unapplied, still_applied): (Vec<String>, Vec<String>) = match &still {
         Ok(now) => names.iter().cloned().partition(|n| !now.contains(n)),
         Err(_) => (Vec::new(), names.clone()),
@@ -303,6 +291,12 @@ fn schema_for_target(
     let mut done = Record::new(Command::Rollback, Event::Phase, Some(target));
     done.previous = Some(live);
     done.phase = Some(Phase::MigrateDown.name().to_owned());
+    done.outcome = Some(if still_applied.is_empty() {
+        Outcome::Success
+    } else {
+        Outcome::Failed
+    });
+    done.migrations_unapplied = unapplied.clone();
     done.detail = Some(format!(
         "unapplied: {}; still applied: {}",
         if unapplied.is_empty() {
@@ -337,52 +331,4 @@ fn schema_for_target(
             still_applied.join(", ")
         ),
     }
-}
-
-/// Migrations applied in the database (as the current release sees them) that the target
-/// release does not contain, as `app.name`.
-fn unknown_migrations(
-    config: &InstallerConfig,
-    current: &Path,
-    target: &Path,
-) -> anyhow::Result<Vec<String>> {
-    let list = |dir: &Path| -> anyhow::Result<Vec<(String, bool)>> {
-        // The release's own migrate command, with `showmigrations --list` for `migrate …`.
-        let profile = release::profile_at(config, dir);
-        let mut argv: Vec<String> = profile
-            .migrate
-            .iter()
-            .take_while(|a| !a.starts_with("migrate"))
-            .cloned()
-            .collect();
-        argv.extend(["showmigrations".to_owned(), "--list".to_owned()]);
-        let mut env: Vec<(&str, &str)> = vec![("DJANGO_SETTINGS_MODULE", &profile.settings_module)];
-        env.extend(
-            config
-                .migrate_env
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str())),
-        );
-        let out = procs::output(&argv, dir, &env)?;
-        let mut app = String::new();
-        let mut found = Vec::new();
-        for line in out.lines() {
-            if !line.starts_with(' ') {
-                app = line.trim().to_owned();
-            } else if let Some(rest) = line.trim().strip_prefix("[X] ") {
-                found.push((format!("{app}.{}", rest.trim()), true));
-            } else if let Some(rest) = line.trim().strip_prefix("[ ] ") {
-                found.push((format!("{app}.{}", rest.trim()), false));
-            }
-        }
-        Ok(found)
-    };
-    let applied: Vec<String> = list(current)?
-        .into_iter()
-        .filter(|(_, a)| *a)
-        .map(|(n, _)| n)
-        .collect();
-    let known: std::collections::BTreeSet<String> =
-        list(target)?.into_iter().map(|(n, _)| n).collect();
-    Ok(applied.into_iter().filter(|m| !known.contains(m)).collect())
 }

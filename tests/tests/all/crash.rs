@@ -7,8 +7,9 @@
 //! target, the real uWSGI serving it, no temporary file or directory left anywhere.
 //!
 //! Every point runs in its own copy of a prepared server root (Build000001 live for
-//! `activate --build Build000002`; Build000002 live after Build000001 for `rollback`) with its
-//! own uWSGI, so points cannot disturb each other. The hook kills only the installer, as a
+//! `activate --build Build000002`; Build000002 live after Build000001 for `rollback
+//! --migrate-down`, which unapplies Build000002's migration) with its own uWSGI, so points
+//! cannot disturb each other. The hook kills only the installer, as a
 //! `kill -9 <pid>` would: a pip or migrate it started runs on as an orphan, still holding the
 //! deployment lock, and the re-run waits for it.
 
@@ -67,6 +68,12 @@ const INSIDE: &[(Cmd, Phase, &str, &str)] = &[
         Phase::Health,
         "health:poll@4",
         "health check",
+    ),
+    (
+        Command::Rollback,
+        Phase::MigrateDown,
+        "migrate-down:running@3",
+        "migrate-down running",
     ),
     (
         Command::Rollback,
@@ -160,7 +167,8 @@ fn crash_matrix_every_kill_leaves_a_complete_release_and_the_rerun_completes() {
                 let t = Instant::now();
                 let dir = tmp.path().join(format!("point{i:02}"));
                 let (start, args, target): (&ServerRoot, &[&str], &str) = match command {
-                    Command::Rollback => (&two_live, &["rollback"], "000001"),
+                    // Build000002's migration is unapplied on the way back.
+                    Command::Rollback => (&two_live, &["rollback", "--migrate-down"], "000001"),
                     _ => (&one_live, &["activate", "--build", "Build000002"], "000002"),
                 };
                 let (after_kill, after_rerun) =

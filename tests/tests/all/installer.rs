@@ -651,6 +651,12 @@ fn rollback_migrates_down_what_the_target_does_not_know() {
     assert_eq!(applied_migrations(&site), ["dashboard.0001_initial"]);
     assert!(!project_columns(&site).contains(&"stars".to_owned()));
     all_serve(&server, "000001", 5);
+    let status = report(&site.installer(&["status", "--json"]));
+    assert_eq!(
+        status.details["schema"]["state"], "in_step",
+        "{:?}",
+        status.details
+    );
     let unapplied = 1;
     let column_report = serde_json::to_string_pretty(&serde_json::json!({
         "outcome": r.outcome, "build": r.build, "previous_build": r.previous_build,
@@ -839,6 +845,32 @@ fn rollback_migrates_down_what_the_target_does_not_know() {
     assert!(
         journal_text.contains("still applied: dashboard.0004_bad_reverse"),
         "{journal_text}"
+    );
+    // The journal lists what each run applied and unapplied.
+    let records: Vec<serde_json::Value> = journal_text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let listed = |key: &str| -> Vec<String> {
+        records
+            .iter()
+            .flat_map(|r| r[key].as_array().cloned().unwrap_or_default())
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert!(listed("migrations_applied").contains(&"dashboard.0002_project_stars".to_owned()));
+    assert_eq!(
+        listed("migrations_unapplied"),
+        [
+            "dashboard.0002_project_stars",
+            "dashboard.0005_remove_project_stars"
+        ]
+    );
+    // And `installer status` compares the database with the live release: one behind.
+    let status = report(&site.installer(&["status", "--json"]));
+    assert_eq!(
+        status.details["schema"],
+        serde_json::json!({"state": "behind", "behind": ["dashboard.0005_remove_project_stars"]})
     );
 
     eprintln!("the rollback report for the column case:\n{column_report}");
