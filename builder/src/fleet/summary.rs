@@ -257,6 +257,12 @@ impl<K: Kind> Summary<K> {
                 self.kind.not_done(failed.len(), total, &names.join(", "))
             )
         };
+        self.ending(&mut text);
+        text
+    }
+
+    /// What every closing line ends with: interrupted, gave up, the exit code when not 0.
+    fn ending(&self, text: &mut String) {
         if self.interrupted {
             text.push_str("; interrupted and cancelled");
         }
@@ -267,7 +273,6 @@ impl<K: Kind> Summary<K> {
         if code != ExitCode::Success {
             text.push_str(&format!(" — exit {}", code.code()));
         }
-        text
     }
 
     /// Shows the result as every fleet command does: `-v` output, the table, the `--json` object
@@ -775,16 +780,7 @@ impl FleetSummary {
         if others > 0 {
             text.push_str(&format!("; {others} reported an error"));
         }
-        if self.interrupted {
-            text.push_str("; interrupted and cancelled");
-        }
-        if let Some(g) = &self.gave_up {
-            text.push_str(&format!("; {g}"));
-        }
-        let code = self.exit_code();
-        if code != ExitCode::Success {
-            text.push_str(&format!(" — exit {}", code.code()));
-        }
+        self.ending(&mut text);
         text
     }
 }

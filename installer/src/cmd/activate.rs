@@ -307,17 +307,10 @@ fn activate_checked(
 
     // Migrate with the new code, before the swap.
     let migrated = run.phase(Phase::Migrate, build, |_| {
-        let mut env: Vec<(&str, &str)> = vec![("DJANGO_SETTINGS_MODULE", &profile.settings_module)];
-        env.extend(
-            config
-                .migrate_env
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str())),
-        );
         procs::run_locked(
             &profile.migrate,
             &release_dir,
-            &env,
+            &crate::schema::manage_env(config, &profile),
             &deploy_lock,
             "migrate:running",
         )

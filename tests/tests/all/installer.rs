@@ -548,6 +548,36 @@ fn project_columns(site: &Site) -> Vec<String> {
         .collect()
 }
 
+/// Runs `installer ARGS --json` on `site`, expecting exit `code`; its report.
+fn installer_expecting(site: &Site, args: &[&str], code: i32) -> Report {
+    let mut argv = args.to_vec();
+    argv.push("--json");
+    let out = site.installer(&argv);
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    report(&out)
+}
+
+/// The migrations an activation's report says it applies, as `app.name`.
+fn applies(r: &Report) -> Vec<String> {
+    r.details["migrations"]["apply"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            format!(
+                "{}.{}",
+                s["app"].as_str().unwrap(),
+                s["name"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
 const STARS_FIELD: &str = "    stars = models.IntegerField(default=0)\n";
 
 fn write_migration(w: &Path, name: &str, after: &str, operations: &str) {
@@ -582,29 +612,9 @@ fn rollback_migrates_down_what_the_target_does_not_know() {
         }
         UwsgiServer::start_with(&root, &options).unwrap()
     });
-    let out = site.installer(&["activate", "--build", "Build000001", "--json"]);
+    let r = installer_expecting(&site, &["activate", "--build", "Build000001"], 0);
     let server = starter.join().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let apply = |out: &Output| -> Vec<String> {
-        report(out).details["migrations"]["apply"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| {
-                format!(
-                    "{}.{}",
-                    s["app"].as_str().unwrap(),
-                    s["name"].as_str().unwrap()
-                )
-            })
-            .collect()
-    };
-    assert!(apply(&out).contains(&"dashboard.0001_initial".to_owned()));
+    assert!(applies(&r).contains(&"dashboard.0001_initial".to_owned()));
 
     // 1. Build 2 adds a column; its activation says so.
     site.release("000002", |w| {
@@ -613,31 +623,16 @@ fn rollback_migrates_down_what_the_target_does_not_know() {
         fs::write(&models, text.replace("    created = ", &format!("{STARS_FIELD}    created = "))).unwrap();
         write_migration(w, "0002_project_stars", "0001_initial", "migrations.AddField(model_name='project', name='stars', field=models.IntegerField(default=0))");
     });
-    let out = site.installer(&["activate", "--build", "Build000002", "--json"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(apply(&out), ["dashboard.0002_project_stars"]);
+    let r = installer_expecting(&site, &["activate", "--build", "Build000002"], 0);
+    assert_eq!(applies(&r), ["dashboard.0002_project_stars"]);
     assert!(project_columns(&site).contains(&"stars".to_owned()));
 
     // 2. Back to build 1 with --migrate-down: the column goes, build 1 serves on its schema.
-    let out = site.installer(&[
-        "rollback",
-        "--to",
-        "Build000001",
-        "--migrate-down",
-        "--json",
-    ]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let r = installer_expecting(
+        &site,
+        &["rollback", "--to", "Build000001", "--migrate-down"],
+        0,
     );
-    let r = report(&out);
     assert_eq!(
         r.details["migrate_down"],
         serde_json::json!({"unapplied": ["dashboard.0002_project_stars"], "still_applied": []})
@@ -713,14 +708,8 @@ fn rollback_migrates_down_what_the_target_does_not_know() {
         site.installer(&["activate", "--build", "Build000002"]),
         "activate 2 again",
     );
-    let out = site.installer(&["activate", "--build", "Build000003", "--json"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(apply(&out), ["dashboard.0003_fill"]);
+    let r = installer_expecting(&site, &["activate", "--build", "Build000003"], 0);
+    assert_eq!(applies(&r), ["dashboard.0003_fill"]);
 
     // 4. Past the irreversible one: refused, and nothing changes — schema, `current`, journal.
     let journal = site.root.join(".deploy/journal.jsonl");
@@ -734,20 +723,12 @@ fn rollback_migrates_down_what_the_target_does_not_know() {
     };
     let mut state_unchanged = 0;
     let before = state(&site);
-    let out = site.installer(&[
-        "rollback",
-        "--to",
-        "Build000001",
-        "--migrate-down",
-        "--json",
-    ]);
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let r = installer_expecting(
+        &site,
+        &["rollback", "--to", "Build000001", "--migrate-down"],
+        2,
     );
-    let irreversible = report(&out).error.unwrap();
+    let irreversible = r.error.unwrap();
     assert!(
         irreversible
             .contains("dashboard.0003_fill (RunPython without reverse_code) cannot be undone"),
@@ -777,23 +758,23 @@ fn rollback_migrates_down_what_the_target_does_not_know() {
             "migrations.RemoveField(model_name='project', name='stars')",
         );
     });
-    let out = site.installer(&["activate", "--build", "Build000004", "--json"]);
+    let r = installer_expecting(&site, &["activate", "--build", "Build000004"], 0);
     assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        applies(&r),
+        [
+            "dashboard.0004_bad_reverse",
+            "dashboard.0005_remove_project_stars"
+        ]
+    );
+    let destructive = &r.details["migrations"]["apply"][1]["destructive"];
+    assert_eq!(
+        destructive,
+        &serde_json::json!(["removes the field project.stars"])
     );
     assert!(!project_columns(&site).contains(&"stars".to_owned()));
     let before = state(&site);
-    let out = site.installer(&["rollback", "--to", "Build000003", "--json"]);
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let refusal = report(&out).error.unwrap();
+    let r = installer_expecting(&site, &["rollback", "--to", "Build000003"], 2);
+    let refusal = r.error.unwrap();
     assert!(
         refusal.contains("removes the field project.stars") && refusal.contains("--migrate-down"),
         "{refusal}"
@@ -803,20 +784,11 @@ fn rollback_migrates_down_what_the_target_does_not_know() {
 
     // 6. With --migrate-down it fails midway: the column is back, the bad reverse is still
     //    applied, build 4 still serves, and the report says exactly that.
-    let out = site.installer(&[
-        "rollback",
-        "--to",
-        "Build000003",
-        "--migrate-down",
-        "--json",
-    ]);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let r = installer_expecting(
+        &site,
+        &["rollback", "--to", "Build000003", "--migrate-down"],
+        1,
     );
-    let r = report(&out);
     assert_eq!(
         r.details["migrate_down"],
         serde_json::json!({"unapplied": ["dashboard.0005_remove_project_stars"], "still_applied": ["dashboard.0004_bad_reverse"]})
