@@ -473,6 +473,12 @@ impl Action {
                     text.push_str(e.lines().next().unwrap_or(""));
                 }
                 if matches!(self, Action::Status { .. }) {
+                    // The database against the live build, when it is not in step.
+                    if let Some(state) = r.details.get("schema").and_then(|v| v["state"].as_str()) {
+                        if state != "in_step" {
+                            text.push_str(&format!("; database {}", state.replace('_', " ")));
+                        }
+                    }
                     if let Some(last) = r.last_command() {
                         let build = last.build.map(|b| format!(" {b:#}")).unwrap_or_default();
                         let outcome = last.outcome.map_or("?", outcome_name);
@@ -1109,6 +1115,26 @@ i-00000000           TimedOut  -     41.2s     ?            TimedOut
         assert_eq!(
             s.kind.result_text(&s.instances[0]),
             "success; last activate Build000002: success"
+        );
+        let mut ahead = r.clone();
+        ahead.details.insert(
+            "schema".into(),
+            json!({"state": "ahead", "ahead": ["dashboard.0003_fill"]}),
+        );
+        let s2 = FleetSummary::new(
+            Action::Status { verify: false },
+            "local",
+            "local".into(),
+            "local".into(),
+            Watched {
+                instances: vec![run("local", Status::Success, Some(0), &ahead.to_json(), "")],
+                interrupted: false,
+                gave_up: None,
+            },
+        );
+        assert_eq!(
+            s2.kind.result_text(&s2.instances[0]),
+            "success; database ahead; last activate Build000002: success"
         );
         assert_eq!(s.closing_line(), "status: local succeeded");
         let mut none = Report::new("status");
