@@ -623,7 +623,7 @@ impl Kind for Action {
         });
         if let Action::Status { verify } = self {
             let switch = Switch::of(i.result.report.as_ref());
-            v["answered"] = i.result.report.is_some().into();
+            v["answered"] = matches!(i.status, Status::Success | Status::Failed).into();
             v["previous_build"] = json!(i.result.report.as_ref().and_then(|r| r.previous_build));
             v["switched_at"] = json!(switch.at);
             v["switched_by"] = json!(switch.by);
@@ -741,10 +741,11 @@ impl FleetSummary {
         if total == 0 {
             return self.closing_line();
         }
+        // Did not answer: the command never completed there (not run, timed out, cancelled).
         let silent: Vec<&str> = self
             .instances
             .iter()
-            .filter(|i| i.result.report.is_none())
+            .filter(|i| !matches!(i.status, Status::Success | Status::Failed))
             .map(|i| i.instance.as_str())
             .collect();
         let drifted: Vec<&str> = self
@@ -779,12 +780,14 @@ impl FleetSummary {
                 ));
             }
         }
-        let others = self
+        let errors: Vec<&str> = self
             .failed()
-            .len()
-            .saturating_sub(silent.len() + drifted.len());
-        if others > 0 {
-            text.push_str(&format!("; {others} reported an error"));
+            .iter()
+            .map(|i| i.instance.as_str())
+            .filter(|n| !silent.contains(n) && !drifted.contains(n))
+            .collect();
+        if !errors.is_empty() {
+            text.push_str(&format!("; failed on {}", errors.join(", ")));
         }
         self.ending(&mut text);
         text
