@@ -183,71 +183,29 @@ fn schema_for_target(
             .collect(),
         _ => Vec::new(),
     };
-    let unjudged: Vec<&String> = applied
-        .iter()
-        .filter(|a| !ahead.iter().any(|s| &s.id().to_string() == *a))
-        .collect();
     run.report.set_detail(
         "migrations",
         &serde_json::json!({ "ahead_of_target": applied, "steps": ahead }),
     );
-    if applied.is_empty() {
-        if args.migrate_down {
-            eprintln!(
-                "the database has no migration {target:#} does not know: nothing to migrate down"
-            );
+    match judge(
+        args,
+        live,
+        target,
+        &applied,
+        &ahead,
+        graphs.0.is_some() && graphs.1.is_some(),
+    )? {
+        Judgement::Nothing => return Ok(()),
+        Judgement::Warn(w) => {
+            eprintln!("warning: {w}");
+            run.report.warnings.push(w);
+            return Ok(());
         }
-        return Ok(());
+        Judgement::MigrateDown => {}
     }
-    if !args.migrate_down {
-        let destructive: Vec<String> = ahead
-            .iter()
-            .flat_map(|s| s.destructive.iter().map(move |d| format!("{} {d}", s.id())))
-            .collect();
-        if !destructive.is_empty() && !args.force {
-            bail!(BadInput(format!(
-                "{target:#} cannot run against this database: {}; nothing was changed: roll back with `--migrate-down` to unapply them first (or restore the database), or `--force` to switch anyway",
-                destructive.join("; ")
-            )));
-        }
-        let w = format!(
-            "the database has migrations {target:#} does not know (applied by {live:#}): {}; the old code may fail on the newer schema (`--migrate-down` unapplies them)",
-            applied.join(", ")
-        );
-        eprintln!("warning: {w}");
-        run.report.warnings.push(w);
-        return Ok(());
-    }
-
-    // --migrate-down: everything must be known and reversible before anything is touched.
-    let (Some(new), Some(old)) = &graphs else {
-        bail!(BadInput(format!(
-            "{} was packaged without a migration graph, so whether {} can be undone is unknown; nothing was changed: unapply them by hand (`manage.py migrate <app> <migration>`) or restore the database",
-            if graphs.0.is_none() { live } else { target },
-            applied.join(", ")
-        )));
+    let (Some(new), Some(old)) = (&graphs.0, &graphs.1) else {
+        unreachable!("`judge` refuses --migrate-down without both graphs");
     };
-    if !unjudged.is_empty() {
-        bail!(BadInput(format!(
-            "the database has migrations neither release's graph explains: {}; nothing was changed",
-            unjudged
-                .iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )));
-    }
-    let irreversible: Vec<String> = ahead
-        .iter()
-        .filter(|s| !s.irreversible.is_empty())
-        .map(|s| format!("{} ({})", s.id(), s.irreversible.join("; ")))
-        .collect();
-    if !irreversible.is_empty() {
-        bail!(BadInput(format!(
-            "refusing to migrate down to {target:#}: {} cannot be undone; nothing was changed: restore the database from a backup taken before it, or roll back to a build that has it",
-            irreversible.join(", ")
-        )));
-    }
     // Per app, latest first: Django unapplies an app's later migrations, and those of other
     // apps that depend on them, when asked to go back to one.
     let mut apps: Vec<String> = Vec::new();
@@ -330,5 +288,167 @@ fn schema_for_target(
             "migrate reported success but the database still has {}; `current` was not changed and {live:#} is still serving",
             still_applied.join(", ")
         ),
+    }
+}
+
+/// What a rollback does about the migrations the database has beyond its target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Judgement {
+    Nothing,
+    /// Go on, with this warning.
+    Warn(String),
+    /// Unapply them first (`--migrate-down`, every one known and reversible).
+    MigrateDown,
+}
+
+/// Decides from what is applied beyond the target (`applied`, as `app.name`), what the live
+/// release's graph says of those it explains (`ahead`) and whether both releases carry a
+/// graph; refusals are bad input, since nothing has changed yet.
+fn judge(
+    args: &RollbackArgs,
+    live: BuildNumber,
+    target: BuildNumber,
+    applied: &[String],
+    ahead: &[MigrationStep],
+    graphs: bool,
+) -> Result<Judgement, BadInput> {
+    if applied.is_empty() {
+        if args.migrate_down {
+            eprintln!(
+                "the database has no migration {target:#} does not know: nothing to migrate down"
+            );
+        }
+        return Ok(Judgement::Nothing);
+    }
+    if !args.migrate_down {
+        let destructive: Vec<String> = ahead
+            .iter()
+            .flat_map(|s| s.destructive.iter().map(move |d| format!("{} {d}", s.id())))
+            .collect();
+        if !destructive.is_empty() && !args.force {
+            return Err(BadInput(format!(
+                "{target:#} cannot run against this database: {}; nothing was changed: roll back with `--migrate-down` to unapply them first (or restore the database), or `--force` to switch anyway",
+                destructive.join("; ")
+            )));
+        }
+        return Ok(Judgement::Warn(format!(
+            "the database has migrations {target:#} does not know (applied by {live:#}): {}; the old code may fail on the newer schema (`--migrate-down` unapplies them)",
+            applied.join(", ")
+        )));
+    }
+    // --migrate-down: everything must be known and reversible before anything is touched.
+    if !graphs {
+        return Err(BadInput(format!(
+            "{live:#} or {target:#} was packaged without a migration graph, so whether {} can be undone is unknown; nothing was changed: unapply them by hand (`manage.py migrate <app> <migration>`) or restore the database",
+            applied.join(", ")
+        )));
+    }
+    let unjudged: Vec<&str> = applied
+        .iter()
+        .filter(|a| !ahead.iter().any(|s| &s.id().to_string() == *a))
+        .map(String::as_str)
+        .collect();
+    if !unjudged.is_empty() {
+        return Err(BadInput(format!(
+            "the database has migrations neither release's graph explains: {}; nothing was changed",
+            unjudged.join(", ")
+        )));
+    }
+    let irreversible: Vec<String> = ahead
+        .iter()
+        .filter(|s| !s.irreversible.is_empty())
+        .map(|s| format!("{} ({})", s.id(), s.irreversible.join("; ")))
+        .collect();
+    if !irreversible.is_empty() {
+        return Err(BadInput(format!(
+            "refusing to migrate down to {target:#}: {} cannot be undone; nothing was changed: restore the database from a backup taken before it, or roll back to a build that has it",
+            irreversible.join(", ")
+        )));
+    }
+    Ok(Judgement::MigrateDown)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(migrate_down: bool, force: bool) -> RollbackArgs {
+        RollbackArgs {
+            to: None,
+            migrate_down,
+            force,
+            lock_timeout: None,
+            json: false,
+        }
+    }
+
+    fn step(name: &str, destructive: &[&str], irreversible: &[&str]) -> MigrationStep {
+        MigrationStep {
+            app: "dashboard".into(),
+            name: name.into(),
+            destructive: destructive.iter().map(|s| s.to_string()).collect(),
+            irreversible: irreversible.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_rollback_warns_refuses_or_migrates_down() {
+        let (live, target) = (
+            BuildNumber::parse("000004").unwrap(),
+            BuildNumber::parse("000003").unwrap(),
+        );
+        let applied = |names: &[&str]| -> Vec<String> {
+            names.iter().map(|n| format!("dashboard.{n}")).collect()
+        };
+        let judge = |a: RollbackArgs, names: &[&str], ahead: &[MigrationStep], graphs| {
+            judge(&a, live, target, &applied(names), ahead, graphs)
+        };
+        let harmless = [step("0004_add", &[], &[])];
+        let drop = [step("0005_drop", &["removes the field project.stars"], &[])];
+        let one_way = [step("0006_fill", &[], &["RunPython without reverse_code"])];
+
+        // Nothing beyond the target: nothing to do, whatever was asked.
+        for a in [args(false, false), args(true, false), args(false, true)] {
+            assert_eq!(judge(a, &[], &[], true).unwrap(), Judgement::Nothing);
+        }
+        // Without options: a warning, unless the target's code cannot run on the schema.
+        assert!(matches!(
+            judge(args(false, false), &["0004_add"], &harmless, true),
+            Ok(Judgement::Warn(w)) if w.contains("dashboard.0004_add")
+        ));
+        let refused = judge(args(false, false), &["0005_drop"], &drop, true).unwrap_err();
+        assert!(
+            refused.0.contains("removes the field project.stars")
+                && refused.0.contains("--migrate-down")
+                && refused.0.contains("--force"),
+            "{}",
+            refused.0
+        );
+        // --force goes on, with the warning.
+        assert!(matches!(
+            judge(args(false, true), &["0005_drop"], &drop, true),
+            Ok(Judgement::Warn(_))
+        ));
+        // Without graphs there is nothing to judge destructiveness by: a warning.
+        assert!(matches!(
+            judge(args(false, false), &["0005_drop"], &[], false),
+            Ok(Judgement::Warn(_))
+        ));
+        // --migrate-down: reversible ones are unapplied (destructive or not)…
+        assert_eq!(
+            judge(args(true, false), &["0005_drop"], &drop, true).unwrap(),
+            Judgement::MigrateDown
+        );
+        // …an irreversible one, one no graph explains, or no graph at all refuse.
+        let e = judge(args(true, false), &["0006_fill"], &one_way, true).unwrap_err();
+        assert!(
+            e.0.contains("dashboard.0006_fill (RunPython without reverse_code) cannot be undone"),
+            "{}",
+            e.0
+        );
+        let e = judge(args(true, false), &["0004_add", "0007_x"], &harmless, true).unwrap_err();
+        assert!(e.0.contains("dashboard.0007_x"), "{}", e.0);
+        let e = judge(args(true, false), &["0004_add"], &[], false).unwrap_err();
+        assert!(e.0.contains("without a migration graph"), "{}", e.0);
     }
 }
