@@ -231,7 +231,12 @@ fn group(
     }
     let changes = changes::compare(&from, target);
     if changes.template.is_change() {
-        match template_diff(repo, &from, target, &changes.template) {
+        // From the repository when it has both commits; else from the two published artifacts.
+        let diff = template_diff(repo, &from, target, &changes.template).or_else(|why| {
+            eprintln!("plan: {why}: reading the templates from the two published builds instead");
+            template_diff_from_store(p, &from, target, &changes.template)
+        });
+        match diff {
             Ok(diff) => g.template_diff = Some(diff),
             Err(why) => g
                 .notes
@@ -258,14 +263,51 @@ fn template_diff(
             .map_err(|e| format!("`{path}` at {}: {e}", &m.commit[..m.commit.len().min(12)]))
     };
     let (old, new) = (read(from)?, read(to)?);
-    let path = match change {
+    Ok(changes::unified_diff(template_label(change), &old, &new))
+}
+
+/// The path a template change is shown under.
+fn template_label(change: &TemplateChange) -> &str {
+    match change {
         TemplateChange::Changed { path }
         | TemplateChange::Added { path }
         | TemplateChange::Removed { path }
         | TemplateChange::Unchanged { path } => path.as_str(),
         TemplateChange::NoTemplate => "production template",
+    }
+}
+
+/// The template's diff, from each build's artifact: downloaded and verified against its
+/// sidecar, unpacked into a temporary directory by the safe reader, the one file read.
+fn template_diff_from_store(
+    p: &PlanRequest<'_>,
+    from: &ReleaseManifest,
+    to: &ReleaseManifest,
+    change: &TemplateChange,
+) -> Result<String, String> {
+    let tmp = tempfile::tempdir().map_err(|e| format!("no temporary directory: {e}"))?;
+    let read = |m: &ReleaseManifest| -> Result<String, String> {
+        let Some(path) = changes::template_path(m) else {
+            return Ok(String::new());
+        };
+        let dir = tmp.path().join(m.build.tag());
+        std::fs::create_dir(&dir).map_err(|e| format!("`{}`: {e}", dir.display()))?;
+        let fetched = p
+            .store
+            .fetch(p.app, m.build, &dir)
+            .map_err(|e| format!("{:#}: {e}", m.build))?;
+        let tree = dir.join("tree");
+        common::archive::reader::unpack(
+            &fetched.artifact_path,
+            &fetched.sidecar,
+            &tree,
+            &Default::default(),
+        )
+        .map_err(|e| format!("{:#}: {e}", m.build))?;
+        std::fs::read_to_string(tree.join(&path)).map_err(|e| format!("`{path}`: {e}"))
     };
-    Ok(changes::unified_diff(path, &old, &new))
+    let (old, new) = (read(from)?, read(to)?);
+    Ok(changes::unified_diff(template_label(change), &old, &new))
 }
 
 /// A file's text at a commit.

@@ -353,6 +353,33 @@ fn activate_upgrade_rollback_and_failures_against_real_uwsgi() {
         )
         .unwrap();
     });
+    // The plan shows the template's diff; run outside the repository, it reads both templates
+    // from the published artifacts.
+    let plan = Command::new(bins::builder())
+        .current_dir(site.tmp.path())
+        .args([
+            "deploy",
+            "--build",
+            "Build000003",
+            "--transport",
+            "local",
+            "--plan",
+        ])
+        .arg("--store")
+        .arg(format!("file://{}", site.store.display()))
+        .arg("--installer")
+        .arg(bins::installer())
+        .arg("--installer-config")
+        .arg(&site.config)
+        .output()
+        .unwrap();
+    let shown = ok(plan, "deploy --plan");
+    assert!(
+        shown.contains("Build000002 -> Build000003 on 1 instance (local)")
+            && shown.contains("production template: `binarycrate/binarycrate/settings/production_template.py` CHANGED")
+            && shown.contains("    +# New in 000003: FILL IN the cache settings"),
+        "{shown}"
+    );
     let out = site.installer(&["activate", "--build", "Build000003"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
