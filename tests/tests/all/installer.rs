@@ -118,6 +118,23 @@ confirm_requests = 10
         }
     }
 
+    /// `builder deploy --build BUILD --plan` against this server (the local transport), run
+    /// in `dir` (the repository, or elsewhere).
+    fn plan(&self, build: &str, dir: &Path, extra: &[&str]) -> Output {
+        Command::new(bins::builder())
+            .current_dir(dir)
+            .args(["deploy", "--build", build, "--transport", "local", "--plan"])
+            .args(extra)
+            .arg("--store")
+            .arg(format!("file://{}", self.store.display()))
+            .arg("--installer")
+            .arg(bins::installer())
+            .arg("--installer-config")
+            .arg(&self.config)
+            .output()
+            .unwrap()
+    }
+
     fn current(&self) -> String {
         fs::read_link(self.root.join("current"))
             .map(|p| p.display().to_string())
@@ -355,24 +372,7 @@ fn activate_upgrade_rollback_and_failures_against_real_uwsgi() {
     });
     // The plan shows the template's diff; run outside the repository, it reads both templates
     // from the published artifacts.
-    let plan = Command::new(bins::builder())
-        .current_dir(site.tmp.path())
-        .args([
-            "deploy",
-            "--build",
-            "Build000003",
-            "--transport",
-            "local",
-            "--plan",
-        ])
-        .arg("--store")
-        .arg(format!("file://{}", site.store.display()))
-        .arg("--installer")
-        .arg(bins::installer())
-        .arg("--installer-config")
-        .arg(&site.config)
-        .output()
-        .unwrap();
+    let plan = site.plan("Build000003", site.tmp.path(), &[]);
     let shown = ok(plan, "deploy --plan");
     assert!(
         shown.contains("Build000002 -> Build000003 on 1 instance (local)")
@@ -696,25 +696,7 @@ fn rollback_migrates_down_what_the_target_does_not_know() {
             "migrations.RunPython(fill)",
         );
     });
-    let plan = Command::new(bins::builder())
-        .current_dir(&site.repo.work)
-        .args([
-            "deploy",
-            "--build",
-            "Build000003",
-            "--transport",
-            "local",
-            "--plan",
-            "--json",
-        ])
-        .arg("--store")
-        .arg(format!("file://{}", site.store.display()))
-        .arg("--installer")
-        .arg(bins::installer())
-        .arg("--installer-config")
-        .arg(&site.config)
-        .output()
-        .unwrap();
+    let plan = site.plan("Build000003", &site.repo.work, &["--json"]);
     assert_eq!(
         plan.status.code(),
         Some(0),
