@@ -63,23 +63,23 @@ pub fn listed(config: &InstallerConfig, dir: &Path) -> anyhow::Result<Vec<(Strin
     Ok(found)
 }
 
-/// Migrations applied in the database (as the release in `live` sees them) that the release in
-/// `target` does not contain, as `app.name`, in the order `showmigrations` lists them.
-pub fn unknown_to(
+/// Every migration the release in `dir` has, as `app.name`.
+pub fn known(config: &InstallerConfig, dir: &Path) -> anyhow::Result<BTreeSet<String>> {
+    Ok(listed(config, dir)?.into_iter().map(|(n, _)| n).collect())
+}
+
+/// Migrations applied in the database (as the release in `live` sees them) that are not in
+/// `known` (another release's [`known`]), in the order `showmigrations` lists them.
+pub fn applied_outside(
     config: &InstallerConfig,
     live: &Path,
-    target: &Path,
+    known: &BTreeSet<String>,
 ) -> anyhow::Result<Vec<String>> {
-    let applied: Vec<String> = listed(config, live)?
+    Ok(listed(config, live)?
         .into_iter()
-        .filter(|(_, a)| *a)
+        .filter(|(n, applied)| *applied && !known.contains(n))
         .map(|(n, _)| n)
-        .collect();
-    let known: BTreeSet<String> = listed(config, target)?
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect();
-    Ok(applied.into_iter().filter(|m| !known.contains(m)).collect())
+        .collect())
 }
 
 /// Asks Django's migration recorder what the database has applied — also what no code on disk

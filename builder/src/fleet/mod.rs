@@ -507,9 +507,9 @@ impl OutputS3 {
         common::store::validate_bucket_name(bucket)
             .map_err(|e| format!("`{}`: {e}", url.escape_debug()))?;
         let prefix = prefix.trim_matches('/');
-        check_word("the S3 output prefix", prefix)
-            .or_else(|e| if prefix.is_empty() { Ok(()) } else { Err(e) })
-            .map_err(|e| e.0)?;
+        if !prefix.is_empty() {
+            check_word("the S3 output prefix", prefix).map_err(|e| e.0)?;
+        }
         // SSM's limit on `OutputS3KeyPrefix`.
         if prefix.len() > 500 {
             return Err(format!(

@@ -152,8 +152,13 @@ fn schema_for_target(
     let config = run.config;
     let layout = run.layout.clone();
     let (live_dir, target_dir) = (layout.release(live), layout.release(target));
-    let applied = match schema::unknown_to(config, &live_dir, &target_dir) {
-        Ok(list) => list,
+    // The target's migrations are listed once: unapplying changes the database, not them.
+    let compared = schema::known(config, &target_dir).and_then(|known| {
+        let applied = schema::applied_outside(config, &live_dir, &known)?;
+        Ok((applied, known))
+    });
+    let (applied, known) = match compared {
+        Ok(pair) => pair,
         Err(e) if args.migrate_down => {
             return Err(e.context(format!(
             "cannot tell which migrations the database has beyond {target:#}; nothing was changed"
@@ -237,7 +242,7 @@ fn schema_for_target(
         Ok(())
     });
     // What is applied now, whatever happened: the report says exactly.
-    let still = schema::unknown_to(config, &live_dir, &target_dir);
+    let still = schema::applied_outside(config, &live_dir, &known);
     let (unapplied, still_applied): (Vec<String>, Vec<String>) = match &still {
         Ok(now) => names.iter().cloned().partition(|n| !now.contains(n)),
         Err(_) => (Vec::new(), names.clone()),
@@ -257,16 +262,8 @@ fn schema_for_target(
     done.migrations_unapplied = unapplied.clone();
     done.detail = Some(format!(
         "unapplied: {}; still applied: {}",
-        if unapplied.is_empty() {
-            "none".into()
-        } else {
-            unapplied.join(", ")
-        },
-        if still_applied.is_empty() {
-            "none".into()
-        } else {
-            still_applied.join(", ")
-        }
+        names_or_none(&unapplied),
+        names_or_none(&still_applied)
     ));
     if let Err(e) = run.journal.append(&done) {
         eprintln!("warning: cannot write the journal: {e:#}");
@@ -278,7 +275,7 @@ fn schema_for_target(
         }
         (Err(e), _) => Err(e.context(format!(
             "migrating down failed: unapplied {}; still applied {}; `current` was not changed and {live:#} is still serving",
-            if unapplied.is_empty() { "none".into() } else { unapplied.join(", ") },
+            names_or_none(&unapplied),
             still_applied.join(", ")
         ))),
         (Ok(()), Err(e)) => Err(e.context(
@@ -288,6 +285,15 @@ fn schema_for_target(
             "migrate reported success but the database still has {}; `current` was not changed and {live:#} is still serving",
             still_applied.join(", ")
         ),
+    }
+}
+
+/// `a.0001, b.0002`, or `none`.
+fn names_or_none(names: &[String]) -> String {
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
     }
 }
 
