@@ -13,7 +13,9 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, SystemTime};
 
@@ -105,6 +107,9 @@ pub struct Unpacked {
     pub linked_bytes: u64,
     /// What became of [`UnpackOptions::shared`], when asked for.
     pub shared: Option<SharedUse>,
+    /// Whether the reused shared directory's entries were only hashed as compressed bytes, not
+    /// inflated: they came last in the archive (as the writer now puts them).
+    pub shared_not_inflated: bool,
 }
 
 /// Decompressed block size handed from the inflating thread to the writing thread.
@@ -366,6 +371,8 @@ fn unpack_into(
     let stream_limit = stream_limit(compressed_size, options);
     let (tx, rx) = mpsc::sync_channel::<Result<Vec<u8>, UnpackError>>(8);
     let max_ratio = options.max_ratio;
+    let stopped = Arc::new(AtomicBool::new(false));
+    let rest_unread = Arc::clone(&stopped);
     let inflater = thread::spawn(move || -> Option<StreamEnd> {
         let mut hashed = HashingReader::new(file);
         let mut total: u64 = 0;
@@ -393,6 +400,14 @@ fn unpack_into(
                     break;
                 }
                 block.truncate(filled);
+                if rest_unread.load(Ordering::Acquire) {
+                    // The writer needs none of the rest (a shared tree already checked on
+                    // disk): it is hashed, for the archive's own check, not inflated.
+                    let mut rest = gz.into_inner();
+                    io::copy(&mut rest, &mut io::sink())
+                        .map_err(|e| UnpackError::Corrupt(e.to_string()))?;
+                    return Ok(());
+                }
                 if tx.send(Ok(block)).is_err() {
                     return Ok(()); // the writer stopped: its own error is reported
                 }
@@ -428,8 +443,20 @@ fn unpack_into(
         error: None,
     };
     let written = write_entries(&mut source, sidecar, root, options, skip);
-    // Read what the tar parser left (end-of-archive padding) so the gzip trailer gets checked.
-    let drained = written.and_then(|summary| source.drain_zeros().map(|()| summary));
+    let drained = written.and_then(|(summary, rest)| match rest {
+        // Only the shared tree's entries are left: the inflater hashes the rest of the file.
+        Rest::Shared => {
+            stopped.store(true, Ordering::Release);
+            source.discard_rest();
+            Ok(Unpacked {
+                shared_not_inflated: true,
+                ..summary
+            })
+        }
+        // Read what the tar parser left (end-of-archive padding) so the gzip trailer gets
+        // checked.
+        Rest::Padding => source.drain_zeros().map(|()| summary),
+    });
     let stream_error = source.error.take();
     drop(source);
     let end = inflater
@@ -466,6 +493,16 @@ struct BlockReader {
 }
 
 impl BlockReader {
+    /// Receives, unread, what the inflating thread still sends until it stops, keeping its
+    /// error if it sends one.
+    fn discard_rest(&mut self) {
+        while let Ok(block) = self.rx.recv() {
+            if let Err(e) = block {
+                self.error.get_or_insert(e);
+            }
+        }
+    }
+
     /// After the tar end marker only zero padding may follow.
     fn drain_zeros(&mut self) -> Result<(), UnpackError> {
         let mut buf = vec![0u8; BLOCK];
@@ -506,26 +543,42 @@ impl Read for BlockReader {
     }
 }
 
+/// What is left of the stream when [`write_entries`] returns.
+enum Rest {
+    /// The tar end marker was read: only its padding is left.
+    Padding,
+    /// The shared tree's entries, last in the archive, and nothing else the manifest lists.
+    Shared,
+}
+
 /// Parses the tar stream and writes every entry, checking it against the manifest. Entries
 /// under `skip`'s directory are checked but not written: its checked copy is `skip`'s store.
+///
+/// When the skipped directory comes last (as the writer puts it) the parse stops where it
+/// begins, once every other entry the manifest lists has been seen: what follows is only what
+/// the store already holds, checked against the manifest beside the stream. The embedded
+/// manifest, which follows it, is then written from the sidecar (the very bytes its digest is
+/// checked against).
 fn write_entries(
     source: &mut BlockReader,
     sidecar: &Sidecar,
     root: &Path,
     options: &UnpackOptions,
     skip: Option<(&str, &Path)>,
-) -> Result<Unpacked, UnpackError> {
+) -> Result<(Unpacked, Rest), UnpackError> {
     // Where an entry under the skipped directory is on disk: in its store.
     let skipped = |name: &str| -> Option<PathBuf> {
         let (dir, store) = skip?;
-        if name == dir {
-            return Some(store.to_owned());
+        match skipped_name(name, dir)? {
+            "" => Some(store.to_owned()),
+            rest => Some(store.join(rest)),
         }
-        let rest = name.strip_prefix(dir)?.strip_prefix('/')?;
-        Some(store.join(rest))
     };
     let manifest = &sidecar.manifest;
     let mtime = SystemTime::UNIX_EPOCH + Duration::from_secs(manifest.source_date.max(0) as u64);
+    let outside = |name: &str| skip.is_none_or(|(dir, _)| skipped_name(name, dir).is_none());
+    // Listed entries outside the skipped directory, and how many of them the stream has shown.
+    let mut outside_left = manifest.files.keys().filter(|k| outside(k)).count();
     let mut archive = tar::Archive::new(source);
     let mut seen: HashSet<String> = HashSet::with_capacity(manifest.files.len() + 1);
     let mut dirs: HashSet<String> = HashSet::new();
@@ -549,6 +602,13 @@ fn write_entries(
             )));
         }
         let name = check_path(&raw, kind.is_dir())?;
+        if outside_left == 0 && skip.is_some_and(|(dir, _)| name == dir) {
+            let digest = write_embedded(&root.join(RELEASE_JSON), sidecar, mtime)?;
+            if digest != sidecar.embedded_digest() {
+                return Err(UnpackError::EmbeddedSidecarMismatch);
+            }
+            return Ok((summary, Rest::Shared));
+        }
         if let Some(owned) = options.reserved.owned_by(&name) {
             return Err(UnpackError::InstallerOwned {
                 entry: name,
@@ -557,6 +617,9 @@ fn write_entries(
         }
         if !seen.insert(name.clone()) {
             return Err(UnpackError::Duplicate { entry: name });
+        }
+        if name != RELEASE_JSON && outside(&name) && manifest.files.contains_key(&name) {
+            outside_left -= 1;
         }
         // Every ancestor must be a directory this archive already created (never a symlink):
         // otherwise a write could land outside the tree.
@@ -852,7 +915,38 @@ fn write_entries(
             count: missing.len(),
         });
     }
-    Ok(summary)
+    Ok((summary, Rest::Padding))
+}
+
+/// Where `name` is inside the directory `dir` (`""` for the directory itself), if it is.
+fn skipped_name<'a>(name: &'a str, dir: &str) -> Option<&'a str> {
+    if name == dir {
+        return Some("");
+    }
+    name.strip_prefix(dir)?.strip_prefix('/')
+}
+
+/// Writes the embedded manifest from the sidecar, returning its digest.
+fn write_embedded(
+    path: &Path,
+    sidecar: &Sidecar,
+    mtime: SystemTime,
+) -> Result<(Blake3Hash, u64), UnpackError> {
+    let err = |e| FsError::new("cannot write", path, e);
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(Mode::FILE.0)
+        .open(path)
+        .map_err(err)?;
+    let mut out = crate::hash::HashingWriter::new(io::BufWriter::new(file));
+    Sidecar::write_embedded(sidecar.schema_version, &sidecar.manifest, &mut out).map_err(err)?;
+    let (buffered, hash, len) = out.finish();
+    let file = buffered.into_inner().map_err(|e| err(e.into_error()))?;
+    file.set_permissions(fs::Permissions::from_mode(Mode::FILE.0))
+        .map_err(err)?;
+    file.set_modified(mtime).map_err(err)?;
+    Ok((hash, len))
 }
 
 /// Validates an entry's path and returns it without a trailing `/`.

@@ -142,17 +142,19 @@ fn pack_to(
     };
     let mut pipeline = Pipeline::start(file, dest.to_owned(), threads)?;
     let mut tar = tar::Builder::new(&mut pipeline);
-    let entries = add_tree(&mut tar, staged, manifest.source_date).and_then(|files| {
-        // A link can escape through another link that only comes later in the walk; and
-        // what every installer refuses is refused here, where it can still be fixed.
-        match find_unsafe_link(&files, &Reserved::installer_owned()) {
-            Some((entry, target, problem)) => Err(unsupported(
-                &staged.join(entry),
-                &format!("symlink to `{target}` {}", problem.reason()),
-            )),
-            None => Ok(files),
-        }
-    });
+    let last = manifest.deps.as_ref().map(|d| d.dir.clone());
+    let entries =
+        add_tree(&mut tar, staged, manifest.source_date, last.as_deref()).and_then(|files| {
+            // A link can escape through another link that only comes later in the walk; and
+            // what every installer refuses is refused here, where it can still be fixed.
+            match find_unsafe_link(&files, &Reserved::installer_owned()) {
+                Some((entry, target, problem)) => Err(unsupported(
+                    &staged.join(entry),
+                    &format!("symlink to `{target}` {}", problem.reason()),
+                )),
+                None => Ok(files),
+            }
+        });
     let written = entries.and_then(|files| {
         manifest.files = files;
         // The embedded copy goes last: only now are all file hashes known. It has no archive
@@ -204,18 +206,26 @@ fn header(kind: tar::EntryType, mode: Mode, size: u64, mtime: i64) -> tar::Heade
 
 /// Appends every entry below `root` in sorted order (directories before their contents) and
 /// returns the manifest's file list.
+///
+/// The top-level directory `last` (the installed dependencies), if any, comes after everything
+/// else: a server that already holds an equal, checked copy of it stops inflating the archive
+/// where it begins, and only hashes the rest (see the reader's `SharedTree`).
 fn add_tree(
     tar: &mut tar::Builder<&mut Pipeline>,
     root: &Path,
     mtime: i64,
+    last: Option<&str>,
 ) -> Result<BTreeMap<String, FileEntry>, PackError> {
     let mut files = BTreeMap::new();
     let mut stored: HashMap<(Blake3Hash, u32), String> = HashMap::new();
     let mut buf = vec![0u8; CHUNK];
+    let last = last.map(std::ffi::OsString::from);
+    let is_last =
+        move |e: &walkdir::DirEntry| e.depth() == 1 && Some(e.file_name()) == last.as_deref();
     let walk = walkdir::WalkDir::new(root)
         .min_depth(1)
         .follow_links(false)
-        .sort_by_file_name();
+        .sort_by(move |a, b| (is_last(a), a.file_name()).cmp(&(is_last(b), b.file_name())));
     for entry in walk {
         let entry = entry.map_err(|e| {
             let path = e.path().unwrap_or(root).to_owned();

@@ -513,3 +513,139 @@ fn a_shared_directory_is_stored_once_checked_before_reuse_and_refused_when_chang
         }
     }
 }
+
+/// The installed dependencies go last in the archive (just before the embedded manifest), so a
+/// server that holds an equal, checked copy of them stops inflating where they begin: the rest
+/// is only hashed. What it unpacks is the same tree, embedded manifest included.
+#[test]
+fn a_reused_shared_directory_last_in_the_archive_is_not_inflated() {
+    let tmp = tempfile::tempdir().unwrap();
+    let staged = tmp.path().join("staged");
+    fs::create_dir_all(staged.join("deps/pkg")).unwrap();
+    fs::create_dir_all(staged.join("public")).unwrap();
+    fs::write(staged.join("deps/pkg/__init__.py"), gen_content(300_000, 7)).unwrap();
+    fs::write(staged.join("deps/pkg/same.css"), b"p { margin: 0 }\n").unwrap();
+    fs::write(staged.join("public/same.css"), b"p { margin: 0 }\n").unwrap();
+    fs::write(staged.join("app.py"), b"print('app')\n").unwrap();
+    // Sorted by name, these would come after `deps`.
+    fs::write(staged.join("manage.py"), b"print('manage')\n").unwrap();
+    fs::create_dir_all(staged.join("static")).unwrap();
+    fs::write(staged.join("static/app.css"), gen_content(40_000, 8)).unwrap();
+    let mut manifest = base_manifest();
+    manifest.python_tag = Some("cp311".into());
+    manifest.deps = Some(common::manifest::Dependencies {
+        dir: "deps".into(),
+        bytecode: true,
+    });
+    let packed = pack(
+        &staged,
+        manifest,
+        &tmp.path().join("out"),
+        &PackOptions::default(),
+    )
+    .unwrap();
+    let order: Vec<String> = list_archive(&fs::read(&packed.artifact_path).unwrap())
+        .into_iter()
+        .map(|e| e.path.trim_end_matches('/').to_owned())
+        .collect();
+    let first_dep = order.iter().position(|p| p == "deps").unwrap();
+    assert!(
+        order[..first_dep].iter().all(|p| !p.starts_with("deps")),
+        "{order:?}"
+    );
+    assert!(
+        order[first_dep..order.len() - 1]
+            .iter()
+            .all(|p| p == "deps" || p.starts_with("deps/")),
+        "{order:?}"
+    );
+    assert_eq!(order.last().map(String::as_str), Some(RELEASE_JSON));
+
+    let options = UnpackOptions {
+        shared: Some(SharedTree {
+            dir: "deps".into(),
+            store: tmp.path().join("srv/deps/key"),
+            link: "../srv/deps/key".into(),
+        }),
+        ..UnpackOptions::default()
+    };
+    let first = tmp.path().join("first");
+    let summary = unpack(&packed.artifact_path, &packed.sidecar, &first, &options).unwrap();
+    assert_eq!(summary.shared, Some(SharedUse::Created));
+    assert!(!summary.shared_not_inflated);
+    let second = tmp.path().join("second");
+    let summary = unpack(&packed.artifact_path, &packed.sidecar, &second, &options).unwrap();
+    assert_eq!(summary.shared, Some(SharedUse::Reused));
+    assert!(summary.shared_not_inflated, "{summary:?}");
+    assert_eq!(
+        fs::read(second.join(RELEASE_JSON)).unwrap(),
+        fs::read(first.join(RELEASE_JSON)).unwrap()
+    );
+    assert_eq!(
+        fs::read(second.join("deps/pkg/__init__.py")).unwrap(),
+        gen_content(300_000, 7)
+    );
+    assert_eq!(
+        fs::read(second.join("static/app.css")).unwrap(),
+        gen_content(40_000, 8)
+    );
+    assert_eq!(
+        fs::read(second.join("public/same.css")).unwrap(),
+        b"p { margin: 0 }\n"
+    );
+
+    // The skipped bytes still count: a flipped byte where the dependencies are is refused by
+    // the archive's hash, and nothing is left behind.
+    let mut bytes = fs::read(&packed.artifact_path).unwrap();
+    let at = bytes.len() - 200;
+    bytes[at] ^= 0x55;
+    let tampered = tmp.path().join("tampered.tar.gz");
+    fs::write(&tampered, &bytes).unwrap();
+    let third = tmp.path().join("third");
+    let err = unpack(&tampered, &packed.sidecar, &third, &options)
+        .unwrap_err()
+        .to_string();
+    // Which is found first depends on how far ahead the inflating thread had read.
+    assert!(err.contains("BLAKE3") || err.contains("corrupt"), "{err}");
+    assert!(!third.exists());
+}
+
+/// An archive from before the dependencies went last (they sort between other entries) is
+/// still unpacked with its shared copy reused: inflated in full, the other entries all written.
+#[test]
+fn a_shared_directory_in_the_middle_of_an_older_archive_is_reused_after_a_full_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = Crafted::new();
+    c.m.python_tag = Some("cp311".into());
+    c.m.deps = Some(common::manifest::Dependencies {
+        dir: "deps".into(),
+        bytecode: true,
+    });
+    c.dir("app")
+        .file("app/views.py", b"views\n")
+        .dir("deps")
+        .file("deps/six.py", b"six\n")
+        .dir("zeta")
+        .file("zeta/late.py", b"late\n");
+    let (gz, sidecar) = c.seal();
+    let archive = tmp.path().join("old.tar.gz");
+    fs::write(&archive, &gz).unwrap();
+    let options = UnpackOptions {
+        shared: Some(SharedTree {
+            dir: "deps".into(),
+            store: tmp.path().join("srv/deps/key"),
+            link: "../srv/deps/key".into(),
+        }),
+        ..UnpackOptions::default()
+    };
+    let first = tmp.path().join("first");
+    let summary = unpack(&archive, &sidecar, &first, &options).unwrap();
+    assert_eq!(summary.shared, Some(SharedUse::Created));
+    let second = tmp.path().join("second");
+    let summary = unpack(&archive, &sidecar, &second, &options).unwrap();
+    assert_eq!(summary.shared, Some(SharedUse::Reused));
+    assert!(!summary.shared_not_inflated);
+    assert_eq!(fs::read(second.join("zeta/late.py")).unwrap(), b"late\n");
+    assert_eq!(fs::read(second.join("deps/six.py")).unwrap(), b"six\n");
+    assert_eq!(fs::read(second.join("app/views.py")).unwrap(), b"views\n");
+}

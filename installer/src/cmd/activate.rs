@@ -189,8 +189,13 @@ fn activate_checked(
             .map(|t| t.store.display().to_string());
         let shared = match (&unpacked.shared, &store) {
             (Some(SharedUse::Reused), Some(store)) => {
-                eprintln!("    its dependencies: the checked tree `{store}` it shares");
-                serde_json::json!({"tree": store, "use": "reused"})
+                let read = if unpacked.shared_not_inflated {
+                    " (their part of the archive hashed, not inflated)"
+                } else {
+                    ""
+                };
+                eprintln!("    its dependencies: the checked tree `{store}` it shares{read}");
+                serde_json::json!({"tree": store, "use": "reused", "inflated": !unpacked.shared_not_inflated})
             }
             (Some(SharedUse::Created), Some(store)) => {
                 eprintln!("    its dependencies: unpacked into `{store}`, for every release with the same ones");

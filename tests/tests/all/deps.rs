@@ -89,6 +89,12 @@ fn an_upgrade_makes_its_environment_from_deps_without_pip(site: &ServerRoot) {
         "{:?}",
         r.details
     );
+    // Its `deps/` comes last in the archive: only hashed, never inflated.
+    assert_eq!(
+        r.details["unpack"]["deps"]["inflated"], false,
+        "{:?}",
+        r.details
+    );
     assert_eq!(fs::read_dir(site.root.join("deps")).unwrap().count(), 1);
     // Build000001's equal files were linked, not written again: one copy on disk.
     let linked = r.details["unpack"]["linked_files"].as_u64().unwrap();
