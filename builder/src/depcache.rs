@@ -224,6 +224,8 @@ impl Drop for Lent {
 /// size, executable bit and hash, and nothing else.
 fn check_tree(tree: &Path, index: &BTreeMap<String, FileEntry>) -> anyhow::Result<()> {
     let mut seen = 0;
+    // Sizes and modes first, walking; the contents are hashed together afterwards.
+    let mut files = Vec::new();
     for e in walkdir::WalkDir::new(tree).min_depth(1).follow_links(false) {
         let e = e?;
         let rel = e
@@ -244,10 +246,10 @@ fn check_tree(tree: &Path, index: &BTreeMap<String, FileEntry>) -> anyhow::Resul
                     && fs::read_link(e.path())?.as_os_str() == target.as_str()
             }
             FileEntry::File { size, mode, blake3 } => {
+                files.push((e.path().to_owned(), *size, *blake3));
                 meta.is_file()
                     && meta.len() == *size
                     && (meta.permissions().mode() & 0o111 != 0) == (*mode == Mode::EXECUTABLE)
-                    && Blake3Hash::of_file(e.path())?.0 == *blake3
             }
         };
         if !ok {
@@ -257,7 +259,10 @@ fn check_tree(tree: &Path, index: &BTreeMap<String, FileEntry>) -> anyhow::Resul
     if seen != index.len() {
         bail!("{} listed entries are missing", index.len() - seen);
     }
-    Ok(())
+    Blake3Hash::check_files(&files).map_err(|path| {
+        let rel = path.strip_prefix(tree).unwrap_or(&path).display().to_string();
+        anyhow::anyhow!("`{rel}` changed")
+    })
 }
 
 /// Every entry below `root` with its kind, mode and content hash.

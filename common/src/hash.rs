@@ -4,7 +4,7 @@
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -31,6 +31,33 @@ impl Blake3Hash {
         io::copy(&mut f, &mut w).map_err(|e| FsError::new("cannot read", path, e))?;
         let (_, h, n) = w.finish();
         Ok((h, n))
+    }
+
+    /// Re-hashes files already known by size and digest, on a few threads (a dependency tree
+    /// is thousands of small files: hashing them one by one leaves cores idle). Returns the
+    /// first file that cannot be read or whose content differs.
+    pub fn check_files(files: &[(PathBuf, u64, Blake3Hash)]) -> Result<(), PathBuf> {
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get().min(4));
+        let chunk = files.len().div_ceil(threads).max(1);
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = files
+                .chunks(chunk)
+                .map(|part| {
+                    scope.spawn(move || {
+                        part.iter().try_for_each(|(path, size, want)| {
+                            match Self::of_file(path) {
+                                Ok((h, n)) if h == *want && n == *size => Ok(()),
+                                _ => Err(path.clone()),
+                            }
+                        })
+                    })
+                })
+                .collect();
+            workers.into_iter().try_for_each(|w| {
+                w.join()
+                    .unwrap_or_else(|_| Err(PathBuf::from("a hashing thread")))
+            })
+        })
     }
 
     pub fn as_bytes(&self) -> &[u8; 32] {

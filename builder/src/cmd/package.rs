@@ -275,6 +275,9 @@ fn build_and_pack(
         },
     )?;
     let build_settings = build_settings(&staging, config)?;
+    // Django's migration loader only reads the project: it runs beside collectstatic (two
+    // Django start-ups at once), and is recorded after it as before.
+    let graph = MigrationGraphRun::start(runner, config, &build_settings.module);
     let collected = runner.run(
         "collectstatic",
         StepCommand::new(&[
@@ -285,8 +288,9 @@ fn build_and_pack(
         ])
         .env("DJANGO_SETTINGS_MODULE", &build_settings.module),
     );
-    let collected =
-        collected.and_then(|()| migration_graph(runner, config, &build_settings.module));
+    let collected = collected
+        .and_then(|()| graph)
+        .and_then(|graph| graph.finish(runner, &build_settings.module));
     // A generated settings module is for the build only: it never reaches the release.
     if let Some(file) = &build_settings.generated {
         fs::remove_file(file).with_context(|| format!("cannot remove `{}`", file.display()))?;
@@ -487,57 +491,104 @@ const MIGRATION_GRAPH_SCRIPT: &str = include_str!("../migrations.py");
 /// The release's migration graph, from Django's own loader in the packaging environment with
 /// the build settings (no database): which migrations each app has, in order, and what each
 /// operation does, so servers and `deploy --plan` know what a deploy applies and a rollback
-/// leaves behind.
-fn migration_graph(
-    runner: &mut StepRunner,
-    config: &DeployConfig,
-    settings: &str,
-) -> anyhow::Result<MigrationGraph> {
-    let staging = runner.staging().to_owned();
-    let venv_python = runner.venv().join("bin/python");
-    let project = staging.join(
-        Path::new(&config.django.manage_py)
-            .parent()
-            .unwrap_or(Path::new("")),
-    );
-    let mut graph = None;
-    runner.internal(
-        "migration-graph",
-        &[
-            &format!("{VENV_PLACEHOLDER}/bin/python"),
-            "<builder's migration graph script>",
-        ],
-        || {
-            // Beside the venv, never in the staging tree: nothing of it is packaged.
-            let script = runner_scratch(&venv_python)?;
-            atomic::write_file(&script, MIGRATION_GRAPH_SCRIPT.as_bytes())?;
-            let out = std::process::Command::new(&venv_python)
-                .arg(&script)
-                .current_dir(&project)
-                .env("DJANGO_SETTINGS_MODULE", settings)
-                .env("PYTHONPATH", &project)
-                // The loader imports every migration module: no `__pycache__` in the tree.
-                .env("PYTHONDONTWRITEBYTECODE", "1")
-                .stdin(std::process::Stdio::null())
-                .output()
-                .with_context(|| format!("cannot run `{}`", venv_python.display()))?;
-            let _ = fs::remove_file(&script);
-            if !out.status.success() {
-                eprint!("{}", String::from_utf8_lossy(&out.stderr));
-                bail!(
-                    "Django's migration loader failed ({}) with settings `{settings}`: its output is above",
-                    out.status
-                );
-            }
-            let g: MigrationGraph = serde_json::from_slice(&out.stdout)
-                .context("the migration graph script printed something that is not its JSON")?;
-            let apps = g.apps.len();
-            let count: usize = g.apps.values().map(Vec::len).sum();
-            graph = Some(g);
-            Ok(format!("{count} migrations in {apps} apps"))
-        },
-    )?;
-    Ok(graph.expect("set by the step"))
+/// leaves behind. Started, then finished as the step `migration-graph`; dropped unfinished (a
+/// step between failed), the loader is stopped.
+struct MigrationGraphRun {
+    child: Option<std::process::Child>,
+    /// The script, and the files its output goes to (files, not pipes: a large graph must not
+    /// block the loader while the builder waits for collectstatic).
+    scratch: [PathBuf; 3],
+}
+
+impl MigrationGraphRun {
+    fn start(runner: &StepRunner, config: &DeployConfig, settings: &str) -> anyhow::Result<Self> {
+        let venv_python = runner.venv().join("bin/python");
+        let project = runner.staging().join(
+            Path::new(&config.django.manage_py)
+                .parent()
+                .unwrap_or(Path::new("")),
+        );
+        // Beside the venv, never in the staging tree: nothing of it is packaged.
+        let script = runner_scratch(&venv_python)?;
+        let mut run = Self {
+            child: None,
+            scratch: [
+                script.clone(),
+                script.with_extension("out"),
+                script.with_extension("err"),
+            ],
+        };
+        atomic::write_file(&script, MIGRATION_GRAPH_SCRIPT.as_bytes())?;
+        let create = |p: &Path| {
+            fs::File::create(p).with_context(|| format!("cannot create `{}`", p.display()))
+        };
+        let child = std::process::Command::new(&venv_python)
+            .arg(&script)
+            .current_dir(&project)
+            .env("DJANGO_SETTINGS_MODULE", settings)
+            .env("PYTHONPATH", &project)
+            // The loader imports every migration module: no `__pycache__` in the tree.
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .stdin(std::process::Stdio::null())
+            .stdout(create(&run.scratch[1])?)
+            .stderr(create(&run.scratch[2])?)
+            .spawn()
+            .with_context(|| format!("cannot run `{}`", venv_python.display()))?;
+        run.child = Some(child);
+        Ok(run)
+    }
+
+    fn finish(
+        mut self,
+        runner: &mut StepRunner,
+        settings: &str,
+    ) -> anyhow::Result<MigrationGraph> {
+        let mut graph = None;
+        let mut child = self.child.take().expect("started");
+        let [_, out, err] = &self.scratch;
+        runner.internal(
+            "migration-graph",
+            &[
+                &format!("{VENV_PLACEHOLDER}/bin/python"),
+                "<builder's migration graph script>",
+            ],
+            || {
+                let status = child
+                    .wait()
+                    .context("cannot wait for the migration graph script")?;
+                if !status.success() {
+                    eprint!("{}", String::from_utf8_lossy(&fs::read(err).unwrap_or_default()));
+                    bail!(
+                        "Django's migration loader failed ({status}) with settings `{settings}`: its output is above"
+                    );
+                }
+                let printed =
+                    fs::read(out).with_context(|| format!("cannot read `{}`", out.display()))?;
+                let g: MigrationGraph = serde_json::from_slice(&printed).context(
+                    "the migration graph script printed something that is not its JSON",
+                )?;
+                let apps = g.apps.len();
+                let count: usize = g.apps.values().map(Vec::len).sum();
+                graph = Some(g);
+                Ok(format!(
+                    "{count} migrations in {apps} apps (run beside collectstatic)"
+                ))
+            },
+        )?;
+        Ok(graph.expect("set by the step"))
+    }
+}
+
+impl Drop for MigrationGraphRun {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for file in &self.scratch {
+            let _ = fs::remove_file(file);
+        }
+    }
 }
 
 /// A scratch file beside the build venv for a script the builder runs.

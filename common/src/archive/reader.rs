@@ -607,6 +607,16 @@ fn write_entries(
             if digest != sidecar.embedded_digest() {
                 return Err(UnpackError::EmbeddedSidecarMismatch);
             }
+            // The shared tree's files are this release's files all the same, already on disk:
+            // counted as linked, as when their entries are read.
+            for entry in manifest.files.iter().filter(|(k, _)| !outside(k)) {
+                if let (_, FileEntry::File { size, .. }) = entry {
+                    summary.files += 1;
+                    summary.bytes += size;
+                    summary.linked += 1;
+                    summary.linked_bytes += size;
+                }
+            }
             return Ok((summary, Rest::Shared));
         }
         if let Some(owned) = options.reserved.owned_by(&name) {
@@ -1061,7 +1071,7 @@ pub fn check_shared(store: &Path, dir: &str, sidecar: &Sidecar) -> Result<(), St
         .take_while(|(k, _)| k.starts_with(&prefix))
         .map(|(k, v)| (&k[prefix.len()..], v))
         .collect();
-    let mut files: Vec<(PathBuf, u64, &Blake3Hash)> = Vec::new();
+    let mut files: Vec<(PathBuf, u64, Blake3Hash)> = Vec::new();
     let mut seen = 0usize;
     for entry in walkdir::WalkDir::new(store)
         .min_depth(1)
@@ -1096,7 +1106,7 @@ pub fn check_shared(store: &Path, dir: &str, sidecar: &Sidecar) -> Result<(), St
                 mode: want,
                 blake3,
             } if meta.is_file() && mode == want.0 && meta.len() == *size => {
-                files.push((entry.into_path(), *size, blake3));
+                files.push((entry.into_path(), *size, *blake3));
             }
             _ => return Err(format!("`{shown}` differs in type, mode or size")),
         }
@@ -1107,32 +1117,11 @@ pub fn check_shared(store: &Path, dir: &str, sidecar: &Sidecar) -> Result<(), St
             listed.len() - seen
         ));
     }
-    let threads = thread::available_parallelism().map_or(2, |n| n.get().min(4));
-    let chunk = files.len().div_ceil(threads).max(1);
-    thread::scope(|scope| {
-        let workers: Vec<_> = files
-            .chunks(chunk)
-            .map(|part| {
-                scope.spawn(move || {
-                    for (path, size, want) in part {
-                        match Blake3Hash::of_file(path) {
-                            Ok((h, n)) if h == **want && n == *size => {}
-                            _ => {
-                                return Err(format!(
-                                    "`{dir}/{}` changed",
-                                    path.strip_prefix(store).unwrap_or(path).display()
-                                ))
-                            }
-                        }
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        workers.into_iter().try_for_each(|w| {
-            w.join()
-                .unwrap_or_else(|_| Err("a hashing thread failed".into()))
-        })
+    Blake3Hash::check_files(&files).map_err(|path| {
+        format!(
+            "`{dir}/{}` changed",
+            path.strip_prefix(store).unwrap_or(&path).display()
+        )
     })
 }
 

@@ -570,13 +570,16 @@ fn a_reused_shared_directory_last_in_the_archive_is_not_inflated() {
         ..UnpackOptions::default()
     };
     let first = tmp.path().join("first");
-    let summary = unpack(&packed.artifact_path, &packed.sidecar, &first, &options).unwrap();
-    assert_eq!(summary.shared, Some(SharedUse::Created));
-    assert!(!summary.shared_not_inflated);
+    let created = unpack(&packed.artifact_path, &packed.sidecar, &first, &options).unwrap();
+    assert_eq!(created.shared, Some(SharedUse::Created));
+    assert!(!created.shared_not_inflated);
     let second = tmp.path().join("second");
     let summary = unpack(&packed.artifact_path, &packed.sidecar, &second, &options).unwrap();
     assert_eq!(summary.shared, Some(SharedUse::Reused));
     assert!(summary.shared_not_inflated, "{summary:?}");
+    // Not read, still counted: the same files and bytes, the shared ones as linked.
+    assert_eq!((summary.files, summary.bytes), (created.files, created.bytes));
+    assert!(summary.linked >= 1 + created.linked, "{summary:?} {created:?}");
     assert_eq!(
         fs::read(second.join(RELEASE_JSON)).unwrap(),
         fs::read(first.join(RELEASE_JSON)).unwrap()
