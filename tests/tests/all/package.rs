@@ -401,6 +401,29 @@ fn secrets_failing_steps_and_mismatched_build_numbers_leave_no_artifact() {
         err.contains("interpeter") && err.contains("deploy.toml at Build000005"),
         "{err}"
     );
+
+    // A migration that depends on one no tag has: Django's loader (run beside collectstatic)
+    // fails, its output is shown, nothing is written.
+    repo.commit_and_tag("000006", |w| {
+        example::git(w, &["checkout", "Build000001", "--", "deploy.toml"]).unwrap();
+        fs::write(
+            w.join("binarycrate/dashboard/migrations/0002_orphan.py"),
+            "from django.db import migrations\n\n\nclass Migration(migrations.Migration):\n    dependencies = [('dashboard', '0099_missing')]\n    operations = []\n",
+        )
+        .unwrap();
+    })
+    .unwrap();
+    let out_dir = tmp.path().join("out6");
+    let out = package(&wh, &repo.work, "Build000006", &out_dir);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("step `migration-graph` failed")
+            && err.contains("Django's migration loader failed")
+            && err.contains("0099_missing"),
+        "{err}"
+    );
+    assert!(entries(&out_dir).is_empty());
 }
 
 #[test]
