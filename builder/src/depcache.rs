@@ -85,6 +85,16 @@ impl DepCache {
         self.dir.join(key)
     }
 
+    /// Where the archive writer keeps the compressed pieces of entry `key`'s tree (`pieces/`
+    /// beside `tree/`: they go when the entry does), once the entry is there.
+    pub fn pieces(&self, key: &str) -> Option<PathBuf> {
+        let entry = self.entry(key);
+        entry
+            .join("index.json")
+            .is_file()
+            .then(|| entry.join("pieces"))
+    }
+
     /// Puts entry `key` at `dest` (which must not exist): each file re-hashed against the index,
     /// then hard-linked (copied when the cache is on another filesystem). `false` when there is
     /// no such entry or it does not match its index (it is removed then, to be rebuilt).

@@ -27,6 +27,7 @@ pub fn run(args: &ArchiveArgs) -> anyhow::Result<ExitCode> {
     let base = ReleaseManifest::new(&args.app, args.build, args.source_date);
     let options = PackOptions {
         threads: args.threads.unwrap_or(0),
+        ..PackOptions::default()
     };
     eprintln!(
         "packing `{}` as {:#}",

@@ -241,7 +241,7 @@ fn build_and_pack(
     // carries them as ordinary files under `deps/` (listed in the manifest, verified on the
     // servers like every other file), so a server needs neither pip nor an index.
     // Lent from the dependency cache, if it came from there: given back once packed.
-    let _lent = ready_deps(config, &python, &wheels, runner)?;
+    let (_lent, pieces) = ready_deps(config, &python, &wheels, runner)?;
     let venv_python = format!("{VENV_PLACEHOLDER}/bin/python");
     // collectstatic's environment: a venv without pip whose site-packages is the `deps/` just
     // installed, written as the servers write each release's.
@@ -336,7 +336,11 @@ fn build_and_pack(
     base.migrations = Some(migrations);
     eprintln!("==> archive: packing `{}`", staging.display());
     let t = Instant::now();
-    let packed = pack(&staging, base, out, &PackOptions::default())
+    let options = PackOptions {
+        pieces,
+        ..PackOptions::default()
+    };
+    let packed = pack(&staging, base, out, &options)
         .with_context(|| format!("cannot pack {tag}"))?;
     runner.time_only("archive", t.elapsed());
     let archive = packed
@@ -672,13 +676,14 @@ fn build_settings(staging: &Path, config: &DeployConfig) -> anyhow::Result<Build
 /// bytecode compiled — lent by the dependency cache when the same wheels were installed the
 /// same way before on this machine (the [`Lent`] returned puts it back when dropped, after
 /// packing), else by pip and compileall (and then kept in the cache). Either way the release
-/// records the same steps and holds the same bytes.
+/// records the same steps and holds the same bytes. With the cache, also where the archive
+/// writer keeps the tree's compressed pieces.
 fn ready_deps(
     config: &DeployConfig,
     python: &PythonInfo,
     wheels: &BTreeMap<String, WheelEntry>,
     runner: &mut StepRunner,
-) -> anyhow::Result<Option<Lent>> {
+) -> anyhow::Result<(Option<Lent>, Option<PathBuf>)> {
     let staging = runner.staging().to_owned();
     let deps = staging.join(DEPS_DIR);
     if fs::symlink_metadata(&deps).is_ok() {
@@ -704,7 +709,7 @@ fn ready_deps(
                     &note,
                 );
             }
-            return Ok(Some(lent));
+            return Ok((Some(lent), cache.pieces(&key)));
         }
     }
     runner.run("deps", StepCommand::new(&install))?;
@@ -719,7 +724,7 @@ fn ready_deps(
             eprintln!("warning: {e:#}; the next build installs its dependencies again");
         }
     }
-    Ok(None)
+    Ok((None, cache.and_then(|c| c.pieces(&key))))
 }
 
 /// pip installing the wheels into `deps/` as a site-packages directory for the target, without

@@ -48,11 +48,21 @@ const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
 /// An empty final fixed-Huffman block: closes the deflate stream after the last sync flush.
 const DEFLATE_END: [u8; 2] = [0x03, 0x00];
 
+/// The mtime in the tar headers of the dependencies' section (1980-01-01, the wheels' own
+/// epoch): with the commit's time there, no two builds would share a byte of that section.
+/// Readers take every mtime from the manifest's source date, never from a header.
+pub const SECTION_MTIME: i64 = 315_532_800;
+
 /// Tuning that never changes the output bytes.
 #[derive(Debug, Clone, Default)]
 pub struct PackOptions {
     /// Compression threads (0: one per core). The archive is identical for any value.
     pub threads: usize,
+    /// A directory of compressed pieces of the dependencies' section kept from earlier packs,
+    /// by the content that precedes and makes them (see [`Pipeline`]); pieces found there are
+    /// copied instead of compressed, pieces made are added. The output is the same with or
+    /// without it.
+    pub pieces: Option<PathBuf>,
 }
 
 /// What [`pack`] produced.
@@ -140,7 +150,7 @@ fn pack_to(
             .unwrap_or(1),
         n => n,
     };
-    let mut pipeline = Pipeline::start(file, dest.to_owned(), threads)?;
+    let mut pipeline = Pipeline::start(file, dest.to_owned(), threads, options.pieces.clone())?;
     let mut tar = tar::Builder::new(&mut pipeline);
     let last = manifest.deps.as_ref().map(|d| d.dir.clone());
     let entries =
@@ -209,7 +219,10 @@ fn header(kind: tar::EntryType, mode: Mode, size: u64, mtime: i64) -> tar::Heade
 ///
 /// The top-level directory `last` (the installed dependencies), if any, comes after everything
 /// else: a server that already holds an equal, checked copy of it stops inflating the archive
-/// where it begins, and only hashes the rest (see the reader's `SharedTree`).
+/// where it begins, and only hashes the rest (see the reader's `SharedTree`). Its entries are
+/// one section of the stream whose bytes depend on nothing else (their own mtime, hard links
+/// only to each other, compression started afresh), so the builder can keep its compressed
+/// pieces for the next build with the same dependencies.
 fn add_tree(
     tar: &mut tar::Builder<&mut Pipeline>,
     root: &Path,
@@ -219,9 +232,12 @@ fn add_tree(
     let mut files = BTreeMap::new();
     let mut stored: HashMap<(Blake3Hash, u32), String> = HashMap::new();
     let mut buf = vec![0u8; CHUNK];
+    let mut in_section = false;
     let last = last.map(std::ffi::OsString::from);
-    let is_last =
-        move |e: &walkdir::DirEntry| e.depth() == 1 && Some(e.file_name()) == last.as_deref();
+    let section = last.clone();
+    let is_last = move |e: &walkdir::DirEntry| {
+        e.depth() == 1 && Some(e.file_name()) == last.as_deref()
+    };
     let walk = walkdir::WalkDir::new(root)
         .min_depth(1)
         .follow_links(false)
@@ -259,6 +275,13 @@ fn add_tree(
             .map_err(|e| FsError::new("cannot stat", path, e.into()))?;
         let ft = meta.file_type();
         let io_err = |e: io::Error| FsError::new("cannot write archive entry for", path, e);
+        // Sorted last, the section runs from its directory's entry to the end of the walk.
+        if !in_section && entry.depth() == 1 && Some(entry.file_name()) == section.as_deref() {
+            in_section = true;
+            stored.clear();
+            tar.get_mut().begin_section().map_err(io_err)?;
+        }
+        let mtime = if in_section { SECTION_MTIME } else { mtime };
         if ft.is_dir() {
             let mut h = header(tar::EntryType::Directory, Mode::DIR, 0, mtime);
             tar.append_data(&mut h, &name, io::empty())
@@ -340,6 +363,11 @@ fn add_tree(
             return Err(unsupported(path, "it is a device, FIFO or socket; releases hold only files, directories and symlinks"));
         }
     }
+    if in_section {
+        tar.get_mut()
+            .end_section()
+            .map_err(|e| FsError::new("cannot write archive", root, e))?;
+    }
     Ok(files)
 }
 
@@ -409,6 +437,66 @@ struct Job {
     dict: Option<Arc<Vec<u8>>>,
     /// Keep the compressed bytes' place in the output so a later identical piece can reuse them.
     remember: bool,
+    /// Keep the compressed bytes in the piece store too, under this key.
+    keep: Option<(Arc<PieceStore>, blake3::Hash)>,
+}
+
+/// Compressed pieces of the dependencies' section kept between packs: one file per piece,
+/// named by its key (the piece's content and everything before it in its section, and how it
+/// is compressed), holding its uncompressed length and CRC and the BLAKE3 of its compressed
+/// bytes, which are checked on every read. A piece that cannot be read or does not match is
+/// compressed again.
+struct PieceStore {
+    dir: PathBuf,
+}
+
+/// What decides a piece's compressed bytes besides its content: the chunking, the level and
+/// the deflate implementation's version (checked against `Cargo.lock` by a test).
+const PIECE_FORMAT: &str = "binarycrate piece 1; chunk 524288; window 32768; level 6/1; zlib-rs 0.6.8";
+const PIECE_MAGIC: &[u8; 8] = b"BCPIECE1";
+
+impl PieceStore {
+    fn path(&self, key: &blake3::Hash) -> PathBuf {
+        let mut h = blake3::Hasher::new();
+        h.update(PIECE_FORMAT.as_bytes());
+        h.update(key.as_bytes());
+        self.dir.join(h.finalize().to_hex().as_str())
+    }
+
+    fn get(&self, key: &blake3::Hash) -> Option<(Vec<u8>, u32, usize)> {
+        let mut bytes = fs::read(self.path(key)).ok()?;
+        if bytes.len() < 52 || &bytes[..8] != PIECE_MAGIC {
+            return None;
+        }
+        let ulen = u64::from_le_bytes(bytes[8..16].try_into().ok()?) as usize;
+        let crc = u32::from_le_bytes(bytes[16..20].try_into().ok()?);
+        let want: [u8; 32] = bytes[20..52].try_into().ok()?;
+        if *blake3::hash(&bytes[52..]).as_bytes() != want || ulen > CHUNK {
+            return None;
+        }
+        bytes.drain(..52);
+        Some((bytes, crc, ulen))
+    }
+
+    /// Best effort: a piece not kept is compressed again next time. Written under a temporary
+    /// name and renamed, so a reader sees a whole piece or none (and a damaged one is
+    /// replaced); not synced, since every read checks the piece's hash.
+    fn put(&self, key: &blake3::Hash, bytes: &[u8], crc: u32, ulen: usize) {
+        let path = self.path(key);
+        if fs::create_dir_all(&self.dir).is_err() {
+            return;
+        }
+        let mut file = Vec::with_capacity(52 + bytes.len());
+        file.extend_from_slice(PIECE_MAGIC);
+        file.extend_from_slice(&(ulen as u64).to_le_bytes());
+        file.extend_from_slice(&crc.to_le_bytes());
+        file.extend_from_slice(blake3::hash(bytes).as_bytes());
+        file.extend_from_slice(bytes);
+        let tmp = atomic::temp_sibling(&path, "piece");
+        if fs::write(&tmp, &file).is_err() || fs::rename(&tmp, &path).is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+    }
 }
 
 /// A piece of the output, in stream order by `seq`.
@@ -439,11 +527,18 @@ impl Done {
 /// archive — collectstatic leaves a second copy of every static file — produces the very same
 /// compressed pieces, which are copied instead of compressed again. Whether a piece repeats
 /// depends only on content, so the bytes are the same for any thread count.
+///
+/// The dependencies' section is one segment from its first byte to its last (the large files
+/// in it do not start their own), and its pieces are also looked up in, and added to, the
+/// piece store: the next build with the same dependencies copies them instead of compressing
+/// 30 MB again.
 struct Pipeline {
     buf: Vec<u8>,
     prev: Option<Arc<Vec<u8>>>,
     seq: u64,
     in_segment: bool,
+    in_section: bool,
+    pieces: Option<Arc<PieceStore>>,
     /// Identity of the segment piece chain so far (content of this piece and all before it).
     chain: Option<blake3::Hash>,
     seen: HashMap<blake3::Hash, u64>,
@@ -454,7 +549,12 @@ struct Pipeline {
 }
 
 impl Pipeline {
-    fn start(file: File, path: PathBuf, threads: usize) -> Result<Self, PackError> {
+    fn start(
+        file: File,
+        path: PathBuf,
+        threads: usize,
+        pieces: Option<PathBuf>,
+    ) -> Result<Self, PackError> {
         let (job_tx, job_rx) = mpsc::sync_channel::<Job>(threads * 2);
         let job_rx = Arc::new(std::sync::Mutex::new(job_rx));
         let (done_tx, done_rx) = mpsc::sync_channel::<Done>(threads * 4);
@@ -479,6 +579,8 @@ impl Pipeline {
             prev: None,
             seq: 0,
             in_segment: false,
+            in_section: false,
+            pieces: pieces.map(|dir| Arc::new(PieceStore { dir })),
             chain: None,
             seen: HashMap::new(),
             jobs: Some(job_tx),
@@ -503,6 +605,7 @@ impl Pipeline {
                 data,
                 dict,
                 remember: false,
+                keep: None,
             };
             return self
                 .jobs
@@ -528,6 +631,23 @@ impl Pipeline {
                 .map_err(|_| Self::closed());
         }
         self.seen.insert(key, seq);
+        let store = self.pieces.as_ref().filter(|_| self.in_section);
+        if let Some((bytes, crc, len)) = store.and_then(|p| p.get(&key)) {
+            if len == data.len() {
+                return self
+                    .done
+                    .as_ref()
+                    .expect("pipeline open")
+                    .send(Done::Compressed {
+                        seq,
+                        bytes,
+                        crc: crc32fast::Hasher::new_with_initial_len(crc, len as u64),
+                        len,
+                        remember: true,
+                    })
+                    .map_err(|_| Self::closed());
+            }
+        }
         // The first piece of a segment starts without a dictionary, so its output does not
         // depend on whatever preceded the file.
         let dict = if first { None } else { dict };
@@ -536,6 +656,7 @@ impl Pipeline {
             data,
             dict,
             remember: true,
+            keep: store.map(|p| (Arc::clone(p), key)),
         };
         self.jobs
             .as_ref()
@@ -545,6 +666,9 @@ impl Pipeline {
     }
 
     fn begin_segment(&mut self) -> io::Result<()> {
+        if self.in_section {
+            return Ok(());
+        }
         if !self.buf.is_empty() {
             self.send_chunk()?;
         }
@@ -554,12 +678,27 @@ impl Pipeline {
     }
 
     fn end_segment(&mut self) -> io::Result<()> {
+        if self.in_section {
+            return Ok(());
+        }
         if !self.buf.is_empty() {
             self.send_chunk()?;
         }
         self.in_segment = false;
         self.chain = None;
         Ok(())
+    }
+
+    /// The dependencies' section: one segment whose pieces the piece store keeps.
+    fn begin_section(&mut self) -> io::Result<()> {
+        self.begin_segment()?;
+        self.in_section = true;
+        Ok(())
+    }
+
+    fn end_section(&mut self) -> io::Result<()> {
+        self.in_section = false;
+        self.end_segment()
     }
 
     fn finish(mut self) -> Result<(Blake3Hash, u64), PackError> {
@@ -632,6 +771,9 @@ fn compress_chunk(job: Job) -> Done {
     }
     let mut crc = crc32fast::Hasher::new();
     crc.update(&job.data);
+    if let Some((store, key)) = &job.keep {
+        store.put(key, &out, crc.clone().finalize(), job.data.len());
+    }
     Done::Compressed {
         seq: job.seq,
         bytes: out,
@@ -742,4 +884,48 @@ fn write_in_order(
     file.sync_all()
         .map_err(|e| FsError::new("cannot fsync", path, e))?;
     Ok((hash, size))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Kept pieces are only valid for the deflate implementation that made them: the format
+    /// string must name the version the workspace builds with.
+    #[test]
+    fn piece_format_names_the_locked_deflate_version() {
+        let lock = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.lock"))
+            .unwrap();
+        let version = lock
+            .split("[[package]]")
+            .find(|p| p.contains("name = \"zlib-rs\"\n"))
+            .and_then(|p| p.lines().find_map(|l| l.strip_prefix("version = \"")))
+            .map(|v| v.trim_end_matches('"'))
+            .expect("zlib-rs in Cargo.lock");
+        assert!(
+            PIECE_FORMAT.ends_with(&format!("zlib-rs {version}")),
+            "Cargo.lock has zlib-rs {version}: update PIECE_FORMAT ({PIECE_FORMAT})"
+        );
+    }
+
+    #[test]
+    fn a_kept_piece_is_read_back_only_whole_and_unchanged() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = PieceStore {
+            dir: tmp.path().join("pieces"),
+        };
+        let key = blake3::hash(b"piece");
+        assert!(store.get(&key).is_none());
+        store.put(&key, b"compressed", 7, 100);
+        assert_eq!(store.get(&key), Some((b"compressed".to_vec(), 7, 100)));
+        assert!(store.get(&blake3::hash(b"other")).is_none());
+        // One flipped byte, or a cut-short file: not used.
+        let path = store.path(&key);
+        let mut bytes = fs::read(&path).unwrap();
+        *bytes.last_mut().unwrap() ^= 1;
+        fs::write(&path, &bytes).unwrap();
+        assert!(store.get(&key).is_none());
+        fs::write(&path, &bytes[..30]).unwrap();
+        assert!(store.get(&key).is_none());
+    }
 }

@@ -143,7 +143,7 @@ fn create_tree(root: &Path, v: &Variant) {
 }
 
 fn pack_tree(src: &Path, out: &Path) -> Packed {
-    pack(src, base_manifest(), out, &PackOptions { threads: 0 }).unwrap()
+    pack(src, base_manifest(), out, &PackOptions::default()).unwrap()
 }
 
 /// (artifact file name, artifact bytes, sidecar bytes) in `out`.
@@ -417,4 +417,94 @@ fn system_gzip_and_tar_read_the_artifact() {
         packed.sidecar.embedded().to_bytes()
     );
     assert!(embedded.is_some());
+}
+
+/// A staged tree with dependencies: several chunks of them (one file equal to an app file),
+/// and app files around them.
+fn tree_with_deps(root: &Path, app_css: &[u8]) {
+    fs::create_dir_all(root.join("deps/pkg/sub")).unwrap();
+    fs::create_dir_all(root.join("static")).unwrap();
+    fs::write(root.join("deps/pkg/big.py"), gen_content(1_300_000, 3)).unwrap();
+    for i in 0..200 {
+        fs::write(
+            root.join(format!("deps/pkg/sub/m{i}.py")),
+            gen_content(3_000 + i, i as u64 + 10),
+        )
+        .unwrap();
+    }
+    fs::write(root.join("deps/pkg/__init__.py"), b"").unwrap();
+    fs::write(root.join("app.py"), b"").unwrap();
+    fs::write(root.join("static/app.css"), app_css).unwrap();
+}
+
+fn pack_deps(staged: &Path, out: &Path, source_date: i64, pieces: Option<&Path>) -> Vec<u8> {
+    let mut manifest = base_manifest();
+    manifest.source_date = source_date;
+    manifest.python_tag = Some("cp311".into());
+    manifest.deps = Some(common::manifest::Dependencies {
+        dir: "deps".into(),
+        bytecode: true,
+    });
+    let options = PackOptions {
+        pieces: pieces.map(Path::to_owned),
+        ..PackOptions::default()
+    };
+    let packed = pack(staged, manifest, out, &options).unwrap();
+    fs::read(packed.artifact_path).unwrap()
+}
+
+#[test]
+fn the_dependencies_section_is_kept_compressed_and_the_output_is_the_same_with_or_without() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pieces = tmp.path().join("pieces");
+    let one = tmp.path().join("one");
+    tree_with_deps(&one, b"body { color: red }\n");
+    let plain = pack_deps(&one, &tmp.path().join("o1"), 1_600_000_000, None);
+    let kept = pack_deps(&one, &tmp.path().join("o2"), 1_600_000_000, Some(&pieces));
+    assert!(plain == kept, "the piece store changed the archive");
+    let count = fs::read_dir(&pieces).unwrap().count();
+    assert!(count >= 3, "{count} pieces kept");
+
+    // The next build: another commit time, another app file, the same dependencies. Its
+    // section's bytes depend on nothing else, so the kept pieces serve it.
+    let two = tmp.path().join("two");
+    tree_with_deps(&two, b"body { color: blue }\n");
+    let plain = pack_deps(&two, &tmp.path().join("o3"), 1_700_000_000, None);
+    let kept = pack_deps(&two, &tmp.path().join("o4"), 1_700_000_000, Some(&pieces));
+    assert!(plain == kept, "kept pieces changed the archive");
+    assert_eq!(fs::read_dir(&pieces).unwrap().count(), count, "no new piece was needed");
+    let listed = list_archive(&kept);
+    for e in &listed {
+        let in_deps = e.path.trim_end_matches('/') == "deps" || e.path.starts_with("deps/");
+        let want = if in_deps {
+            common::archive::writer::SECTION_MTIME as u64
+        } else {
+            1_700_000_000
+        };
+        assert_eq!(e.mtime, want, "{}", e.path);
+        // Equal to `app.py`, yet stored again: the section links only within itself.
+        if e.path == "deps/pkg/__init__.py" {
+            assert_eq!(e.kind, tar::EntryType::Regular);
+        }
+    }
+
+    // A damaged piece is not used: compressed again, same archive.
+    let damaged = fs::read_dir(&pieces).unwrap().next().unwrap().unwrap().path();
+    let mut bytes = fs::read(&damaged).unwrap();
+    *bytes.last_mut().unwrap() ^= 0x55;
+    fs::write(&damaged, &bytes).unwrap();
+    let again = pack_deps(&two, &tmp.path().join("o5"), 1_700_000_000, Some(&pieces));
+    assert!(plain == again, "a damaged piece reached the archive");
+    assert_ne!(fs::read(&damaged).unwrap(), bytes, "the damaged piece was not replaced");
+
+    // And the pieces are what the section is made of: one replaced by other bytes that carry
+    // their own hash is copied as it is (the archive would then fail every server's check).
+    let mut forged = fs::read(&damaged).unwrap();
+    forged.truncate(20);
+    let other = b"not the compressed piece";
+    forged.extend_from_slice(blake3::hash(other).as_bytes());
+    forged.extend_from_slice(other);
+    fs::write(&damaged, &forged).unwrap();
+    let from_pieces = pack_deps(&two, &tmp.path().join("o6"), 1_700_000_000, Some(&pieces));
+    assert!(plain != from_pieces, "the kept pieces were not used");
 }

@@ -181,7 +181,7 @@ fn materialise(root: &Path, spec: &TreeSpec) {
 }
 
 fn pack_with(src: &Path, out: &Path, threads: usize) -> Packed {
-    pack(src, base_manifest(), out, &PackOptions { threads }).unwrap()
+    pack(src, base_manifest(), out, &PackOptions { threads, ..PackOptions::default() }).unwrap()
 }
 
 /// Packs `src` with several thread counts, unpacks, and checks everything a release promises.
