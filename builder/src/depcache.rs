@@ -270,7 +270,11 @@ fn check_tree(tree: &Path, index: &BTreeMap<String, FileEntry>) -> anyhow::Resul
         bail!("{} listed entries are missing", index.len() - seen);
     }
     Blake3Hash::check_files(&files).map_err(|path| {
-        let rel = path.strip_prefix(tree).unwrap_or(&path).display().to_string();
+        let rel = path
+            .strip_prefix(tree)
+            .unwrap_or(&path)
+            .display()
+            .to_string();
         anyhow::anyhow!("`{rel}` changed")
     })
 }

@@ -44,12 +44,11 @@ impl Blake3Hash {
                 .chunks(chunk)
                 .map(|part| {
                     scope.spawn(move || {
-                        part.iter().try_for_each(|(path, size, want)| {
-                            match Self::of_file(path) {
+                        part.iter()
+                            .try_for_each(|(path, size, want)| match Self::of_file(path) {
                                 Ok((h, n)) if h == *want && n == *size => Ok(()),
                                 _ => Err(path.clone()),
-                            }
-                        })
+                            })
                     })
                 })
                 .collect();

@@ -289,7 +289,7 @@ fn build_and_pack(
         .env("DJANGO_SETTINGS_MODULE", &build_settings.module),
     );
     let collected = collected
-        .and_then(|()| graph)
+        .and(graph)
         .and_then(|graph| graph.finish(runner, &build_settings.module));
     // A generated settings module is for the build only: it never reaches the release.
     if let Some(file) = &build_settings.generated {
@@ -340,8 +340,8 @@ fn build_and_pack(
         pieces,
         ..PackOptions::default()
     };
-    let packed = pack(&staging, base, out, &options)
-        .with_context(|| format!("cannot pack {tag}"))?;
+    let packed =
+        pack(&staging, base, out, &options).with_context(|| format!("cannot pack {tag}"))?;
     runner.time_only("archive", t.elapsed());
     let archive = packed
         .sidecar
@@ -542,11 +542,7 @@ impl MigrationGraphRun {
         Ok(run)
     }
 
-    fn finish(
-        mut self,
-        runner: &mut StepRunner,
-        settings: &str,
-    ) -> anyhow::Result<MigrationGraph> {
+    fn finish(mut self, runner: &mut StepRunner, settings: &str) -> anyhow::Result<MigrationGraph> {
         let mut graph = None;
         let mut child = self.child.take().expect("started");
         let [_, out, err] = &self.scratch;

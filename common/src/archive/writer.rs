@@ -235,9 +235,8 @@ fn add_tree(
     let mut in_section = false;
     let last = last.map(std::ffi::OsString::from);
     let section = last.clone();
-    let is_last = move |e: &walkdir::DirEntry| {
-        e.depth() == 1 && Some(e.file_name()) == last.as_deref()
-    };
+    let is_last =
+        move |e: &walkdir::DirEntry| e.depth() == 1 && Some(e.file_name()) == last.as_deref();
     let walk = walkdir::WalkDir::new(root)
         .min_depth(1)
         .follow_links(false)
@@ -452,7 +451,8 @@ struct PieceStore {
 
 /// What decides a piece's compressed bytes besides its content: the chunking, the level and
 /// the deflate implementation's version (checked against `Cargo.lock` by a test).
-const PIECE_FORMAT: &str = "binarycrate piece 1; chunk 524288; window 32768; level 6/1; zlib-rs 0.6.8";
+const PIECE_FORMAT: &str =
+    "binarycrate piece 1; chunk 524288; window 32768; level 6/1; zlib-rs 0.6.8";
 const PIECE_MAGIC: &[u8; 8] = b"BCPIECE1";
 
 impl PieceStore {

@@ -28,7 +28,15 @@ fn refused(what: &str, setup: impl FnOnce(&Path), check: Check, mention: &[&str]
     fs::write(out.join("unrelated"), b"keep me").unwrap();
     let before = snapshot(tmp.path());
 
-    let err = match pack(&staged, base_manifest(), &out, &PackOptions { threads: 2, ..PackOptions::default() }) {
+    let err = match pack(
+        &staged,
+        base_manifest(),
+        &out,
+        &PackOptions {
+            threads: 2,
+            ..PackOptions::default()
+        },
+    ) {
         Ok(p) => panic!("{what}: packed {}", p.artifact_path.display()),
         Err(e) => e,
     };

@@ -472,7 +472,11 @@ fn the_dependencies_section_is_kept_compressed_and_the_output_is_the_same_with_o
     let plain = pack_deps(&two, &tmp.path().join("o3"), 1_700_000_000, None);
     let kept = pack_deps(&two, &tmp.path().join("o4"), 1_700_000_000, Some(&pieces));
     assert!(plain == kept, "kept pieces changed the archive");
-    assert_eq!(fs::read_dir(&pieces).unwrap().count(), count, "no new piece was needed");
+    assert_eq!(
+        fs::read_dir(&pieces).unwrap().count(),
+        count,
+        "no new piece was needed"
+    );
     let listed = list_archive(&kept);
     for e in &listed {
         let in_deps = e.path.trim_end_matches('/') == "deps" || e.path.starts_with("deps/");
@@ -489,13 +493,22 @@ fn the_dependencies_section_is_kept_compressed_and_the_output_is_the_same_with_o
     }
 
     // A damaged piece is not used: compressed again, same archive.
-    let damaged = fs::read_dir(&pieces).unwrap().next().unwrap().unwrap().path();
+    let damaged = fs::read_dir(&pieces)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let mut bytes = fs::read(&damaged).unwrap();
     *bytes.last_mut().unwrap() ^= 0x55;
     fs::write(&damaged, &bytes).unwrap();
     let again = pack_deps(&two, &tmp.path().join("o5"), 1_700_000_000, Some(&pieces));
     assert!(plain == again, "a damaged piece reached the archive");
-    assert_ne!(fs::read(&damaged).unwrap(), bytes, "the damaged piece was not replaced");
+    assert_ne!(
+        fs::read(&damaged).unwrap(),
+        bytes,
+        "the damaged piece was not replaced"
+    );
 
     // And the pieces are what the section is made of: one replaced by other bytes that carry
     // their own hash is copied as it is (the archive would then fail every server's check).
