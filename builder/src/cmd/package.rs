@@ -288,9 +288,7 @@ fn build_and_pack(
         ])
         .env("DJANGO_SETTINGS_MODULE", &build_settings.module),
     );
-    let collected = collected
-        .and(graph)
-        .and_then(|graph| graph.finish(runner, &build_settings.module));
+    let collected = collected.and(graph).and_then(|graph| graph.finish(runner));
     // A generated settings module is for the build only: it never reaches the release.
     if let Some(file) = &build_settings.generated {
         fs::remove_file(file).with_context(|| format!("cannot remove `{}`", file.display()))?;
@@ -499,6 +497,7 @@ const MIGRATION_GRAPH_SCRIPT: &str = include_str!("../migrations.py");
 /// step between failed), the loader is stopped.
 struct MigrationGraphRun {
     child: Option<std::process::Child>,
+    settings: String,
     /// The script, and the files its output goes to (files, not pipes: a large graph must not
     /// block the loader while the builder waits for collectstatic).
     scratch: [PathBuf; 3],
@@ -516,6 +515,7 @@ impl MigrationGraphRun {
         let script = runner_scratch(&venv_python)?;
         let mut run = Self {
             child: None,
+            settings: settings.to_owned(),
             scratch: [
                 script.clone(),
                 script.with_extension("out"),
@@ -542,10 +542,11 @@ impl MigrationGraphRun {
         Ok(run)
     }
 
-    fn finish(mut self, runner: &mut StepRunner, settings: &str) -> anyhow::Result<MigrationGraph> {
+    fn finish(mut self, runner: &mut StepRunner) -> anyhow::Result<MigrationGraph> {
         let mut graph = None;
         let mut child = self.child.take().expect("started");
         let [_, out, err] = &self.scratch;
+        let settings = &self.settings;
         runner.internal(
             "migration-graph",
             &[

@@ -609,8 +609,8 @@ fn write_entries(
             }
             // The shared tree's files are this release's files all the same, already on disk:
             // counted as linked, as when their entries are read.
-            for entry in manifest.files.iter().filter(|(k, _)| !outside(k)) {
-                if let (_, FileEntry::File { size, .. }) = entry {
+            for (_, listed) in manifest.files.iter().filter(|(k, _)| !outside(k)) {
+                if let FileEntry::File { size, .. } = listed {
                     summary.files += 1;
                     summary.bytes += size;
                     summary.linked += 1;

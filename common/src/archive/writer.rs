@@ -483,9 +483,6 @@ impl PieceStore {
     /// replaced); not synced, since every read checks the piece's hash.
     fn put(&self, key: &blake3::Hash, bytes: &[u8], crc: u32, ulen: usize) {
         let path = self.path(key);
-        if fs::create_dir_all(&self.dir).is_err() {
-            return;
-        }
         let mut file = Vec::with_capacity(52 + bytes.len());
         file.extend_from_slice(PIECE_MAGIC);
         file.extend_from_slice(&(ulen as u64).to_le_bytes());
@@ -580,7 +577,11 @@ impl Pipeline {
             seq: 0,
             in_segment: false,
             in_section: false,
-            pieces: pieces.map(|dir| Arc::new(PieceStore { dir })),
+            // Made once here; should that fail, no piece is kept and the archive is the same.
+            pieces: pieces.map(|dir| {
+                let _ = fs::create_dir_all(&dir);
+                Arc::new(PieceStore { dir })
+            }),
             chain: None,
             seen: HashMap::new(),
             jobs: Some(job_tx),
@@ -912,7 +913,7 @@ mod tests {
     fn a_kept_piece_is_read_back_only_whole_and_unchanged() {
         let tmp = tempfile::tempdir().unwrap();
         let store = PieceStore {
-            dir: tmp.path().join("pieces"),
+            dir: tmp.path().to_owned(),
         };
         let key = blake3::hash(b"piece");
         assert!(store.get(&key).is_none());

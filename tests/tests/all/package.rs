@@ -300,6 +300,20 @@ impl UmaskExt for Command {
 fn secrets_failing_steps_and_mismatched_build_numbers_leave_no_artifact() {
     let Some(wh) = wheelhouse() else { return };
     let (tmp, repo) = example::create_temp().unwrap();
+    // Packages `tag` into its own directory, expecting exit `code` and nothing written there;
+    // returns what it said.
+    let refused = |tag: &str, code: i32| {
+        let out_dir = tmp.path().join(format!("out-{tag}"));
+        let out = package(&wh, &repo.work, tag, &out_dir);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(code), "{err}");
+        assert!(
+            entries(&out_dir).is_empty(),
+            "{tag} wrote into `{}`",
+            out_dir.display()
+        );
+        err
+    };
 
     // A secret committed to the tag.
     repo.commit_and_tag("000002", |w| {
@@ -310,20 +324,11 @@ fn secrets_failing_steps_and_mismatched_build_numbers_leave_no_artifact() {
         .unwrap()
     })
     .unwrap();
-    let out_dir = tmp.path().join("out2");
-    let out = package(&wh, &repo.work, "Build000002", &out_dir);
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused("Build000002", 2);
     assert!(
         err.contains(example::PRODUCTION_SETTINGS) && err.contains("secrets"),
         "{err}"
     );
-    assert!(entries(&out_dir).is_empty());
 
     // A build step that fails: its name and output are shown, nothing is written.
     repo.commit_and_tag("000003", |w| {
@@ -339,15 +344,11 @@ fn secrets_failing_steps_and_mismatched_build_numbers_leave_no_artifact() {
         fs::write(&bundler, broken).unwrap();
     })
     .unwrap();
-    let out_dir = tmp.path().join("out3");
-    let out = package(&wh, &repo.work, "Build000003", &out_dir);
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused("Build000003", 1);
     assert!(
         err.contains("step `bundle-add:cavorite` failed") && err.contains("bundler exploded"),
         "{err}"
     );
-    assert!(entries(&out_dir).is_empty());
 
     // A front end that carries another build number than the back end.
     repo.commit_and_tag("000004", |w| {
@@ -369,15 +370,11 @@ fn secrets_failing_steps_and_mismatched_build_numbers_leave_no_artifact() {
         .unwrap();
     })
     .unwrap();
-    let out_dir = tmp.path().join("out4");
-    let out = package(&wh, &repo.work, "Build000004", &out_dir);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let err = refused("Build000004", 2);
     assert!(
         err.contains("front end says build 000001 but the back end says 000004"),
         "{err}"
     );
-    assert!(entries(&out_dir).is_empty());
 
     // A tag whose build_number.py disagrees with its name (made by hand, not by prepare).
     example::git(&repo.work, &["tag", "-a", "Build000009", "-m", "by hand"]).unwrap();
@@ -413,17 +410,13 @@ fn secrets_failing_steps_and_mismatched_build_numbers_leave_no_artifact() {
         .unwrap();
     })
     .unwrap();
-    let out_dir = tmp.path().join("out6");
-    let out = package(&wh, &repo.work, "Build000006", &out_dir);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let err = refused("Build000006", 1);
     assert!(
         err.contains("step `migration-graph` failed")
             && err.contains("Django's migration loader failed")
             && err.contains("0099_missing"),
         "{err}"
     );
-    assert!(entries(&out_dir).is_empty());
 }
 
 #[test]
