@@ -736,7 +736,7 @@ fn store_cases(site: &Site, backend: Backend, next: &mut u32) -> Vec<Case> {
     let n = build();
     let (gz, sidecar) = crafted(n, |_| {}).seal();
     let evil = edited_json(&sidecar, |j| {
-        j["manifest"]["files"]["../../shared/production.py"] = serde_json::json!({"type": "file", "size": 1, "mode": "0644", "blake3": Blake3Hash::of(b"x")});
+        j["manifest"]["files"]["../../escaped.py"] = serde_json::json!({"type": "file", "size": 1, "mode": "0644", "blake3": Blake3Hash::of(b"x")});
     });
     s.put(
         backend,
@@ -749,7 +749,7 @@ fn store_cases(site: &Site, backend: Backend, next: &mut u32) -> Vec<Case> {
         format!("{on}: manifest listing a `..` path"),
         site.activate(backend, n),
         2,
-        &["file `../../shared/production.py`: `..` component"],
+        &["file `../../escaped.py`: `..` component"],
         true,
     ));
     v
@@ -785,10 +785,9 @@ fn archive_cases(site: &Site, backend: Backend, next: &mut u32, all: bool) -> Ve
         recipe(
             "`..` traversal",
             |c| {
-                c.tar
-                    .file("binarycrate/../../../shared/production.py", b"x");
+                c.tar.file("binarycrate/../../../escaped.py", b"x");
             },
-            &["entry `binarycrate/../../../shared/production.py` has a `..` component"],
+            &["entry `binarycrate/../../../escaped.py` has a `..` component"],
         ),
         recipe(
             "symlink escaping the tree",
